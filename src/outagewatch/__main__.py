@@ -1,0 +1,3 @@
+from outagewatch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,172 @@
+"""The composition root: builds clock, registry, probes, scheduler and web server; handles
+signals and configuration reloads. The only module that wires the others together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import TYPE_CHECKING
+
+import anyio
+import prometheus_client
+import structlog
+from prometheus_client import CollectorRegistry
+
+from outagewatch.clock import Clock, SystemClock
+from outagewatch.config import Settings, load_settings
+from outagewatch.errors import ConfigError
+from outagewatch.metrics import Metrics, TargetLabels, build_metrics, duration_buckets
+from outagewatch.model import ProbeType
+from outagewatch.probes import ProbeContext, new_http_session, run_probe
+from outagewatch.recorder import SampleRecorder
+from outagewatch.scheduler import MAX_NAP, Scheduler
+from outagewatch.web import WebServer, build_app
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from outagewatch.config import Target
+    from outagewatch.model import Rule, Sample
+
+log = structlog.get_logger("outagewatch.app")
+
+
+def metrics_for(settings: Settings, registry: CollectorRegistry, ctx: ProbeContext) -> Metrics:
+    rules = [settings.rule_for(t) for t in settings.targets]
+    buckets = duration_buckets({r.threshold for r in rules}, max(r.timeout for r in rules))
+    return build_metrics(
+        registry,
+        buckets=buckets,
+        threads_running=lambda: ctx.threads.running,
+        threads_stuck=lambda: ctx.threads.stuck,
+    )
+
+
+def labels_of(target: Target) -> TargetLabels:
+    return TargetLabels(target.name, ProbeType(target.type), target.platform)
+
+
+class Daemon:
+    """``outagewatch run``: probes on schedule, serves metrics, reloads on SIGHUP."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_path: Path | None = None,
+        clock: Clock | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.settings = settings
+        self.config_path = config_path
+        self.clock = clock or SystemClock()
+        self.registry = registry or CollectorRegistry()
+        self._stop = asyncio.Event()
+        self._ready = False
+        self.web: WebServer | None = None
+        self.scheduler: Scheduler | None = None
+        self.metrics: Metrics | None = None
+        self.ctx: ProbeContext | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def readiness(self) -> str | None:
+        scheduler = self.scheduler
+        if not self._ready or scheduler is None or not scheduler.running:
+            return "starting or stopping"
+        if self.clock.monotonic() - scheduler.heartbeat > 10 * MAX_NAP:
+            return "scheduler heartbeat is stale"
+        return None
+
+    async def run(self) -> None:
+        settings = self.settings
+        async with new_http_session() as session:
+            ctx = ProbeContext(
+                clock=self.clock,
+                session=session,
+                pop3_limiter=anyio.CapacityLimiter(settings.engine.pop3_threads),
+            )
+            self.ctx = ctx
+            metrics = self.metrics = metrics_for(settings, self.registry, ctx)
+            recorder = SampleRecorder(metrics)
+
+            async def probe(target: Target, rule: Rule) -> Sample:
+                return await run_probe(target, ctx, timeout=rule.timeout)
+
+            scheduler = self.scheduler = Scheduler(
+                clock=self.clock, probe=probe, recorder=recorder, metrics=metrics,
+                max_in_flight=settings.engine.max_in_flight,
+            )
+            self._apply(settings)
+            self.web = WebServer(build_app(registry=self.registry, readiness=self.readiness))
+            await self.web.start(settings.server.host, settings.server.port)
+            loop = asyncio.get_running_loop()
+            signals = self._install_signals(loop)
+            metrics.reloads.labels("success").inc()
+            metrics.last_reload.set(self.clock.now().timestamp())
+            task = asyncio.create_task(scheduler.run())
+            self._ready = True
+            log.info("daemon_started", listen=f"{settings.server.host}:{self.web.port}",
+                     targets=len(settings.targets))
+            try:
+                await self._stop.wait()
+            finally:
+                self._ready = False
+                log.info("daemon_stopping")
+                for sig in signals:
+                    loop.remove_signal_handler(sig)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await self.web.stop()
+            log.info("daemon_stopped")
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
+        installed: list[int] = []
+        for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
+                             (signal.SIGHUP, self.reload)):
+            try:
+                loop.add_signal_handler(sig, handler)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                pass
+        return installed
+
+    def _apply(self, settings: Settings) -> None:
+        assert self.scheduler is not None
+        assert self.metrics is not None
+        assert self.ctx is not None
+        wanted = {t.name for t in settings.targets}
+        for name in self.scheduler.targets():
+            if name not in wanted:
+                self.metrics.remove_target(name)
+                self.ctx.forget(name)
+        for target in settings.targets:
+            self.metrics.add_target(labels_of(target))
+        self.scheduler.apply([(t, settings.rule_for(t)) for t in settings.targets])
+
+    def reload(self) -> bool:
+        """Re-read the configuration file; keep the running one if the new one is bad."""
+        if self.config_path is None or self.metrics is None:
+            return False
+        try:
+            new = load_settings(self.config_path)
+        except ConfigError as exc:
+            self.metrics.reloads.labels("failure").inc()
+            log.error("config_reload_failed", problems=exc.problems,  # noqa: TRY400 - no trace
+                      note="the previous configuration keeps running")
+            return False
+        old = self.settings
+        for section in ("server", "engine"):
+            if getattr(new, section) != getattr(old, section):
+                log.warning("config_needs_restart", section=section,
+                            note="this section takes effect at the next start")
+        self._apply(new)
+        self.settings = new
+        self.metrics.reloads.labels("success").inc()
+        self.metrics.last_reload.set(self.clock.now().timestamp())
+        log.info("config_reloaded", targets=len(new.targets))
+        return True

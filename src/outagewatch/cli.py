@@ -1,0 +1,212 @@
+"""The ``outagewatch`` command.
+
+Exit 0 ok, 1 a probe was BAD, 2 bad input (one line, no traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+import anyio
+
+from outagewatch import __version__
+from outagewatch.clock import SystemClock
+from outagewatch.config import Settings, load_settings
+from outagewatch.errors import ConfigError, OutagewatchError
+from outagewatch.logs import LEVELS, configure_logging
+from outagewatch.model import PHASES, ProbeType
+from outagewatch.probes import ProbeContext, new_http_session, run_probe
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine, Sequence
+    from typing import Any
+
+    from outagewatch.config import Target
+    from outagewatch.model import Sample
+
+EXIT_OK, EXIT_BAD, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(OutagewatchError, ValueError):
+    """A mistake on the command line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="outagewatch", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"outagewatch {__version__}")
+    parser.add_argument("--log-level", choices=LEVELS, default="info")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def with_config(name: str, text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("-c", "--config", type=Path,
+                         help="YAML configuration file (default: $OUTAGEWATCH_CONFIG)")
+        return sub
+
+    with_config("run", "run the daemon until SIGTERM or SIGINT; SIGHUP reloads the config")
+    with_config("check-config", "validate the configuration: 'ok' or one line per problem")
+    probe = with_config("probe", "probe the selected targets once, now, and print the results")
+    probe.add_argument("-t", "--target", action="append", default=[], metavar="NAME",
+                       help="probe only this target (repeatable; default: all)")
+    probe.add_argument("--json", action="store_true", help="one JSON object per line")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        match args.command:
+            case "check-config":
+                return _check_config(args)
+            case "probe":
+                return _probe(args)
+            case "run":
+                return _run(args)
+    except (UsageError, ConfigError) as exc:
+        problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+        for line in problems:
+            print(f"outagewatch: {line}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(args.command)  # argparse allows only the commands above
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    path = args.config or os.environ.get("OUTAGEWATCH_CONFIG")
+    if not path:
+        raise UsageError("no configuration: pass -c FILE or set OUTAGEWATCH_CONFIG")
+    return Path(path)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        load_settings(_config_path(args))
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line)
+        return EXIT_USAGE
+    print("ok")
+    return EXIT_OK
+
+
+def _run_loop(settings: Settings, coro: Coroutine[Any, Any, int]) -> int:
+    if settings.engine.uvloop:
+        try:
+            import uvloop  # noqa: PLC0415 - optional dependency
+        except ImportError:
+            coro.close()
+            raise UsageError("engine.uvloop is true but uvloop is not installed "
+                             "(pip install 'outagewatch[uvloop]')") from None
+        return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from outagewatch.app import Daemon  # noqa: PLC0415 - keep check-config start-up light
+
+    configure_logging(args.log_level)
+    path = _config_path(args)
+    settings = load_settings(path)
+
+    async def main() -> int:
+        daemon = Daemon(settings, config_path=path)
+        try:
+            await daemon.run()
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {settings.server.listen}: "
+                             f"{exc.strerror or exc}") from None
+        return EXIT_OK
+
+    return _run_loop(settings, main())
+
+
+def _probe(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level, stream=sys.stderr)
+    settings = load_settings(_config_path(args))
+    targets = _select(settings, args.target)
+
+    async def main() -> int:
+        async with new_http_session() as session:
+            ctx = ProbeContext(clock=SystemClock(), session=session,
+                               pop3_limiter=anyio.CapacityLimiter(settings.engine.pop3_threads))
+            samples = await asyncio.gather(*(
+                run_probe(t, ctx, timeout=settings.rule_for(t).timeout) for t in targets
+            ))
+        bad = False
+        rows = []
+        for target, sample in zip(targets, samples, strict=True):
+            threshold = settings.rule_for(target).threshold
+            bad |= sample.is_bad(threshold)
+            if args.json:
+                print(json.dumps(_as_json(target, sample, threshold)), flush=True)
+            else:
+                rows.append(_row(target, sample, threshold))
+        if rows:
+            _print_table(rows)
+        return EXIT_BAD if bad else EXIT_OK
+
+    return _run_loop(settings, main())
+
+
+def _select(settings: Settings, names: list[str]) -> list[Target]:
+    if not names:
+        return list(settings.targets)
+    known = {t.name: t for t in settings.targets}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"unknown target {', '.join(unknown)} (known: {', '.join(known)})")
+    return [known[n] for n in dict.fromkeys(names)]
+
+
+def _as_json(target: Target, sample: Sample, threshold: float) -> dict[str, object]:
+    return {
+        "target": target.name,
+        "type": target.type,
+        "platform": target.platform,
+        "started_at": sample.started_at.isoformat(),
+        "duration": round(sample.duration, 6),
+        "result": sample.result.value,
+        "bad": sample.is_bad(threshold),
+        "phase": sample.phase.value if sample.phase else None,
+        "phases": {p.value: round(v, 6) for p, v in sample.phases.items()},
+        "detail": sample.detail,
+        "cert_expiry": sample.cert_expiry,
+    }
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f}ms" if seconds < 10 else f"{seconds:.1f}s"
+
+
+def _row(target: Target, sample: Sample, threshold: float) -> list[str]:
+    verdict = sample.result.value if not sample.ok else (
+        "SLOW" if sample.is_bad(threshold) else "ok")
+    phases = " ".join(
+        f"{p.value}={_ms(sample.phases[p])}" for p in PHASES[ProbeType(target.type)]
+        if p in sample.phases
+    )
+    detail = f"{sample.phase.value}: {sample.detail}" if sample.phase else sample.detail
+    return [target.name, target.type, verdict, _ms(sample.duration), phases, detail]
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    header = ["TARGET", "TYPE", "RESULT", "TIME", "PHASES", "DETAIL"]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]).rstrip())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

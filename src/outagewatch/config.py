@@ -1,0 +1,405 @@
+"""The configuration contract: one YAML file plus ``OUTAGEWATCH_*`` environment overrides.
+
+Every model forbids unknown keys, every duration goes through ``parse_duration``, and secrets
+are ``SecretStr`` resolved at load time from exactly one of ``password``, ``password_file`` or
+``password_env``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import re
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from outagewatch.durations import parse_duration
+from outagewatch.errors import ConfigError
+from outagewatch.model import ProbeType, Rule
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+TlsMode = Literal["none", "starttls", "implicit"]
+
+_NAME = r"^[a-z0-9_.-]+$"
+_ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
+_DEFAULT_PORTS: Mapping[str, Mapping[str, int]] = {
+    "smtp": {"none": 25, "starttls": 587, "implicit": 465},
+    "imap": {"none": 143, "starttls": 143, "implicit": 993},
+    "pop3": {"none": 110, "starttls": 110, "implicit": 995},
+}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_address(value: str) -> str:
+    if not _ADDRESS.match(value):
+        raise ValueError(f"not an e-mail address: {value!r}")
+    return value
+
+
+Address = Annotated[str, BeforeValidator(lambda v: _check_address(str(v)))]
+
+
+class ServerConfig(_Model):
+    listen: str = Field("127.0.0.1:9817", description="host:port for /metrics, /healthz, /readyz")
+
+    @field_validator("listen")
+    @classmethod
+    def _valid_listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("expected host:port, e.g. 127.0.0.1:9817 or [::1]:9817")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class RuleDefaults(_Model):
+    interval: Duration = Field(timedelta(seconds=60), description="time between probe starts")
+    timeout: Duration = Field(timedelta(seconds=35), description="total deadline of one probe run")
+    threshold: Duration = Field(timedelta(seconds=30), description="slower than this = BAD")
+    window: Duration = Field(timedelta(minutes=15), description="BAD for this long = OUTAGE")
+    recover_after: int = Field(2, ge=1, description="consecutive GOOD samples that end an outage")
+
+
+class EngineConfig(_Model):
+    max_in_flight: int = Field(512, ge=1, description="probes running at once, all targets")
+    pop3_threads: int = Field(32, ge=1, description="worker threads for blocking POP3 probes")
+    uvloop: bool = Field(default=False, description="run on uvloop instead of asyncio's loop")
+
+
+class PlatformConfig(_Model):
+    incident_recipients: list[Address] = Field(default_factory=list)
+    info_recipients: list[Address] = Field(default_factory=list)
+
+
+class _Credentials(_Model):
+    username: str | None = Field(None, description="login name; enables AUTH/LOGIN")
+    password: SecretStr | None = Field(None, description="inline password (prefer the others)")
+    password_file: Path | None = Field(None, description="file holding the password")
+    password_env: str | None = Field(None, description="environment variable holding it")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_password(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        given = [k for k in ("password", "password_file", "password_env") if data.get(k)]
+        if len(given) > 1:
+            raise ValueError(f"give only one of {', '.join(given)}")
+        data = dict(data)
+        if data.get("password_file"):
+            path = Path(str(data["password_file"]))
+            try:
+                data["password"] = path.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise ValueError(f"password_file {str(path)!r}: {exc.strerror}") from None
+        elif data.get("password_env"):
+            name = str(data["password_env"])
+            if name not in os.environ:
+                raise ValueError(f"password_env: environment variable {name} is not set")
+            data["password"] = os.environ[name]
+        return data
+
+    @model_validator(mode="after")
+    def _password_needs_user(self) -> _Credentials:
+        if self.password is not None and not self.username:
+            raise ValueError("a password is set but no username")
+        return self
+
+    def secret(self) -> str | None:
+        return self.password.get_secret_value() if self.password else None
+
+
+class _Tls(_Model):
+    tls_verify: bool = Field(default=True, description="verify the server certificate")
+    ca_file: Path | None = Field(None, description="CA bundle (PEM) instead of the system's")
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file not found: {value}")
+        return value
+
+
+class _TargetBase(_Model):
+    name: str = Field(pattern=_NAME, description="unique, [a-z0-9_.-]+")
+    platform: str = Field(description="key of the platform this service belongs to")
+    impact: str = Field("", description="user impact, quoted in incident mails")
+    critical: bool = Field(default=True, description="a business-critical component")
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    threshold: Duration | None = None
+    window: Duration | None = None
+    recover_after: int | None = Field(None, ge=1)
+
+
+class HttpTarget(_TargetBase, _Tls):
+    type: Literal["http"]
+    url: str = Field(description="http:// or https:// URL of the Web-Mail login page")
+    expect_status: list[Annotated[int, Field(ge=100, le=599)]] | None = Field(
+        None, description="acceptable status codes; default any 2xx"
+    )
+    expect_body: str | None = Field(None, description="regex searched in the first 1 MiB")
+    max_redirects: int = Field(5, ge=0, le=30)
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("expected an http:// or https:// URL with a host")
+        return value
+
+    @field_validator("expect_body")
+    @classmethod
+    def _valid_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from None
+        return value
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.url.startswith("https:")
+
+
+class _MailTarget(_TargetBase, _Tls, _Credentials):
+    host: str = Field(min_length=1, description="host name (also used to verify the certificate)")
+    port: Port | None = Field(None, description="default per type and tls mode")
+    tls: TlsMode = Field("starttls", description="none | starttls | implicit")
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or _DEFAULT_PORTS[self.type_name][self.tls]
+
+    @property
+    def type_name(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls != "none"
+
+
+class SmtpTarget(_MailTarget):
+    type: Literal["smtp"]
+    ehlo_hostname: str = Field(
+        default_factory=socket.gethostname, description="name sent in EHLO"
+    )
+
+    @property
+    def type_name(self) -> str:
+        return "smtp"
+
+
+class ImapTarget(_MailTarget):
+    type: Literal["imap"]
+    username: str = Field(description="login name (required)")
+    mailbox: str = Field("INBOX", min_length=1)
+
+    @property
+    def type_name(self) -> str:
+        return "imap"
+
+
+class Pop3Target(_MailTarget):
+    type: Literal["pop3"]
+    username: str = Field(description="login name (required)")
+
+    @property
+    def type_name(self) -> str:
+        return "pop3"
+
+
+Target = Annotated[
+    HttpTarget | SmtpTarget | ImapTarget | Pop3Target, Field(discriminator="type")
+]
+MailTarget = SmtpTarget | ImapTarget | Pop3Target
+
+
+class SmtpRelay(_Tls, _Credentials):
+    host: str = Field(min_length=1)
+    port: Port | None = Field(None, description="default 25 / 587 / 465 by tls mode")
+    tls: TlsMode = "starttls"
+    timeout: Duration = Field(timedelta(seconds=30), description="per SMTP command")
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or _DEFAULT_PORTS["smtp"][self.tls]
+
+
+class NotifyConfig(_Model):
+    smtp: SmtpRelay
+    sender: str = Field(description='From: header, e.g. "NOC <noc@example.com>"')
+    update_interval: Duration = Field(timedelta(hours=1), description="time between UPDATE mails")
+
+    @field_validator("sender")
+    @classmethod
+    def _valid_sender(cls, value: str) -> str:
+        _check_address(email.utils.parseaddr(value)[1] or value)
+        return value
+
+
+class StateConfig(_Model):
+    path: Path = Field(Path("/var/lib/outagewatch/state.db"), description="SQLite state file")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="OUTAGEWATCH_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    server: ServerConfig = ServerConfig()
+    defaults: RuleDefaults = RuleDefaults()
+    engine: EngineConfig = EngineConfig()
+    platforms: dict[Annotated[str, Field(pattern=_NAME)], PlatformConfig] = Field(min_length=1)
+    targets: list[Target] = Field(min_length=1)
+    notify: NotifyConfig | None = None
+    state: StateConfig = StateConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment overrides it.
+        del settings_cls, dotenv_settings, file_secret_settings
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        problems: list[str] = []
+        seen: set[str] = set()
+        for index, target in enumerate(self.targets):
+            where = f"targets[{index}]"
+            if target.name in seen:
+                problems.append(f"{where}.name: duplicate target name {target.name!r}")
+            seen.add(target.name)
+            if target.platform not in self.platforms:
+                known = ", ".join(sorted(self.platforms))
+                problems.append(
+                    f"{where}.platform: unknown platform {target.platform!r} (known: {known})"
+                )
+            rule = self.rule_for(target)
+            if rule.timeout <= rule.threshold:
+                problems.append(
+                    f"{where}.timeout: must be greater than threshold ({rule.threshold:g}s) "
+                    "so that a slow answer is measured, not cut off"
+                )
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+    def rule_for(self, target: Target) -> Rule:
+        d = self.defaults
+        return Rule(
+            interval=(target.interval or d.interval).total_seconds(),
+            timeout=(target.timeout or d.timeout).total_seconds(),
+            threshold=(target.threshold or d.threshold).total_seconds(),
+            window=(target.window or d.window).total_seconds(),
+            recover_after=target.recover_after or d.recover_after,
+        )
+
+    def target(self, name: str) -> Target:
+        for target in self.targets:
+            if target.name == name:
+                return target
+        raise KeyError(name)
+
+
+def load_settings(path: Path | str) -> Settings:
+    """Load and validate the configuration file; raise ConfigError with one line per problem."""
+    path = Path(path)
+    where = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{where}: file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{where}: cannot read: {exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        pos = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}{pos}: invalid YAML: {reason}"]) from None
+    if data is None:
+        raise ConfigError([f"{where}: file is empty"])
+    if not isinstance(data, dict):
+        raise ConfigError([f"{where}: expected a mapping of sections at the top level"])
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError([_format_error(e) for e in exc.errors()]) from None
+    except ConfigError:
+        raise
+
+
+_TAGS = frozenset(t.value for t in ProbeType)
+
+
+def _format_error(error: Mapping[str, Any]) -> str:
+    loc = list(error.get("loc", ()))
+    parts: list[str] = []
+    for i, item in enumerate(loc):
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in _TAGS and i > 0 and isinstance(loc[i - 1], int) and loc[0] == "targets":
+            continue  # the discriminated union's tag, not a key the user wrote
+        else:
+            parts.append(("." if parts else "") + str(item))
+    path = "".join(parts) or "config"
+    kind = error.get("type", "")
+    msg = str(error.get("msg", "invalid"))
+    if kind == "extra_forbidden":
+        msg = "unknown key"
+    elif kind == "missing":
+        msg = "required key is missing"
+    elif kind == "union_tag_invalid":
+        got = (error.get("ctx") or {}).get("tag", "")
+        path, msg = f"{path}.type", f"must be one of {', '.join(sorted(_TAGS))}, not {got}"
+    elif kind == "union_tag_not_found":
+        path, msg = f"{path}.type", f"required key is missing (one of {', '.join(sorted(_TAGS))})"
+    msg = msg.removeprefix("Value error, ")
+    return f"{path}: {msg}"

@@ -1,0 +1,13 @@
+"""The exception hierarchy: one base, each subclass also the builtin it resembles."""
+
+
+class OutagewatchError(Exception):
+    """Base of every error outagewatch raises on purpose."""
+
+
+class ConfigError(OutagewatchError, ValueError):
+    """The configuration is unusable; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems

@@ -1,0 +1,188 @@
+"""Prometheus metrics, built on an injected registry; label sets of removed targets are dropped."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from outagewatch import __version__
+from outagewatch.model import PHASES, ProbeType, Result
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from outagewatch.model import Sample
+
+NAMESPACE = "outagewatch"
+_BASE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 60.0)
+_AROUND_THRESHOLD = (0.5, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5)
+
+
+def duration_buckets(thresholds: Iterable[float], max_timeout: float) -> tuple[float, ...]:
+    """Coarse decades, fine steps around each threshold, and room past the largest timeout."""
+    points = set(_BASE_BUCKETS)
+    for threshold in thresholds:
+        points.update(round(threshold * f, 6) for f in _AROUND_THRESHOLD)
+    points.update((max_timeout, max_timeout * 1.5))
+    return tuple(sorted(p for p in points if p <= max_timeout * 1.5))
+
+
+@dataclass(frozen=True, slots=True)
+class TargetLabels:
+    target: str
+    type: ProbeType
+    platform: str
+
+    def values(self) -> tuple[str, str, str]:
+        return (self.target, self.type.value, self.platform)
+
+
+_LABELS = ("target", "type", "platform")
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry
+    duration: Histogram
+    phase: Gauge
+    success: Gauge
+    probes: Counter
+    last_run: Gauge
+    cert_expiry: Gauge
+    overdue: Gauge
+    skipped: Counter
+    schedule_lag: Histogram
+    in_flight: Gauge
+    threads_running: Gauge
+    threads_stuck: Gauge
+    targets: Gauge
+    reloads: Counter
+    last_reload: Gauge
+    heartbeat: Gauge
+    _known: dict[str, TargetLabels] = field(default_factory=dict)
+
+    def add_target(self, labels: TargetLabels) -> None:
+        """Create every series of a target up front, so dashboards see zeros, not gaps."""
+        old = self._known.get(labels.target)
+        if old is not None and old != labels:
+            self.remove_target(old.target)
+        self._known[labels.target] = labels
+        values = labels.values()
+        self.duration.labels(*values)
+        self.success.labels(*values)
+        self.last_run.labels(*values)
+        self.overdue.labels(*values).set(0)
+        self.skipped.labels(*values)
+        for phase in PHASES[labels.type]:
+            self.phase.labels(*values, phase.value)
+        for result in Result:
+            self.probes.labels(*values, result.value)
+        self.targets.set(len(self._known))
+
+    def remove_target(self, name: str) -> None:
+        labels = self._known.pop(name, None)
+        if labels is None:
+            return
+        values = labels.values()
+        for metric in (self.duration, self.success, self.last_run, self.overdue, self.skipped,
+                       self.cert_expiry):
+            _discard(metric, values)
+        for phase in PHASES[labels.type]:
+            _discard(self.phase, (*values, phase.value))
+        for result in Result:
+            _discard(self.probes, (*values, result.value))
+        self.targets.set(len(self._known))
+
+    def observe(self, sample: Sample) -> None:
+        labels = self._known.get(sample.target)
+        if labels is None:  # finished after its target was removed by a reload
+            return
+        values = labels.values()
+        self.duration.labels(*values).observe(sample.duration)
+        self.success.labels(*values).set(1 if sample.ok else 0)
+        self.probes.labels(*values, sample.result.value).inc()
+        self.last_run.labels(*values).set(sample.started_at.timestamp())
+        self.overdue.labels(*values).set(0)
+        for phase in PHASES[labels.type]:
+            self.phase.labels(*values, phase.value).set(sample.phases.get(phase, 0.0))
+        if sample.cert_expiry is not None:
+            self.cert_expiry.labels(*values).set(sample.cert_expiry)
+
+    def mark_overdue(self, target: str) -> None:
+        """A run still in flight past the threshold is BAD now (DESIGN 4.2)."""
+        labels = self._known.get(target)
+        if labels is not None:
+            self.overdue.labels(*labels.values()).set(1)
+            self.success.labels(*labels.values()).set(0)
+
+
+def _discard(metric: Gauge | Counter | Histogram, values: tuple[str, ...]) -> None:
+    with contextlib.suppress(KeyError):
+        metric.remove(*values)
+
+
+def build_metrics(
+    registry: CollectorRegistry,
+    *,
+    buckets: tuple[float, ...],
+    threads_running: Callable[[], float] | None = None,
+    threads_stuck: Callable[[], float] | None = None,
+) -> Metrics:
+    ns = NAMESPACE
+    info = Gauge(f"{ns}_build_info", "Build information (always 1).",
+                 ("version", "python"), registry=registry)
+    info.labels(__version__, platform.python_version()).set(1)
+    running = Gauge(f"{ns}_probe_threads_running", "POP3 worker threads running now.",
+                    registry=registry)
+    stuck = Gauge(
+        f"{ns}_probe_threads_stuck",
+        "POP3 worker threads still running after their probe's deadline.",
+        registry=registry,
+    )
+    if threads_running is not None:
+        running.set_function(threads_running)
+    if threads_stuck is not None:
+        stuck.set_function(threads_stuck)
+    return Metrics(
+        registry=registry,
+        duration=Histogram(f"{ns}_probe_duration_seconds",
+                           "Duration of probe runs (failed runs included).", _LABELS,
+                           buckets=buckets, registry=registry),
+        phase=Gauge(f"{ns}_probe_phase_duration_seconds",
+                    "Duration of each phase in the last run (0 if not reached).",
+                    (*_LABELS, "phase"), registry=registry),
+        success=Gauge(f"{ns}_probe_success",
+                      "1 if the last run succeeded; 0 if it failed or is past the threshold.",
+                      _LABELS, registry=registry),
+        probes=Counter(f"{ns}_probes", "Probe runs by result (ok or error class).",
+                       (*_LABELS, "result"), registry=registry),
+        last_run=Gauge(f"{ns}_probe_last_run_timestamp_seconds",
+                       "Start time of the last finished run.", _LABELS, registry=registry),
+        cert_expiry=Gauge(f"{ns}_tls_cert_expiry_timestamp_seconds",
+                          "notAfter of the peer certificate seen by the last run.", _LABELS,
+                          registry=registry),
+        overdue=Gauge(f"{ns}_probe_overdue",
+                      "1 while a run is in flight past the threshold (already BAD).", _LABELS,
+                      registry=registry),
+        skipped=Counter(f"{ns}_probe_runs_skipped",
+                        "Runs skipped because the previous run of the target was still going.",
+                        _LABELS, registry=registry),
+        schedule_lag=Histogram(f"{ns}_schedule_lag_seconds",
+                               "Actual start of a run minus its planned start.",
+                               buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                                        2.5, 5.0), registry=registry),
+        in_flight=Gauge(f"{ns}_probes_in_flight", "Probe runs in flight now.", registry=registry),
+        threads_running=running,
+        threads_stuck=stuck,
+        targets=Gauge(f"{ns}_targets", "Configured targets.", registry=registry),
+        reloads=Counter(f"{ns}_config_reloads", "Configuration reloads by result.", ("result",),
+                        registry=registry),
+        last_reload=Gauge(f"{ns}_config_last_reload_success_timestamp_seconds",
+                          "Time of the last successful configuration load.", registry=registry),
+        heartbeat=Gauge(f"{ns}_scheduler_heartbeat_timestamp_seconds",
+                        "Last time the scheduler loop went round.", registry=registry),
+    )

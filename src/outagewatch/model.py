@@ -1,0 +1,99 @@
+"""Value objects shared by every layer. Standard library only."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from datetime import datetime
+
+
+class ProbeType(enum.StrEnum):
+    HTTP = "http"
+    SMTP = "smtp"
+    IMAP = "imap"
+    POP3 = "pop3"
+
+
+class Phase(enum.StrEnum):
+    """The fixed phase vocabulary; each protocol uses a subset (see PHASES)."""
+
+    DNS = "dns"
+    CONNECT = "connect"  # TCP; for HTTP also the TLS handshake (aiohttp has no TLS signal)
+    TLS = "tls"  # implicit TLS handshake
+    GREETING = "greeting"  # SMTP 220 banner, IMAP '* OK', POP3 '+OK'
+    EHLO = "ehlo"
+    STARTTLS = "starttls"  # STARTTLS/STLS command, handshake, and the capability refresh
+    LOGIN = "login"  # SMTP AUTH, IMAP LOGIN, POP3 USER/PASS
+    SELECT = "select"
+    STAT = "stat"
+    LOGOUT = "logout"  # SMTP QUIT, IMAP LOGOUT, POP3 QUIT
+    FIRST_BYTE = "first_byte"
+    TRANSFER = "transfer"
+
+
+PHASES: Mapping[ProbeType, tuple[Phase, ...]] = {
+    ProbeType.HTTP: (Phase.DNS, Phase.CONNECT, Phase.FIRST_BYTE, Phase.TRANSFER),
+    ProbeType.SMTP: (
+        Phase.DNS, Phase.CONNECT, Phase.TLS, Phase.GREETING, Phase.EHLO,
+        Phase.STARTTLS, Phase.LOGIN, Phase.LOGOUT,
+    ),
+    ProbeType.IMAP: (
+        Phase.DNS, Phase.CONNECT, Phase.TLS, Phase.GREETING, Phase.STARTTLS,
+        Phase.LOGIN, Phase.SELECT, Phase.LOGOUT,
+    ),
+    ProbeType.POP3: (
+        Phase.DNS, Phase.CONNECT, Phase.TLS, Phase.GREETING, Phase.STARTTLS,
+        Phase.LOGIN, Phase.STAT, Phase.LOGOUT,
+    ),
+}
+
+
+class Result(enum.StrEnum):
+    """Outcome of one probe run: ``ok`` or the class of error (a bounded label set)."""
+
+    OK = "ok"
+    TIMEOUT = "timeout"
+    REFUSED = "refused"
+    DNS = "dns"
+    TLS = "tls"
+    PROTOCOL = "protocol"
+    AUTH = "auth"
+    STATUS = "status"
+    BODY = "body"
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One probe run of one target (DESIGN 4.1)."""
+
+    target: str
+    started_at: datetime  # wall clock, UTC
+    duration: float  # seconds, monotonic clock
+    result: Result
+    phase: Phase | None = None  # the phase that failed, None when ok
+    phases: Mapping[Phase, float] = field(default_factory=dict)
+    detail: str = ""  # short human-readable reason, never a secret
+    cert_expiry: float | None = None  # peer certificate notAfter, Unix seconds
+
+    @property
+    def ok(self) -> bool:
+        return self.result is Result.OK
+
+    def is_bad(self, threshold: float) -> bool:
+        """BAD = failed, or succeeded slower than ``threshold`` (DESIGN 4.2)."""
+        return not self.ok or self.duration > threshold
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """The outage rule of one target, in seconds (config's defaults merged with overrides)."""
+
+    interval: float
+    timeout: float
+    threshold: float
+    window: float
+    recover_after: int

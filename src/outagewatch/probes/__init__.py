@@ -1,0 +1,155 @@
+"""Probes: one module per protocol behind one entry point, ``run_probe``, which never raises.
+
+``run_probe`` owns the total deadline, the phase timer and the mapping of every failure to a
+``Sample``; the protocol modules only speak their protocol and raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, assert_never
+
+import aiohttp
+
+from outagewatch.config import HttpTarget, ImapTarget, Pop3Target, SmtpTarget, Target
+from outagewatch.model import Result, Sample
+from outagewatch.probes import http, imap, pop3, smtp
+from outagewatch.probes._common import (
+    PhaseTimer,
+    ProbeFailure,
+    RecordingContext,
+    classify,
+    describe,
+    make_tls_context,
+)
+
+if TYPE_CHECKING:
+    import anyio
+
+    from outagewatch.clock import Clock
+
+__all__ = ["ProbeContext", "ProbeRun", "ThreadTracker", "new_http_session", "run_probe"]
+
+
+class ThreadTracker:
+    """Counts POP3 worker threads, and those still running after their probe gave up."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.running = 0
+        self.stuck = 0
+
+    def started(self) -> None:
+        with self._lock:
+            self.running += 1
+
+    def abandoned(self) -> None:
+        with self._lock:
+            self.stuck += 1
+
+    def ended(self, *, was_abandoned: bool) -> None:
+        with self._lock:
+            self.running -= 1
+            if was_abandoned:
+                self.stuck -= 1
+
+
+def new_http_session(*, limit: int = 0) -> aiohttp.ClientSession:
+    """One session for all HTTP probes: no keep-alive and no DNS cache, so that every run
+    measures DNS and connect honestly; no library timeouts, the probe deadline rules."""
+    connector = aiohttp.TCPConnector(force_close=True, use_dns_cache=False, limit=limit)
+    return aiohttp.ClientSession(
+        connector=connector,
+        trace_configs=[http.TRACE],
+        timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None, sock_read=None),
+        auto_decompress=True,
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+
+
+@dataclass
+class ProbeContext:
+    """What probes share: clock, HTTP session, POP3 thread pool, per-target TLS contexts."""
+
+    clock: Clock
+    session: aiohttp.ClientSession
+    pop3_limiter: anyio.CapacityLimiter
+    threads: ThreadTracker = field(default_factory=ThreadTracker)
+    _tls: dict[str, tuple[object, RecordingContext]] = field(default_factory=dict)
+
+    def tls_for(self, target: Target) -> RecordingContext:
+        """The target's TLS context, built once and rebuilt only when its settings change."""
+        key = (target.tls_verify, target.ca_file)
+        cached = self._tls.get(target.name)
+        if cached is None or cached[0] != key:
+            cached = (key, make_tls_context(verify=target.tls_verify, ca_file=target.ca_file))
+            self._tls[target.name] = cached
+        return cached[1]
+
+    def forget(self, name: str) -> None:
+        self._tls.pop(name, None)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRun:
+    """One run's scratch state, handed to the protocol module."""
+
+    ctx: ProbeContext
+    timer: PhaseTimer
+    tls: RecordingContext | None
+    timeout: float
+
+
+async def run_probe(target: Target, ctx: ProbeContext, *, timeout: float) -> Sample:
+    """Probe ``target`` once within ``timeout`` seconds; return a Sample, never raise
+    (except CancelledError when the caller cancels)."""
+    timer = PhaseTimer()
+    tls = ctx.tls_for(target) if target.uses_tls else None
+    if tls is not None:
+        tls.reset()
+    run = ProbeRun(ctx=ctx, timer=timer, tls=tls, timeout=timeout)
+    started_at = ctx.clock.now()
+    t0 = ctx.clock.monotonic()
+    result, phase, detail = Result.OK, None, ""
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            await _dispatch(target, run)
+    except Exception as exc:  # every failure becomes data
+        phase = exc.phase if isinstance(exc, ProbeFailure) and exc.phase else timer.current
+        if deadline.expired():
+            result, detail = Result.TIMEOUT, f"no answer within the {timeout:g}s deadline"
+        else:
+            result = classify(exc)
+            detail = exc.detail if isinstance(exc, ProbeFailure) else describe(exc)
+    duration = ctx.clock.monotonic() - t0
+    timer.finish()
+    secret = getattr(target, "password", None)
+    if secret is not None and secret.get_secret_value() and detail:
+        detail = detail.replace(secret.get_secret_value(), "***")
+    return Sample(
+        target=target.name,
+        started_at=started_at,
+        duration=duration,
+        result=result,
+        phase=phase,
+        phases=timer.durations,
+        detail=detail,
+        cert_expiry=tls.peer_not_after if tls is not None else None,
+    )
+
+
+async def _dispatch(target: Target, run: ProbeRun) -> None:
+    match target:
+        case HttpTarget():
+            await http.probe(target, run)
+        case SmtpTarget():
+            await smtp.probe(target, run)
+        case ImapTarget():
+            await imap.probe(target, run)
+        case Pop3Target():
+            await pop3.probe(target, run)
+        case _:
+            assert_never(target)

@@ -1,0 +1,167 @@
+"""What every probe shares: phase timing, error mapping, timed DNS + TCP connect, TLS contexts."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import ssl
+import time
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from outagewatch.model import Phase, Result
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+
+
+class ProbeFailure(Exception):  # noqa: N818 - it is a verdict, not an error of ours
+    """A probe's own verdict (bad status, AUTH refused, ...), raised inside a probe."""
+
+    def __init__(self, result: Result, detail: str, *, phase: Phase | None = None) -> None:
+        super().__init__(detail)
+        self.result = result
+        self.detail = detail
+        self.phase = phase
+
+
+class PhaseTimer:
+    """Checkpoints on the monotonic clock; knows the phase in progress when a deadline hits.
+
+    Safe to call from one worker thread while the loop reads it: each update is a single
+    attribute or dict store.
+    """
+
+    __slots__ = ("_clock", "_mark", "current", "durations")
+
+    def __init__(self) -> None:
+        self._clock = time.monotonic
+        self.current: Phase | None = None
+        self._mark = self._clock()
+        self.durations: dict[Phase, float] = {}
+
+    def enter(self, phase: Phase, *, at: float | None = None) -> None:
+        """Close the current phase (at ``at`` or now) and start ``phase``."""
+        now = self._clock() if at is None else at
+        if self.current is not None:
+            self.add(self.current, now - self._mark)
+        self.current, self._mark = phase, now
+
+    def current_since(self) -> float:
+        """When the phase in progress started."""
+        return self._mark
+
+    def add(self, phase: Phase, seconds: float) -> None:
+        self.durations[phase] = self.durations.get(phase, 0.0) + max(0.0, seconds)
+
+    def finish(self) -> None:
+        if self.current is not None:
+            self.add(self.current, self._clock() - self._mark)
+        self.current = None
+
+
+def classify(exc: BaseException) -> Result:  # noqa: PLR0911 - one exit per class reads best
+    """Map an exception from any client library to the bounded error class."""
+    if isinstance(exc, ProbeFailure):
+        return exc.result
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return Result.STATUS
+    if isinstance(exc, aiohttp.ClientConnectorDNSError | socket.gaierror):
+        return Result.DNS
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError | aiohttp.ClientSSLError):
+        return Result.TLS
+    if isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(
+        exc.os_error, ConnectionResetError
+    ):
+        return Result.REFUSED
+    if isinstance(exc, TimeoutError):
+        return Result.TIMEOUT
+    if isinstance(exc, ConnectionRefusedError) or (
+        isinstance(exc, OSError)
+        and exc.errno in {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH}
+    ):
+        return Result.REFUSED
+    return Result.PROTOCOL
+
+
+def describe(exc: BaseException) -> str:
+    """A short, single-line reason; the exception type when it has no text."""
+    text = " ".join(str(exc).split())
+    name = type(exc).__name__
+    return f"{name}: {text}"[:300] if text else name
+
+
+async def open_socket(host: str, port: int, timer: PhaseTimer) -> socket.socket:
+    """Resolve (phase dns) and connect (phase connect); return a connected non-blocking socket.
+
+    Tries each resolved address in turn, like a user's client, and raises the last error.
+    """
+    loop = asyncio.get_running_loop()
+    timer.enter(Phase.DNS)
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    timer.enter(Phase.CONNECT)
+    last: OSError | None = None
+    for family, kind, proto, _name, addr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)  # noqa: FBT003 - stdlib signature
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await loop.sock_connect(sock, addr)
+        except OSError as exc:
+            sock.close()
+            last = exc
+        except BaseException:
+            sock.close()
+            raise
+        else:
+            return sock
+    assert last is not None  # getaddrinfo never returns an empty list
+    raise last
+
+
+class RecordingContext(ssl.SSLContext):
+    """A client SSLContext that remembers when its last handshake finished and the peer's
+    certificate expiry; one per target, and a target never runs twice at once."""
+
+    handshake_done: float | None
+    peer_not_after: float | None
+
+    def reset(self) -> None:
+        self.handshake_done = None
+        self.peer_not_after = None
+
+    def record(self, cert: Mapping[str, object] | None) -> None:
+        self.handshake_done = time.monotonic()
+        not_after = (cert or {}).get("notAfter")
+        self.peer_not_after = ssl.cert_time_to_seconds(not_after) if isinstance(
+            not_after, str
+        ) else None
+
+
+class _RecordingSSLObject(ssl.SSLObject):
+    def do_handshake(self) -> None:
+        super().do_handshake()
+        ctx = self.context
+        if isinstance(ctx, RecordingContext):
+            ctx.record(self.getpeercert())
+
+
+def make_tls_context(*, verify: bool, ca_file: Path | None) -> RecordingContext:
+    """A client context that verifies by default (never the stdlib's unverified one)."""
+    ctx = RecordingContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.sslobject_class = _RecordingSSLObject
+    ctx.reset()
+    if verify:
+        ctx.check_hostname = True
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        if ca_file is not None:
+            ctx.load_verify_locations(cafile=str(ca_file))
+        else:
+            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx

@@ -1,0 +1,147 @@
+"""POP3 probe: stdlib poplib in a worker thread (anyio), as the user asked.
+
+DNS and TCP connect run on the event loop; the blocking dialogue (greeting, STLS, USER/PASS,
+STAT, QUIT) runs in a thread from a dedicated limiter. poplib's socket timeout is per recv and
+cannot stop a server that drips a byte a second, so at the deadline the loop shuts the
+connection down under the thread (through a dup of its descriptor, valid even after TLS
+wrapping), which makes the blocked recv return and the thread end. Threads that outlive their
+probe anyway are counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import poplib
+import socket
+import threading
+from typing import TYPE_CHECKING
+
+import anyio
+
+from outagewatch.model import Phase, Result
+from outagewatch.probes._common import PhaseTimer, ProbeFailure, RecordingContext, open_socket
+
+if TYPE_CHECKING:
+    import ssl
+
+    from outagewatch.config import Pop3Target
+    from outagewatch.probes import ProbeRun, ThreadTracker
+
+
+class _Pop3(poplib.POP3):
+    """poplib on a socket we connected ourselves (the stdlib hook ``_create_socket``)."""
+
+    def __init__(self, sock: socket.socket, host: str, timeout: float) -> None:
+        self._given = sock
+        super().__init__(host, 0, timeout=timeout)
+
+    def _create_socket(self, timeout: float | None) -> socket.socket:
+        del timeout
+        return self._given
+
+
+def _reply(exc: poplib.error_proto) -> str:
+    arg = exc.args[0] if exc.args else b""
+    return (arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg))[:200]
+
+
+def _dialogue(
+    sock: socket.socket,
+    target: Pop3Target,
+    tls: RecordingContext | None,
+    timer: PhaseTimer,
+    per_read: float,
+) -> None:
+    """The blocking conversation; runs in a worker thread and closes what it opens."""
+    sock.setblocking(True)  # noqa: FBT003 - stdlib signature
+    sock.settimeout(per_read)
+    current: socket.socket | ssl.SSLSocket = sock
+    pop: _Pop3 | None = None
+    try:
+        if target.tls == "implicit":
+            assert tls is not None
+            timer.enter(Phase.TLS)
+            current = tls.wrap_socket(sock, server_hostname=target.host)
+            tls.record(current.getpeercert())
+        timer.enter(Phase.GREETING)
+        pop = _Pop3(current, target.host, per_read)
+        if target.tls == "starttls":
+            assert tls is not None
+            timer.enter(Phase.STARTTLS)
+            try:
+                pop.stls(context=tls)
+            except poplib.error_proto as exc:
+                raise ProbeFailure(Result.TLS, f"STLS failed: {_reply(exc)}") from None
+            current = pop.sock
+            tls.record(current.getpeercert())  # type: ignore[attr-defined]
+        timer.enter(Phase.LOGIN)
+        try:
+            pop.user(target.username)
+            pop.pass_(target.secret() or "")
+        except poplib.error_proto as exc:
+            raise ProbeFailure(Result.AUTH, f"login refused: {_reply(exc)}") from None
+        timer.enter(Phase.STAT)
+        pop.stat()
+        timer.enter(Phase.LOGOUT)
+        pop.quit()
+    finally:
+        if pop is not None:
+            pop.close()
+        current.close()
+
+
+class _Worker:
+    """Runs the dialogue once in a thread; knows whether the probe has given up on it."""
+
+    def __init__(self, threads: ThreadTracker) -> None:
+        self._threads = threads
+        self._lock = threading.Lock()
+        self._running = False
+        self._abandoned = False
+        self._started = False
+
+    def run(
+        self, sock: socket.socket, target: Pop3Target, tls: RecordingContext | None,
+        timer: PhaseTimer, per_read: float,
+    ) -> None:
+        with self._lock:
+            if self._abandoned:  # the probe gave up before a thread was free
+                return
+            self._running = self._started = True
+            self._threads.started()
+        try:
+            _dialogue(sock, target, tls, timer, per_read)
+        finally:
+            with self._lock:
+                self._running = False
+                self._threads.ended(was_abandoned=self._abandoned)
+
+    def abandon(self) -> bool:
+        """Give up on the thread; True when it never started (the socket is still ours)."""
+        with self._lock:
+            never_started = not self._running and not self._started
+            self._abandoned = True
+            if self._running:
+                self._threads.abandoned()
+            return never_started
+
+
+async def probe(target: Pop3Target, run: ProbeRun) -> None:
+    sock = await open_socket(target.host, target.effective_port, run.timer)
+    # A second descriptor for the same connection: shutdown() through it unblocks the
+    # worker's recv whatever poplib or ssl did to the original socket object.
+    killer = sock.dup()
+    worker = _Worker(run.ctx.threads)
+    try:
+        await anyio.to_thread.run_sync(
+            worker.run, sock, target, run.tls, run.timer, run.timeout,
+            abandon_on_cancel=True, limiter=run.ctx.pop3_limiter,
+        )
+    except BaseException:
+        if worker.abandon():
+            sock.close()
+        with contextlib.suppress(OSError):
+            killer.shutdown(socket.SHUT_RDWR)
+        raise
+    finally:
+        killer.close()

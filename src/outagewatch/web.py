@@ -1,0 +1,53 @@
+"""The HTTP surface: /metrics, /healthz (loop responsive), /readyz (config and scheduler up)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+Readiness = Callable[[], str | None]  # None when ready, else the reason
+
+
+def build_app(*, registry: CollectorRegistry, readiness: Readiness) -> web.Application:
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_request: web.Request) -> web.Response:
+        reason = readiness()
+        if reason is None:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not ready", "reason": reason}, status=503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+class WebServer:
+    def __init__(self, app: web.Application) -> None:
+        self._runner = web.AppRunner(app, shutdown_timeout=2, access_log=None)
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        try:
+            await site.start()
+        except OSError:
+            await self._runner.cleanup()
+            raise
+        server = site._server  # noqa: SLF001 - the only way to learn the port when 0 was asked
+        if isinstance(server, asyncio.Server) and server.sockets:
+            self.port = server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()

@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import os
+import ssl
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import structlog
+import trustme
+from aiohttp import web
+from pydantic import TypeAdapter
+
+from outagewatch.clock import SystemClock
+from outagewatch.config import Target
+from outagewatch.probes import ProbeContext, new_http_session
+from tests.helpers.dovecot import Dovecot, dovecot_binary
+from tests.helpers.smtpd import start_smtpd
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+_TARGET = TypeAdapter(Target)
+
+
+def make_target(**fields: Any) -> Any:
+    """A validated target from config-file style fields, with short test defaults."""
+    fields.setdefault("platform", "eu")
+    fields.setdefault("name", f"{fields['type']}-test")
+    return _TARGET.validate_python(fields)
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog():
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture(scope="session", name="ca")
+def _ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session", name="tls_files")
+def _tls_files(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """CA bundle, server certificate and key as files (Dovecot and ca_file need paths)."""
+    base = tmp_path_factory.mktemp("tls")
+    base.chmod(0o755)
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    files = {"ca": base / "ca.pem", "cert": base / "cert.pem", "key": base / "key.pem"}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    cert.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    cert.private_key_pem.write_to_path(str(files["key"]))
+    for path in files.values():
+        path.chmod(0o644)
+    return files
+
+
+@pytest.fixture(scope="session", name="server_tls")
+def _server_tls(tls_files: dict[str, Path]) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tls_files["cert"], tls_files["key"])
+    return ctx
+
+
+@pytest.fixture(scope="session", name="dovecot")
+def _dovecot(tls_files: dict[str, Path]):
+    if dovecot_binary() is None:
+        message = "Dovecot is not installed (apt-get install dovecot-imapd dovecot-pop3d)"
+        if IN_CI:
+            pytest.fail(message + "; under CI=true this is a failure, not a skip")
+        pytest.skip(message)
+    server = Dovecot.start(tls_files["cert"], tls_files["key"])
+    yield server
+    server.stop()
+
+
+@pytest.fixture(name="smtpd")
+async def _smtpd(server_tls: ssl.SSLContext):
+    server = await start_smtpd(server_tls)
+    yield server
+    await server.stop()
+
+
+async def _slow(request: web.Request) -> web.Response:
+    await anyio.sleep(float(request.query.get("s", "1")))
+    return web.Response(text="App Suite (slow)")
+
+
+async def _status(request: web.Request) -> web.Response:
+    return web.Response(status=int(request.match_info["code"]), text="status page")
+
+
+async def _redirect(request: web.Request) -> web.Response:
+    hops = int(request.match_info["n"])
+    raise web.HTTPFound("/" if hops <= 1 else f"/redirect/{hops - 1}")
+
+
+async def _big(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse()
+    await response.prepare(request)
+    chunk = b"x" * 65536
+    for _ in range(int(request.query.get("chunks", "64"))):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+def http_app() -> web.Application:
+    app = web.Application()
+    app.router.add_get("/", _ok)
+    app.router.add_get("/slow", _slow)
+    app.router.add_get("/status/{code}", _status)
+    app.router.add_get("/redirect/{n}", _redirect)
+    app.router.add_get("/big", _big)
+    return app
+
+
+async def _ok(_request: web.Request) -> web.Response:
+    return web.Response(text="<html><title>OX App Suite</title></html>", content_type="text/html")
+
+
+class HttpServers:
+    def __init__(self) -> None:
+        self.runner = web.AppRunner(http_app(), shutdown_timeout=0.5)
+        self.port = 0
+        self.tls_port = 0
+
+    async def start(self, tls: ssl.SSLContext) -> None:
+        await self.runner.setup()
+        plain = web.TCPSite(self.runner, "127.0.0.1", 0)
+        secure = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=tls)
+        await plain.start()
+        await secure.start()
+        self.port = plain._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.tls_port = secure._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
+@pytest.fixture(name="http_server")
+async def _http_server(server_tls: ssl.SSLContext):
+    servers = HttpServers()
+    await servers.start(server_tls)
+    yield servers
+    await servers.runner.cleanup()
+
+
+@pytest.fixture(name="probe_ctx")
+async def _probe_ctx():
+    session = new_http_session()
+    ctx = ProbeContext(
+        clock=SystemClock(), session=session, pop3_limiter=anyio.CapacityLimiter(8)
+    )
+    yield ctx
+    await session.close()
