@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import os
 import ssl
 from pathlib import Path
@@ -27,6 +28,14 @@ def make_target(**fields: Any) -> Any:
     fields.setdefault("platform", "eu")
     fields.setdefault("name", f"{fields['type']}-test")
     return _TARGET.validate_python(fields)
+
+
+@pytest.fixture(autouse=True)
+def _collect_leaks():
+    """Collect garbage after each test, so that an unclosed socket or file is reported (as an
+    error, by filterwarnings) against the test that leaked it, not a later one."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)

@@ -121,7 +121,7 @@ class _Credentials(_Model):
             try:
                 data["password"] = path.read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as exc:
-                raise ValueError(f"password_file {str(path)!r}: {exc.strerror}") from None
+                raise ValueError(f"password_file: cannot read {str(path)!r}: {exc.strerror}") from None
         elif data.get("password_env"):
             name = str(data["password_env"])
             if name not in os.environ:
@@ -402,4 +402,10 @@ def _format_error(error: Mapping[str, Any]) -> str:
     elif kind == "union_tag_not_found":
         path, msg = f"{path}.type", f"required key is missing (one of {', '.join(sorted(_TAGS))})"
     msg = msg.removeprefix("Value error, ")
+    key = _KEY_PREFIX.match(msg)
+    if key:  # a model-level check that names its key: "password_file: ..." -> path.password_file
+        path, msg = f"{path}.{key.group(1)}", key.group(2)
     return f"{path}: {msg}"
+
+
+_KEY_PREFIX = re.compile(r"^([a-z_]+): (.+)$", re.DOTALL)

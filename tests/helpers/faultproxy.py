@@ -3,12 +3,12 @@
 Modes (``proxy.mode = Fault(...)`` may be changed between connections):
 - ``pass``: forward both ways untouched
 - ``delay``: hold the server's first bytes back for ``seconds`` (a slow greeting)
-- ``delay_after``: forward ``after`` bytes of the server's output, then hold the rest back
-  for ``seconds`` (a slow login / command answer)
+- ``delay_after``: forward ``after`` chunks of the server's output (the greeting is one), then
+  hold the next back for ``seconds`` (a slow answer to a later command)
 - ``stall``: accept and never send anything (also a TLS handshake that never completes)
-- ``stall_after``: forward ``after`` bytes of the server's output, then go silent
+- ``stall_after``: forward ``after`` chunks of the server's output, then go silent
 - ``reset``: accept and reset the connection at once (RST)
-- ``reset_after``: forward ``after`` bytes of the server's output, then reset
+- ``reset_after``: forward ``after`` chunks of the server's output, then reset
 - ``close``: accept and close cleanly at once (EOF)
 - ``garbage``: answer with bytes that are no protocol at all, then close
 - ``drip``: forward the server's output one byte every ``seconds``
@@ -41,6 +41,7 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._closing = asyncio.Event()
 
     async def start(self) -> FaultProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -48,15 +49,15 @@ class FaultProxy:
         return self
 
     async def stop(self) -> None:
+        # Handlers are made to return, never cancelled: asyncio's stream callback would log
+        # the cancellation as an error.
+        self._closing.set()
         if self._server is not None:
             self._server.close()
         for writer in list(self._writers):
             writer.transport.abort()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
@@ -77,7 +78,7 @@ class FaultProxy:
         up_writer: asyncio.StreamWriter | None = None
         try:
             if mode.kind == "stall":
-                await reader.read()  # until the client gives up
+                await self._pause()  # until the client gives up or the proxy stops
                 return
             if mode.kind == "reset":
                 _reset(writer)
@@ -89,7 +90,7 @@ class FaultProxy:
                 await writer.drain()
                 return
             if mode.kind == "endless":
-                while True:
+                while not self._closing.is_set():
                     writer.write(mode.payload * 64)
                     await writer.drain()
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
@@ -98,9 +99,9 @@ class FaultProxy:
             try:
                 await self._downstream(up_reader, writer, mode)
             finally:
-                upward.cancel()
-                with contextlib.suppress(BaseException):
-                    await upward
+                up_writer.transport.abort()
+                writer.transport.abort()
+                await asyncio.wait([upward], timeout=2)
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -113,38 +114,38 @@ class FaultProxy:
     async def _downstream(
         self, up: asyncio.StreamReader, writer: asyncio.StreamWriter, mode: Fault
     ) -> None:
-        sent = 0
-        first = True
+        chunks = 0
         while True:
             data = await up.read(65536)
             if not data:
                 return
-            if mode.kind == "delay" and first:
-                await asyncio.sleep(mode.seconds)
-            first = False
-            if mode.kind in {"stall_after", "reset_after", "delay_after"}:
-                room = max(0, mode.after - sent)
-                if len(data) > room:
-                    writer.write(data[:room])
-                    await writer.drain()
-                    sent += room
-                    if mode.kind == "stall_after":
-                        await asyncio.Event().wait()
-                    if mode.kind == "reset_after":
-                        _reset(writer)
-                        return
-                    await asyncio.sleep(mode.seconds)
-                    mode = Fault()  # delayed once; the rest flows
-                    data = data[room:]
+            if mode.kind == "delay" and chunks == 0:
+                await self._pause(mode.seconds)
+            if mode.kind in {"stall_after", "reset_after", "delay_after"} and chunks == mode.after:
+                if mode.kind == "stall_after":
+                    await self._pause()
+                    return
+                if mode.kind == "reset_after":
+                    _reset(writer)
+                    return
+                await self._pause(mode.seconds)
+            chunks += 1
             if mode.kind == "drip":
                 for byte in data:
                     writer.write(bytes([byte]))
                     await writer.drain()
-                    await asyncio.sleep(mode.seconds)
+                    await self._pause(mode.seconds)
             else:
                 writer.write(data)
                 await writer.drain()
-            sent += len(data)
+
+
+    async def _pause(self, seconds: float | None = None) -> None:
+        """Sleep (forever by default); end the connection if the proxy stops meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
+        if self._closing.is_set():
+            raise ConnectionAbortedError
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
     from outagewatch.clock import Clock
 
+MIN_SCRUBBED = 4  # shorter secrets would mangle ordinary words in messages
+
 __all__ = ["ProbeContext", "ProbeRun", "ThreadTracker", "new_http_session", "run_probe"]
 
 
@@ -127,7 +129,8 @@ async def run_probe(target: Target, ctx: ProbeContext, *, timeout: float) -> Sam
     duration = ctx.clock.monotonic() - t0
     timer.finish()
     secret = getattr(target, "password", None)
-    if secret is not None and secret.get_secret_value() and detail:
+    if secret is not None and len(secret.get_secret_value()) >= MIN_SCRUBBED and detail:
+        # belt and braces: no library puts the password into an error, but if one did
         detail = detail.replace(secret.get_secret_value(), "***")
     return Sample(
         target=target.name,

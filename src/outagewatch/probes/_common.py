@@ -63,8 +63,23 @@ class PhaseTimer:
         self.current = None
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and what caused it (aiosmtplib wraps ssl errors in SMTPConnectError)."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 5:
+        seen.append(current)
+        current = current.__cause__
+    return seen
+
+
 def classify(exc: BaseException) -> Result:  # noqa: PLR0911 - one exit per class reads best
     """Map an exception from any client library to the bounded error class."""
+    chain = _chain(exc)
+    if any(isinstance(e, ssl.SSLEOFError | ssl.SSLZeroReturnError) for e in chain):
+        return Result.PROTOCOL  # the peer hung up mid-handshake: a closed connection, not TLS
+    if any(isinstance(e, ssl.SSLError | ssl.CertificateError) for e in chain):
+        return Result.TLS
     if isinstance(exc, ProbeFailure):
         return exc.result
     if isinstance(exc, aiohttp.TooManyRedirects):
@@ -89,6 +104,10 @@ def classify(exc: BaseException) -> Result:  # noqa: PLR0911 - one exit per clas
 
 def describe(exc: BaseException) -> str:
     """A short, single-line reason; the exception type when it has no text."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        reason = os_error.strerror or str(os_error) or type(os_error).__name__
+        return f"{type(exc).__name__}: {exc.host}:{exc.port}: {reason}"[:300]
     text = " ".join(str(exc).split())
     name = type(exc).__name__
     return f"{name}: {text}"[:300] if text else name

@@ -36,6 +36,7 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
         super().__init__(loop, self._on_lost)
         self.greeted: asyncio.Future[None] = loop.create_future()
         self.received = 0
+        self._greeting_seen = False
 
     def _on_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
@@ -51,6 +52,15 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
             super().data_received(data)
         except RecursionError:
             self._fail("server sent a flood of lines")
+
+    def _handle_line(self, line: bytes, current_cmd: Any) -> Any:
+        # aioimaplib starts a greeting task for every line that arrives before the first is
+        # processed; a server that floods lines would spawn thousands. Take the first only.
+        if line and self.state == aioimaplib.CONNECTED:
+            if self._greeting_seen:
+                return None
+            self._greeting_seen = True
+        return super()._handle_line(line, current_cmd)
 
     def _fail(self, reason: str) -> None:
         if not self.lost.done():
@@ -144,5 +154,8 @@ async def probe(target: ImapTarget, run: ProbeRun) -> None:
             sock.close()
         if proto.transport is not None and not proto.transport.is_closing():
             proto.transport.close()
-        for task in list(proto.tasks):
+        pending = list(proto.tasks)
+        for task in pending:
             task.cancel()
+        if pending:  # let them finish cancelling, or asyncio reports them destroyed
+            await asyncio.wait(pending, timeout=1)

@@ -33,16 +33,68 @@ class _Pop3(poplib.POP3):
 
     def __init__(self, sock: socket.socket, host: str, timeout: float) -> None:
         self._given = sock
-        super().__init__(host, 0, timeout=timeout)
+        try:
+            super().__init__(host, 0, timeout=timeout)  # reads the greeting
+        except BaseException:
+            # poplib made a file on the socket before the greeting failed; close it, or the
+            # socket cannot really close
+            file = getattr(self, "file", None)
+            if file is not None:
+                file.close()
+            raise
 
     def _create_socket(self, timeout: float | None) -> socket.socket:
         del timeout
         return self._given
 
 
+def _capabilities(pop: poplib.POP3) -> dict[str, list[str]]:
+    try:
+        return pop.capa()
+    except poplib.error_proto:
+        return {}
+
+
 def _reply(exc: poplib.error_proto) -> str:
     arg = exc.args[0] if exc.args else b""
     return (arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg))[:200]
+
+
+def _wrap(tls: RecordingContext, sock: socket.socket, host: str) -> ssl.SSLSocket:
+    """TLS on a connected blocking socket, without leaking it on any failure.
+
+    CPython 3.11's SSLSocket constructor takes over the descriptor and then, when the peer
+    has already reset, re-raises the error without closing it. So: make sure the socket is
+    still connected first (raising on our own socket, which the caller closes), handshake
+    outside the constructor, and close the SSLSocket ourselves when the handshake fails.
+    """
+    try:
+        sock.getpeername()
+    except OSError:
+        raise ConnectionResetError("server closed the connection before the TLS handshake") \
+            from None
+    wrapped = tls.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+    try:
+        wrapped.do_handshake()
+    except BaseException:
+        wrapped.close()
+        raise
+    tls.record(wrapped.getpeercert())
+    return wrapped
+
+
+def _stls(pop: _Pop3, tls: RecordingContext, host: str) -> ssl.SSLSocket:
+    """poplib's stls(), with the leak-free _wrap."""
+    try:
+        pop._shortcmd("STLS")  # type: ignore[attr-defined]  # noqa: SLF001 - poplib's helper
+    except poplib.error_proto as exc:
+        raise ProbeFailure(Result.TLS, f"STLS refused: {_reply(exc)}") from None
+    wrapped = _wrap(tls, pop.sock, host)
+    pop.file.close()
+    pop.sock = wrapped
+    pop.file = wrapped.makefile("rb")
+    pop._tls_established = True  # type: ignore[attr-defined]  # noqa: SLF001
+    return wrapped
 
 
 def _dialogue(
@@ -61,19 +113,15 @@ def _dialogue(
         if target.tls == "implicit":
             assert tls is not None
             timer.enter(Phase.TLS)
-            current = tls.wrap_socket(sock, server_hostname=target.host)
-            tls.record(current.getpeercert())
+            current = _wrap(tls, sock, target.host)
         timer.enter(Phase.GREETING)
         pop = _Pop3(current, target.host, per_read)
         if target.tls == "starttls":
             assert tls is not None
             timer.enter(Phase.STARTTLS)
-            try:
-                pop.stls(context=tls)
-            except poplib.error_proto as exc:
-                raise ProbeFailure(Result.TLS, f"STLS failed: {_reply(exc)}") from None
-            current = pop.sock
-            tls.record(current.getpeercert())  # type: ignore[attr-defined]
+            if "STLS" not in _capabilities(pop):
+                raise ProbeFailure(Result.TLS, "server does not offer STLS")
+            current = _stls(pop, tls, target.host)
         timer.enter(Phase.LOGIN)
         try:
             pop.user(target.username)
