@@ -55,6 +55,13 @@ async def probe(target: SmtpTarget, run: ProbeRun) -> None:
                 raise ProbeFailure(Result.AUTH, reason) from None
         timer.enter(Phase.LOGOUT)
         await client.quit()
+    except BaseException:
+        # On failure, drop the connection at once; no polite TLS shutdown with a bad peer.
+        if client.transport is not None:
+            client.transport.abort()
+        raise
     finally:
-        client.close()
-        sock.close()
+        if client.transport is None:
+            sock.close()  # never handed over to a transport
+        else:
+            client.close()
