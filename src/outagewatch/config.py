@@ -371,9 +371,14 @@ def load_settings(path: Path | str) -> Settings:
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError([_format_error(e) for e in exc.errors()]) from None
-    except ConfigError:
-        raise
+        problems: list[str] = []
+        for error in exc.errors():
+            nested = (error.get("ctx") or {}).get("error")
+            if isinstance(nested, ConfigError):  # the cross-checks: already one line each
+                problems.extend(nested.problems)
+            else:
+                problems.append(_format_error(error))
+        raise ConfigError(problems) from None
 
 
 _TAGS = frozenset(t.value for t in ProbeType)

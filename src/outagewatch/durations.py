@@ -32,6 +32,8 @@ def parse_duration(value: object) -> timedelta:
 
 
 def _parse_text(text: str) -> timedelta:
+    if text.startswith("-") and _parse_text(text[1:]) >= timedelta(0):
+        return -_parse_text(text[1:])
     if _NUMBER.fullmatch(text):
         return timedelta(seconds=float(text))
     if _COMPOUND.fullmatch(text):

@@ -1,0 +1,127 @@
+"""The configuration contract: bad files are fixtures paired with their exact messages."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from outagewatch.config import load_settings
+from outagewatch.errors import ConfigError
+
+DATA = Path(__file__).parent / "testdata" / "config"
+INVALID = sorted(DATA.glob("invalid-*.yaml"))
+EXAMPLE = Path(__file__).parents[1] / "config" / "outagewatch.example.yaml"
+
+
+def expected_lines(path: Path) -> list[str]:
+    return [
+        line.removeprefix("# expect: ").format(file=path)
+        for line in path.read_text().splitlines()
+        if line.startswith("# expect: ")
+    ]
+
+
+@pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])
+def test_invalid_config_messages(path, monkeypatch):
+    """Each invalid fixture fails with exactly the lines written in its header."""
+    monkeypatch.delenv("OUTAGEWATCH_TEST_UNSET_VARIABLE", raising=False)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert expected_lines(path) == info.value.problems
+
+
+def test_every_fixture_names_its_expectation():
+    assert INVALID
+    assert all(expected_lines(p) for p in INVALID)
+
+
+class TestLoad:
+    def test_minimal_defaults(self):
+        """Defaults are the agreement's numbers: 30 s threshold, 15 min window."""
+        settings = load_settings(DATA / "valid-minimal.yaml")
+        rule = settings.rule_for(settings.targets[0])
+        assert (60.0, 35.0, 30.0, 900.0, 2) == (
+            rule.interval, rule.timeout, rule.threshold, rule.window, rule.recover_after)
+        assert "127.0.0.1:9817" == settings.server.listen
+
+    def test_missing_file(self, tmp_path):
+        with pytest.raises(ConfigError) as info:
+            load_settings(tmp_path / "nope.yaml")
+        assert [f"{tmp_path / 'nope.yaml'}: file not found"] == info.value.problems
+
+    def test_env_overrides_nested_keys(self, monkeypatch):
+        """OUTAGEWATCH_SECTION__KEY overrides one key and leaves its siblings alone."""
+        monkeypatch.setenv("OUTAGEWATCH_DEFAULTS__THRESHOLD", "900")  # env values are strings
+        monkeypatch.setenv("OUTAGEWATCH_DEFAULTS__TIMEOUT", "16m")
+        monkeypatch.setenv("OUTAGEWATCH_SERVER__LISTEN", "0.0.0.0:9999")
+        settings = load_settings(DATA / "valid-minimal.yaml")
+        assert timedelta(minutes=15) == settings.defaults.threshold
+        assert timedelta(minutes=16) == settings.defaults.timeout
+        assert timedelta(minutes=15) == settings.defaults.window
+        assert 9999 == settings.server.port
+
+    def test_env_override_is_validated(self, monkeypatch):
+        monkeypatch.setenv("OUTAGEWATCH_DEFAULTS__WINDOW", "soon")
+        with pytest.raises(ConfigError) as info:
+            load_settings(DATA / "valid-minimal.yaml")
+        assert ["defaults.window: invalid duration 'soon': use e.g. 30s, 15m, 1h30m, 500ms or "
+                "PT15M"] == info.value.problems
+
+    def test_per_target_overrides(self, tmp_path):
+        path = tmp_path / "c.yaml"
+        path.write_text(
+            "defaults: {threshold: 10s, timeout: 12s}\nplatforms: {eu: {}}\ntargets:\n"
+            "  - {name: a, platform: eu, type: http, url: 'http://x/', threshold: 1s,"
+            " timeout: 2s, window: PT1M, interval: 1h30m, recover_after: 3}\n"
+            "  - {name: b, platform: eu, type: http, url: 'http://y/'}\n")
+        settings = load_settings(path)
+        a, b = (settings.rule_for(t) for t in settings.targets)
+        assert (5400.0, 2.0, 1.0, 60.0, 3) == (a.interval, a.timeout, a.threshold, a.window,
+                                               a.recover_after)
+        assert (12.0, 10.0) == (b.timeout, b.threshold)
+
+    def test_password_sources(self, tmp_path, monkeypatch):
+        """Passwords come from a file (trailing newline dropped) or a named variable, and
+        never show in the model's repr."""
+        secret = tmp_path / "secret"
+        secret.write_text("from-file-pw\n")
+        monkeypatch.setenv("PROBE_PW", "from-env-pw")
+        path = tmp_path / "c.yaml"
+        path.write_text(
+            "platforms: {eu: {}}\ntargets:\n"
+            f"  - {{name: a, platform: eu, type: pop3, host: h, username: u, "
+            f"password_file: '{secret}'}}\n"
+            "  - {name: b, platform: eu, type: imap, host: h, username: u,"
+            " password_env: PROBE_PW}\n")
+        settings = load_settings(path)
+        assert ["from-file-pw", "from-env-pw"] == [t.secret() for t in settings.targets]
+        assert "from-file-pw" not in repr(settings)
+        assert "from-env-pw" not in settings.model_dump_json()
+
+    def test_default_ports(self, tmp_path):
+        path = tmp_path / "c.yaml"
+        rows = [("smtp", "none", 25), ("smtp", "starttls", 587), ("smtp", "implicit", 465),
+                ("imap", "starttls", 143), ("imap", "implicit", 993),
+                ("pop3", "none", 110), ("pop3", "implicit", 995)]
+        lines = [f"  - {{name: t{i}, platform: eu, type: {kind}, host: h, tls: {tls},"
+                 f" username: u}}" for i, (kind, tls, _) in enumerate(rows)]
+        path.write_text("platforms: {eu: {}}\ntargets:\n" + "\n".join(lines) + "\n")
+        settings = load_settings(path)
+        assert [p for _, _, p in rows] == [t.effective_port for t in settings.targets]
+
+    def test_example_is_valid_once_its_secrets_exist(self, tmp_path, monkeypatch):
+        """The documented example config, with its secret files present, loads cleanly."""
+        text = EXAMPLE.read_text()
+        for path in set(re.findall(r"/run/secrets/[\w-]+", text)):
+            local = tmp_path / Path(path).name
+            local.write_text("pw")
+            text = text.replace(path, str(local))
+        monkeypatch.setenv("SMTP_PROBE_PASSWORD", "pw")
+        config = tmp_path / "example.yaml"
+        config.write_text(text)
+        settings = load_settings(config)
+        assert ["webmail-eu", "smtp-eu", "imap-eu", "pop3-eu"] == [
+            t.name for t in settings.targets]
