@@ -12,12 +12,12 @@ import structlog
 import trustme
 from aiohttp import web
 from pydantic import TypeAdapter
+from tests.helpers.dovecot import Dovecot, dovecot_binary
+from tests.helpers.smtpd import start_smtpd
 
 from outagewatch.clock import SystemClock
 from outagewatch.config import Target
 from outagewatch.probes import ProbeContext, new_http_session
-from tests.helpers.dovecot import Dovecot, dovecot_binary
-from tests.helpers.smtpd import start_smtpd
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 _TARGET = TypeAdapter(Target)

@@ -67,8 +67,8 @@ class TestLoad:
         monkeypatch.setenv("OUTAGEWATCH_DEFAULTS__WINDOW", "soon")
         with pytest.raises(ConfigError) as info:
             load_settings(DATA / "valid-minimal.yaml")
-        assert ["defaults.window: invalid duration 'soon': use e.g. 30s, 15m, 1h30m, 500ms or "
-                "PT15M"] == info.value.problems
+        assert [("defaults.window: invalid duration 'soon': use e.g. 30s, 15m, 1h30m, 500ms or "
+                "PT15M")] == info.value.problems
 
     def test_per_target_overrides(self, tmp_path):
         path = tmp_path / "c.yaml"

@@ -4,16 +4,17 @@ marking and live reconfiguration."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import defaultdict
 
 import pytest
 from prometheus_client import CollectorRegistry
+from tests.conftest import make_target
+from tests.helpers.fakeclock import FakeClock
 
 from outagewatch.metrics import TargetLabels, build_metrics
 from outagewatch.model import ProbeType, Result, Rule, Sample
 from outagewatch.scheduler import Scheduler, stable_offset
-from tests.conftest import make_target
-from tests.helpers.fakeclock import FakeClock
 
 RULE = Rule(interval=10.0, timeout=8.0, threshold=5.0, window=60.0, recover_after=2)
 
@@ -87,8 +88,8 @@ class TestScheduler:
             await h.clock.advance(100)
         starts = h.starts["a"]
         assert len(starts) >= 9
-        assert [10.0] * (len(starts) - 1) == [round(b - a, 6) for a, b in zip(starts,
-                                                                             starts[1:])]
+        gaps = [round(b - a, 6) for a, b in itertools.pairwise(starts)]
+        assert [10.0] * (len(starts) - 1) == gaps
         assert len(starts) == len(h.recorder.samples["a"]) + (1 if starts[-1] > 1097 else 0)
 
     async def test_first_runs_are_spread_by_a_stable_offset(self):
@@ -112,7 +113,7 @@ class TestScheduler:
         async with h:
             await h.clock.advance(100)
         starts = h.starts["slow"]
-        assert all(b - a >= 25.0 for a, b in zip(starts, starts[1:]))
+        assert all(b - a >= 25.0 for a, b in itertools.pairwise(starts))
         assert h.scheduler.skipped("slow") >= 5
         assert h.scheduler.skipped("slow") == h.metric(
             "outagewatch_probe_runs_skipped_total", target="slow", type="http", platform="eu")
@@ -120,7 +121,7 @@ class TestScheduler:
     async def test_in_flight_cap(self):
         """No more probes run at once than max_in_flight; the rest wait their turn."""
         names = [f"t{i}" for i in range(30)]
-        h = Harness(durations={n: 9.0 for n in names}, max_in_flight=4)
+        h = Harness(durations=dict.fromkeys(names, 9.0), max_in_flight=4)
         h.apply([http(n) for n in names])
         async with h:
             await h.clock.advance(60)
@@ -166,7 +167,7 @@ class TestScheduler:
         assert len(h.starts["new"]) >= 2
         keep = h.starts["keep"]
         assert keep[: len(keep_before)] == keep_before
-        assert all(round(b - a, 6) == 10.0 for a, b in zip(keep, keep[1:]))
+        assert all(round(b - a, 6) == 10.0 for a, b in itertools.pairwise(keep))
 
     async def test_interval_change_takes_effect(self):
         h = Harness()

@@ -124,8 +124,8 @@ def _run(args: argparse.Namespace) -> int:
         try:
             await daemon.run()
         except OSError as exc:
-            raise UsageError(f"cannot listen on {settings.server.listen}: "
-                             f"{exc.strerror or exc}") from None
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise UsageError(f"cannot listen on {settings.server.listen}: {reason}") from None
         return EXIT_OK
 
     return _run_loop(settings, main())

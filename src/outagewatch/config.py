@@ -121,7 +121,8 @@ class _Credentials(_Model):
             try:
                 data["password"] = path.read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as exc:
-                raise ValueError(f"password_file: cannot read {str(path)!r}: {exc.strerror}") from None
+                reason = f"password_file: cannot read {str(path)!r}: {exc.strerror}"
+                raise ValueError(reason) from None
         elif data.get("password_env"):
             name = str(data["password_env"])
             if name not in os.environ:

@@ -124,7 +124,7 @@ class Dovecot:
             CONFIG.format(d=workdir, cert=cert, key=key, uid=uid, gid=gid, tag=workdir.name,
                           **ports)
         )
-        process = subprocess.Popen(  # noqa: S603
+        process = subprocess.Popen(
             [binary, "-F", "-c", str(conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

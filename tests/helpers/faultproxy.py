@@ -22,6 +22,7 @@ import contextlib
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Self
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class FaultProxy:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
 
-    async def __aenter__(self) -> FaultProxy:
+    async def __aenter__(self) -> Self:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:

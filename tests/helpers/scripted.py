@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import Self
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -16,7 +17,7 @@ class Scripted:
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
 
-    async def __aenter__(self) -> Scripted:
+    async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._run, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

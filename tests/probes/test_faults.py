@@ -6,13 +6,13 @@ from __future__ import annotations
 import time
 
 import pytest
-
-from outagewatch.model import Phase, Result
-from outagewatch.probes import run_probe
 from tests.conftest import make_target
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.smtpd import PASSWORD as SMTP_PASSWORD
 from tests.helpers.smtpd import USER as SMTP_USER
+
+from outagewatch.model import Phase, Result
+from outagewatch.probes import run_probe
 
 DEADLINE = 1.0
 SLACK = 0.25  # scheduling noise allowed past the deadline
@@ -68,7 +68,7 @@ def _target(service, port, dovecot, ca):
         return make_target(type="http", url=f"{scheme}://localhost:{port}/", ca_file=ca_file)
     kind = service.rstrip("s") if service != "pop3" else "pop3"
     kind = kind if kind != "pop3s" else "pop3"
-    tls = "implicit" if service.endswith("s") and service != "pop3" or service == "pop3s" else \
+    tls = "implicit" if (service.endswith("s") and service != "pop3") or service == "pop3s" else \
         "starttls"
     if kind == "smtp":
         creds = {"username": SMTP_USER, "password": SMTP_PASSWORD}

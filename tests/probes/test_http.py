@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import pytest
+from tests.conftest import make_target
 
 from outagewatch.model import Phase, Result
 from outagewatch.probes import run_probe
-from tests.conftest import make_target
 
 
 class TestHttpProbe:

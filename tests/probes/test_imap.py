@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import time
 
-from outagewatch.model import Phase, Result
-from outagewatch.probes import run_probe
 from tests.conftest import make_target
 from tests.helpers.scripted import Scripted, line
+
+from outagewatch.model import Phase, Result
+from outagewatch.probes import run_probe
 
 
 def imap(port, dovecot, ca=None, **fields):

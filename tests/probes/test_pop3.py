@@ -4,12 +4,12 @@ import asyncio
 import time
 
 import pytest
-
-from outagewatch.model import Phase, Result
-from outagewatch.probes import run_probe
 from tests.conftest import make_target
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.scripted import Scripted, line
+
+from outagewatch.model import Phase, Result
+from outagewatch.probes import run_probe
 
 
 def pop3(port, dovecot, ca=None, **fields):
@@ -21,7 +21,7 @@ def pop3(port, dovecot, ca=None, **fields):
 
 async def _threads_settle(ctx, timeout=2.0):
     deadline = time.monotonic() + timeout
-    while (ctx.threads.running or ctx.threads.stuck) and time.monotonic() < deadline:
+    while (ctx.threads.running or ctx.threads.stuck) and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.01)
 
 

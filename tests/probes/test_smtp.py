@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from outagewatch.model import Phase, Result
-from outagewatch.probes import run_probe
 from tests.conftest import make_target
 from tests.helpers.smtpd import PASSWORD, USER, start_smtpd
+
+from outagewatch.model import Phase, Result
+from outagewatch.probes import run_probe
 
 
 def smtp(port, ca, **fields):

@@ -1,0 +1,141 @@
+"""The command line as a user meets it: exit codes, one-line errors, probe output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+
+import pytest
+from tests.helpers.daemon import config_text
+from tests.helpers.ports import free_port
+
+
+async def outagewatch(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    import os
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "outagewatch", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def write(tmp_path, text, name="c.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+class TestCheckConfig:
+    async def test_ok(self, tmp_path):
+        path = write(tmp_path, config_text(9817, [("{name: w, platform: eu, type: http,"
+                                                  " url: 'http://x/'}")]))
+        assert (0, "ok\n", "") == await outagewatch("check-config", "-c", str(path))
+
+    async def test_problems_one_per_line_exit_2(self, tmp_path):
+        path = write(tmp_path, "platforms: {eu: {}}\ntargets:\n"
+                               "  - {name: w, platform: eu, type: http, url: 'ftp://x/'}\n"
+                               "  - {name: i, platform: eu, type: imap, host: h, port: 0}\n")
+        code, out, err = await outagewatch("check-config", "-c", str(path))
+        assert 2 == code
+        assert ["targets[0].url: expected an http:// or https:// URL with a host",
+                "targets[1].username: required key is missing",
+                "targets[1].port: Input should be greater than or equal to 1"] == out.splitlines()
+        assert "Traceback" not in err
+
+    async def test_config_from_environment(self, tmp_path):
+        path = write(tmp_path, config_text(9817, [("{name: w, platform: eu, type: http,"
+                                                  " url: 'http://x/'}")]))
+        code, out, _ = await outagewatch("check-config", env={"OUTAGEWATCH_CONFIG": str(path)})
+        assert (0, "ok\n") == (code, out)
+
+
+class TestUsageErrors:
+    @pytest.mark.parametrize(("args", "needle"), [
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["probe", "--bogus"], "unrecognized arguments: --bogus"),
+        (["--log-level", "loud", "run"], "invalid choice: 'loud'"),
+        (["run"], "no configuration: pass -c FILE or set OUTAGEWATCH_CONFIG"),
+        (["run", "-c", "/nonexistent.yaml"], "/nonexistent.yaml: file not found"),
+    ])
+    async def test_one_line_exit_2(self, args, needle):
+        code, _out, err = await outagewatch(*args, env={"OUTAGEWATCH_CONFIG": ""})
+        assert 2 == code
+        assert 1 == len(err.strip().splitlines()), err
+        assert needle in err
+
+    async def test_unknown_target(self, tmp_path):
+        path = write(tmp_path, config_text(9817, [("{name: w, platform: eu, type: http,"
+                                                  " url: 'http://x/'}")]))
+        code, _, err = await outagewatch("probe", "-c", str(path), "-t", "nope")
+        assert (2, "outagewatch: unknown target nope (known: w)\n") == (code, err)
+
+    async def test_port_in_use(self, tmp_path):
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            path = write(tmp_path, config_text(port, [("{name: w, platform: eu, type: http,"
+                                                      " url: 'http://127.0.0.1:1/'}")]))
+            code, _, err = await outagewatch("run", "-c", str(path))
+        assert 2 == code
+        assert f"outagewatch: cannot listen on 127.0.0.1:{port}: address already in use" \
+            in err.lower()
+        assert "Traceback" not in err
+
+
+class TestProbeCommand:
+    async def test_table_and_exit_codes(self, tmp_path, http_server):
+        """All good: exit 0 and a table; one target failing or slow: exit 1."""
+        url = f"http://127.0.0.1:{http_server.port}"
+        path = write(tmp_path, config_text(9817, [
+            f"{{name: good, platform: eu, type: http, url: '{url}/'}}",
+            f"{{name: slow, platform: eu, type: http, url: '{url}/slow?s=1.2'}}",
+            f"{{name: broken, platform: eu, type: http, url: '{url}/status/500'}}",
+        ]))
+        code, out, _ = await outagewatch("probe", "-c", str(path), "-t", "good")
+        assert 0 == code
+        assert out.splitlines()[0].split() == ["TARGET", "TYPE", "RESULT", "TIME", "PHASES",
+                                               "DETAIL"]
+        assert out.splitlines()[1].split()[:3] == ["good", "http", "ok"]
+        code, out, _ = await outagewatch("probe", "-c", str(path))
+        assert 1 == code
+        rows = {line.split()[0]: line.split()[2] for line in out.splitlines()[1:]}
+        assert {"good": "ok", "slow": "SLOW", "broken": "status"} == rows
+
+    async def test_json_lines(self, tmp_path, dovecot, tls_files):
+        path = write(tmp_path, config_text(9817, [
+            (f"{{name: pop, platform: eu, type: pop3, host: localhost, port: {dovecot.pop3},"
+            f" username: {dovecot.user}, password_env: PW, ca_file: '{tls_files['ca']}'}}"),
+        ]))
+        code, out, _ = await outagewatch("probe", "-c", str(path), "--json",
+                                         env={"PW": dovecot.password})
+        assert 0 == code
+        (record,) = [json.loads(line) for line in out.splitlines()]
+        assert ("pop", "pop3", "ok", False) == (record["target"], record["type"],
+                                                record["result"], record["bad"])
+        assert {"greeting", "starttls", "login", "stat", "logout"} <= set(record["phases"])
+        assert record["cert_expiry"] > 0
+
+    async def test_uvloop_switch(self, tmp_path, http_server):
+        """engine.uvloop runs the same probes on uvloop."""
+        path = write(tmp_path, config_text(9817, [
+            f"{{name: w, platform: eu, type: http, url: 'http://127.0.0.1:{http_server.port}/'}}",
+        ]) + "engine: {uvloop: true}\n")
+        code, out, err = await outagewatch("probe", "-c", str(path), "--json")
+        assert 0 == code, err
+        assert "ok" == json.loads(out)["result"]
+
+
+async def test_version():
+    code, out, _ = await outagewatch("--version")
+    assert 0 == code
+    assert out.startswith("outagewatch ")
+
+
+_ = free_port

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from outagewatch.metrics import TargetLabels, build_metrics, duration_buckets
+from outagewatch.model import Phase, ProbeType, Result, Sample
+
+LABELS = {"target": "imap-eu", "type": "imap", "platform": "eu"}
+
+
+def build():
+    registry = CollectorRegistry()
+    return registry, build_metrics(registry, buckets=duration_buckets([30.0], 35.0))
+
+
+def sample(**kw):
+    base = {"target": "imap-eu", "started_at": datetime(2026, 1, 1, tzinfo=UTC),
+            "duration": 0.25, "result": Result.OK,
+            "phases": {Phase.GREETING: 0.1, Phase.LOGIN: 0.15}}
+    return Sample(**{**base, **kw})
+
+
+class TestBuckets:
+    def test_fine_around_threshold_and_past_timeout(self):
+        """Buckets resolve 28.5 s vs 31.5 s, and the largest exceeds the largest timeout."""
+        buckets = duration_buckets([30.0], 35.0)
+        assert {27.0, 28.5, 30.0, 31.5, 33.0} <= set(buckets)
+        assert max(buckets) > 35.0
+        assert list(buckets) == sorted(buckets)
+
+
+class TestMetrics:
+    def test_series_exist_before_the_first_run(self):
+        """Every phase of a target's protocol is exported from the start (0, not absent)."""
+        registry, metrics = build()
+        metrics.add_target(TargetLabels("imap-eu", ProbeType.IMAP, "eu"))
+        for phase in ("greeting", "starttls", "login", "select", "logout"):
+            assert 0.0 == registry.get_sample_value(
+                "outagewatch_probe_phase_duration_seconds", {**LABELS, "phase": phase})
+        assert 0.0 == registry.get_sample_value("outagewatch_probes_total",
+                                                {**LABELS, "result": "timeout"})
+
+    def test_observe(self):
+        registry, metrics = build()
+        metrics.add_target(TargetLabels("imap-eu", ProbeType.IMAP, "eu"))
+        metrics.observe(sample(cert_expiry=1_900_000_000.0))
+        metrics.observe(sample(result=Result.TIMEOUT, phase=Phase.LOGIN, duration=35.0))
+        get = registry.get_sample_value
+        assert 0 == get("outagewatch_probe_success", LABELS)
+        assert 1 == get("outagewatch_probes_total", {**LABELS, "result": "ok"})
+        assert 1 == get("outagewatch_probes_total", {**LABELS, "result": "timeout"})
+        assert 2 == get("outagewatch_probe_duration_seconds_count", LABELS)
+        assert 1 == get("outagewatch_probe_duration_seconds_bucket", {**LABELS, "le": "30.0"})
+        assert 1_900_000_000 == get("outagewatch_tls_cert_expiry_timestamp_seconds", LABELS)
+        assert datetime(2026, 1, 1, tzinfo=UTC).timestamp() == get(
+            "outagewatch_probe_last_run_timestamp_seconds", LABELS)
+
+    def test_removed_target_series_disappear(self):
+        registry, metrics = build()
+        metrics.add_target(TargetLabels("imap-eu", ProbeType.IMAP, "eu"))
+        metrics.add_target(TargetLabels("web", ProbeType.HTTP, "eu"))
+        metrics.observe(sample(cert_expiry=1.0))
+        metrics.remove_target("imap-eu")
+        text = generate_latest(registry).decode()
+        assert 'target="imap-eu"' not in text
+        assert 'target="web"' in text
+        assert 1 == registry.get_sample_value("outagewatch_targets")
+        metrics.observe(sample())  # a late sample of a removed target is ignored
+        assert 'target="imap-eu"' not in generate_latest(registry).decode()
+
+    def test_relabel_moves_series(self):
+        """A target moved to another platform keeps no series under the old label."""
+        registry, metrics = build()
+        metrics.add_target(TargetLabels("imap-eu", ProbeType.IMAP, "eu"))
+        metrics.add_target(TargetLabels("imap-eu", ProbeType.IMAP, "us"))
+        text = generate_latest(registry).decode()
+        assert 'platform="eu"' not in text
+        assert 'platform="us"' in text
