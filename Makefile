@@ -15,14 +15,7 @@ $(STAMP): pyproject.toml
 # Dovecot for the IMAP/POP3 tests (Debian packages). As root they are installed when missing;
 # the package's own system-wide Dovecot is kept from starting: the tests run their own.
 system-deps:
-	@if command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ]; then exit 0; fi; \
-	if [ "$$(id -u)" != 0 ]; then \
-	  echo "Dovecot is missing: sudo apt-get install dovecot-imapd dovecot-pop3d" >&2; exit 0; fi; \
-	guard=0; if [ ! -e /usr/sbin/policy-rc.d ]; then \
-	  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; guard=1; fi; \
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	  dovecot-imapd dovecot-pop3d >/dev/null; status=$$?; \
-	if [ $$guard = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi; exit $$status
+	@sh tools/apt-install.sh dovecot dovecot-imapd dovecot-pop3d
 
 demo: $(STAMP)
 	$(BIN)/outagewatch demo
@@ -37,12 +30,7 @@ lint: $(STAMP)
 check: lint test
 
 bench-deps: $(STAMP)
-	@command -v prometheus-blackbox-exporter >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || { \
-	  guard=0; if [ ! -e /usr/sbin/policy-rc.d ]; then \
-	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; guard=1; fi; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    prometheus-blackbox-exporter >/dev/null; \
-	  if [ $$guard = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi; }
+	@sh tools/apt-install.sh prometheus-blackbox-exporter prometheus-blackbox-exporter
 
 bench: bench-deps system-deps
 	$(BIN)/python -m bench.probe_cost --vs-blackbox

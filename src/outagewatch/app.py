@@ -24,10 +24,12 @@ from outagewatch.scheduler import MAX_NAP, Scheduler
 from outagewatch.web import WebServer, build_app
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
     from outagewatch.config import Target
     from outagewatch.model import Rule, Sample
+    from outagewatch.scheduler import Recorder
 
 log = structlog.get_logger("outagewatch.app")
 
@@ -57,18 +59,21 @@ class Daemon:
         config_path: Path | None = None,
         clock: Clock | None = None,
         registry: CollectorRegistry | None = None,
+        listeners: Sequence[Recorder] = (),
     ) -> None:
         prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
         self.settings = settings
         self.config_path = config_path
         self.clock = clock or SystemClock()
         self.registry = registry or CollectorRegistry()
+        self.listeners = tuple(listeners)
         self._stop = asyncio.Event()
         self._ready = False
         self.web: WebServer | None = None
         self.scheduler: Scheduler | None = None
         self.metrics: Metrics | None = None
         self.ctx: ProbeContext | None = None
+        self.recorder: SampleRecorder | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -91,7 +96,7 @@ class Daemon:
             )
             self.ctx = ctx
             metrics = self.metrics = metrics_for(settings, self.registry, ctx)
-            recorder = SampleRecorder(metrics)
+            recorder = self.recorder = SampleRecorder(metrics, listeners=self.listeners)
 
             async def probe(target: Target, rule: Rule) -> Sample:
                 return await run_probe(target, ctx, timeout=rule.timeout)
@@ -144,6 +149,8 @@ class Daemon:
             if name not in wanted:
                 self.metrics.remove_target(name)
                 self.ctx.forget(name)
+                if self.recorder is not None:
+                    self.recorder.forget(name)
         for target in settings.targets:
             self.metrics.add_target(labels_of(target))
         self.scheduler.apply([(t, settings.rule_for(t)) for t in settings.targets])

@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
 
     with_config("run", "run the daemon until SIGTERM or SIGINT; SIGHUP reloads the config")
     with_config("check-config", "validate the configuration: 'ok' or one line per problem")
+    commands.add_parser(
+        "demo", help="run the daemon against simulated services and print what it sees",
+        description="Start simulated HTTP, SMTP, IMAP and POP3 services on loopback, make "
+        "one slow and one dead, heal them, and print the daemon's view. About 25 seconds.")
     probe = with_config("probe", "probe the selected targets once, now, and print the results")
     probe.add_argument("-t", "--target", action="append", default=[], metavar="NAME",
                        help="probe only this target (repeatable; default: all)")
@@ -72,6 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _probe(args)
             case "run":
                 return _run(args)
+            case "demo":
+                from outagewatch.demo import run_demo  # noqa: PLC0415 - only this command
+
+                configure_logging("error", stream=sys.stderr)
+                return run_demo()
     except (UsageError, ConfigError) as exc:
         problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
         for line in problems:

@@ -205,13 +205,11 @@ class _MailTarget(_TargetBase, _Tls, _Credentials):
     port: Port | None = Field(None, description="default per type and tls mode")
     tls: TlsMode = Field("starttls", description="none | starttls | implicit")
 
-    @property
-    def effective_port(self) -> int:
-        return self.port or _DEFAULT_PORTS[self.type_name][self.tls]
+    type: Literal["smtp", "imap", "pop3"]
 
     @property
-    def type_name(self) -> str:
-        raise NotImplementedError
+    def effective_port(self) -> int:
+        return self.port or _DEFAULT_PORTS[self.type][self.tls]
 
     @property
     def uses_tls(self) -> bool:
@@ -224,29 +222,14 @@ class SmtpTarget(_MailTarget):
         default_factory=socket.gethostname, description="name sent in EHLO"
     )
 
-    @property
-    def type_name(self) -> str:
-        return "smtp"
-
-
 class ImapTarget(_MailTarget):
     type: Literal["imap"]
     username: str = Field(description="login name (required)")
     mailbox: str = Field("INBOX", min_length=1)
 
-    @property
-    def type_name(self) -> str:
-        return "imap"
-
-
 class Pop3Target(_MailTarget):
     type: Literal["pop3"]
     username: str = Field(description="login name (required)")
-
-    @property
-    def type_name(self) -> str:
-        return "pop3"
-
 
 Target = Annotated[
     HttpTarget | SmtpTarget | ImapTarget | Pop3Target, Field(discriminator="type")

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from datetime import datetime
 
     from outagewatch.config import Target
@@ -18,8 +19,9 @@ log = structlog.get_logger("outagewatch.recorder")
 
 
 class SampleRecorder:
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, *, listeners: Sequence[Recorder] = ()) -> None:
         self._metrics = metrics
+        self._listeners = tuple(listeners)
         self.last: dict[str, Sample] = {}
 
     def record(self, target: Target, rule: Rule, sample: Sample) -> None:
@@ -38,11 +40,15 @@ class SampleRecorder:
             log.warning("probe_slow", threshold=rule.threshold, **fields)
         else:
             log.debug("probe_finished", **fields)
+        for listener in self._listeners:
+            listener.record(target, rule, sample)
 
     def overdue(self, target: Target, rule: Rule, started_at: datetime) -> None:
         self._metrics.mark_overdue(target.name)
         log.warning("probe_overdue", target=target.name, platform=target.platform,
                     threshold=rule.threshold, started_at=started_at.isoformat())
+        for listener in self._listeners:
+            listener.overdue(target, rule, started_at)
 
     def forget(self, name: str) -> None:
         self.last.pop(name, None)

@@ -93,6 +93,11 @@ class Scheduler:
         self.heartbeat = self._epoch
 
     @property
+    def epoch(self) -> float:
+        """The monotonic time that first runs are offset from."""
+        return self._epoch
+
+    @property
     def running(self) -> bool:
         return self._running
 
@@ -193,6 +198,12 @@ class Scheduler:
         log.warning("probe_run_skipped", target=entry.target.name, count=count,
                     reason="previous run still in flight")
 
+    def _overdue(self, target: Target, rule: Rule, started_at: datetime) -> None:
+        try:
+            self._recorder.overdue(target, rule, started_at)
+        except Exception:  # a bug downstream must not kill the timer machinery
+            log.exception("overdue_handler_crashed", target=target.name)
+
     async def _run_one(self, entry: _Entry, planned: float) -> None:
         target, rule = entry.target, entry.rule
         try:
@@ -202,8 +213,7 @@ class Scheduler:
                 started_at = self._clock.now()
                 self._metrics.in_flight.inc()
                 timer = self._clock.call_at(
-                    start + rule.threshold,
-                    lambda: self._recorder.overdue(target, rule, started_at),
+                    start + rule.threshold, lambda: self._overdue(target, rule, started_at)
                 )
                 try:
                     sample = await self._probe(target, rule)

@@ -1,0 +1,164 @@
+"""The demo's story: all healthy, IMAP slow, POP3 dead, both healed. Printed as a timeline.
+
+It runs the real daemon (scheduler, probes, metrics, /metrics endpoint) with accelerated
+settings against the simulated services, and checks that what it printed is what the story
+should produce: exit 0 if so, 1 if not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TextIO
+
+from outagewatch.app import Daemon
+from outagewatch.config import Settings
+from outagewatch.demo.services import Service
+from outagewatch.model import PHASES, ProbeType, Result
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from outagewatch.config import Target
+    from outagewatch.model import Rule, Sample
+
+INTERVAL, THRESHOLD, TIMEOUT = 1.0, 0.5, 1.5
+
+
+@dataclass(frozen=True)
+class Act:
+    at: float
+    title: str
+    changes: dict[str, tuple[str, float]]  # service -> (state, delay)
+
+
+STORY = (
+    Act(0.0, "All four services healthy", {}),
+    Act(5.0, "IMAP turns slow: its greeting takes 0.8 s, over the 0.5 s threshold",
+        {"imap": ("slow", 0.8)}),
+    Act(11.0, "POP3 dies: connections are accepted and never answered",
+        {"pop3": ("dead", 0.0)}),
+    Act(17.0, "Both healed", {"imap": ("ok", 0.0), "pop3": ("ok", 0.0)}),
+)
+END = 23.0
+
+
+class Timeline:
+    """Prints each probe result as it happens and keeps them for the final check."""
+
+    def __init__(self, out: TextIO, started: float) -> None:
+        self.out = out
+        self.started = started
+        self.samples: dict[str, list[tuple[float, Sample]]] = defaultdict(list)
+        self.overdue_at: dict[str, list[float]] = defaultdict(list)
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time() - self.started
+
+    def record(self, target: Target, rule: Rule, sample: Sample) -> None:
+        at = self._now()
+        self.samples[target.name].append((at, sample))
+        verdict = sample.result.value if not sample.ok else (
+            "SLOW" if sample.is_bad(rule.threshold) else "ok")
+        phases = " ".join(f"{p.value}={sample.phases[p] * 1000:.0f}ms"
+                          for p in PHASES[ProbeType(target.type)] if p in sample.phases)
+        where = f" in {sample.phase.value}" if sample.phase else ""
+        print(f"  {at:5.1f}s  {target.name:10} {verdict:8} {sample.duration * 1000:6.0f}ms"
+              f"{where}  {phases}", file=self.out, flush=True)
+
+    def overdue(self, target: Target, rule: Rule, started_at: datetime) -> None:
+        del started_at  # the timeline counts from the demo's start
+        at = self._now()
+        self.overdue_at[target.name].append(at)
+        print(f"  {at:5.1f}s  {target.name:10} BAD now: still running after "
+              f"{rule.threshold:g}s (probe_success=0 before it even ends)", file=self.out,
+              flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _settings(services: dict[str, Service], listen_port: int) -> Settings:
+    def mail(kind: str) -> dict[str, object]:
+        return {"name": f"{kind}-demo", "platform": "demo", "type": kind, "host": "127.0.0.1",
+                "port": services[kind].port, "tls": "none", "username": "demo",
+                "password": "demo-password"}
+
+    return Settings(
+        server={"listen": f"127.0.0.1:{listen_port}"},
+        defaults={"interval": INTERVAL, "threshold": THRESHOLD, "timeout": TIMEOUT,
+                  "window": 10, "recover_after": 2},
+        platforms={"demo": {"incident_recipients": ["oncall@example.com"]}},
+        targets=[
+            {"name": "http-demo", "platform": "demo", "type": "http",
+             "url": f"http://127.0.0.1:{services['http'].port}/", "expect_body": "App Suite"},
+            mail("smtp"), mail("imap"), mail("pop3"),
+        ],
+    )
+
+
+def _verdict(timeline: Timeline) -> list[str]:
+    """What the story must have produced; an empty list means it did."""
+    problems = []
+
+    def results(name: str, start: float, end: float) -> list[Sample]:
+        return [s for at, s in timeline.samples[name] if start <= at < end]
+
+    for name in ("http-demo", "smtp-demo", "imap-demo", "pop3-demo"):
+        healthy = results(name, 1.0, STORY[1].at) + results(name, STORY[3].at + 2.5, END)
+        if not healthy or any(s.is_bad(THRESHOLD) for s in healthy):
+            problems.append(f"{name} was not healthy while it should have been")
+    slow = results("imap-demo", STORY[1].at + 1.5, STORY[3].at)
+    if not slow or not all(s.ok and s.is_bad(THRESHOLD) for s in slow):
+        problems.append("imap-demo was not reported slow while it was")
+    if not any(STORY[1].at <= at < STORY[3].at for at in timeline.overdue_at["imap-demo"]):
+        problems.append("imap-demo was never marked BAD at the threshold")
+    dead = results("pop3-demo", STORY[2].at + 2.0, STORY[3].at)
+    if not dead or not all(s.result is Result.TIMEOUT for s in dead):
+        problems.append("pop3-demo did not time out while it was dead")
+    return problems
+
+
+async def _demo(out: TextIO) -> int:
+    services = {kind: Service(kind) for kind in ("http", "smtp", "imap", "pop3")}
+    for service in services.values():
+        await service.start()
+    port = _free_port()
+    loop = asyncio.get_running_loop()
+    timeline = Timeline(out, loop.time())
+    daemon = Daemon(_settings(services, port), listeners=[timeline])
+    running = asyncio.create_task(daemon.run())
+    print(f"outagewatch demo: 4 simulated services, probed every {INTERVAL:g}s; a run slower "
+          f"than {THRESHOLD:g}s is BAD; deadline {TIMEOUT:g}s.\n"
+          f"Live metrics meanwhile: http://127.0.0.1:{port}/metrics\n", file=out, flush=True)
+    try:
+        for act in STORY:
+            await asyncio.sleep(max(0.0, timeline.started + act.at - loop.time()))
+            for kind, (state, delay) in act.changes.items():
+                services[kind].health.state, services[kind].health.delay = state, delay
+            print(f"\n== {act.at:4.1f}s  {act.title}", file=out, flush=True)
+        await asyncio.sleep(max(0.0, timeline.started + END - loop.time()))
+    finally:
+        daemon.stop()
+        await running
+        for service in services.values():
+            await service.stop()
+    problems = _verdict(timeline)
+    print(file=out)
+    if problems:
+        for problem in problems:
+            print(f"demo: UNEXPECTED: {problem}", file=out)
+        return 1
+    print("demo: the story came out as expected: slowness and death were seen, timed and "
+          "classified, and recovery was seen too.", file=out)
+    return 0
+
+
+def run_demo(out: TextIO | None = None) -> int:
+    return asyncio.run(_demo(out or sys.stdout))
