@@ -289,6 +289,8 @@ async def main(args: argparse.Namespace) -> None:
     try:
         for kind, module in (("http", "http_2xx"), ("smtp", "smtp"), ("imap", "imap"),
                              ("pop3", "pop3")):
+            if args.only not in {None, "cost"}:
+                break
             targets = targets_for(kind, n, ports, dovecot)
             ours = await run_engine(targets, interval=n / rate, seconds=seconds,
                                     warmup=n / rate + 1)
@@ -306,7 +308,7 @@ async def main(args: argparse.Namespace) -> None:
                       f"{theirs['cpu_ms']:13.3f} {theirs['rss']:7.0f}")
                 print(f"{'':8} {'ratio':10} {'':9} {'':6} "
                       f"{ours['cpu_ms'] / theirs['cpu_ms']:12.2f}x  (ours / blackbox)")
-        if not args.quick or args.big:
+        if (not args.quick or args.big) and args.only in {None, "scale"}:
             big_n = args.big_targets
             print(f"\n{big_n} HTTP targets at a 60 s interval "
                   f"({big_n / 60:.0f} probes/s), measured for {args.big_seconds:g} s")
@@ -316,8 +318,10 @@ async def main(args: argparse.Namespace) -> None:
                   f"  lag p50 {big['lag50']:.1f} ms  p99 {big['lag99']:.1f} ms"
                   f"  RSS {big['rss']:.0f} MB")
         count = 100 if args.quick else 1000
-        for spread, how in ((1.0, "starts spread over 1 s, all in flight together"),
-                            (0.0, "all started at the same instant")):
+        spreads = () if args.only not in {None, "accuracy"} else (4.0, 2.0, 1.0, 0.0)
+        for spread in spreads:
+            how = (f"starts spread over {spread:g} s, {count / spread:.0f} starts/s"
+                   if spread else "all started at the same instant")
             acc = await accuracy(ports, count, 2.0, spread=spread)
             print(f"\ntiming accuracy: {acc['count']} concurrent probes of a 2.000 s "
                   f"endpoint ({how}), {acc['ok']} ok\n"
@@ -345,7 +349,8 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--big-targets", type=int, default=10_000)
     parser.add_argument("--big-seconds", type=float, default=70.0)
-    parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--uvloop", action="store_true", help="run our side on uvloop")
+    parser.add_argument("--only", choices=["cost", "scale", "accuracy"])
     arguments = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # figures appear as they are measured
     if arguments.uvloop:

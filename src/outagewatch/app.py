@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from outagewatch.clock import Clock, SystemClock
 from outagewatch.config import Settings, load_settings
-from outagewatch.errors import ConfigError
+from outagewatch.errors import ConfigError, ListenError
 from outagewatch.metrics import Metrics, TargetLabels, build_metrics, duration_buckets
 from outagewatch.model import ProbeType
 from outagewatch.probes import ProbeContext, new_http_session, run_probe
@@ -107,7 +108,12 @@ class Daemon:
             )
             self._apply(settings)
             self.web = WebServer(build_app(registry=self.registry, readiness=self.readiness))
-            await self.web.start(settings.server.host, settings.server.port)
+            try:
+                await self.web.start(settings.server.host, settings.server.port)
+            except OSError as exc:
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise ListenError(f"cannot listen on {settings.server.listen}: {reason}") \
+                    from None
             loop = asyncio.get_running_loop()
             signals = self._install_signals(loop)
             metrics.reloads.labels("success").inc()

@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 configure_logging("error", stream=sys.stderr)
                 return run_demo()
-    except (UsageError, ConfigError) as exc:
+    except OutagewatchError as exc:  # the user's mistake or the environment's: one line each
         problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
         for line in problems:
             print(f"outagewatch: {line}", file=sys.stderr)
@@ -129,12 +129,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = load_settings(path)
 
     async def main() -> int:
-        daemon = Daemon(settings, config_path=path)
-        try:
-            await daemon.run()
-        except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise UsageError(f"cannot listen on {settings.server.listen}: {reason}") from None
+        await Daemon(settings, config_path=path).run()
         return EXIT_OK
 
     return _run_loop(settings, main())

@@ -5,6 +5,10 @@ class OutagewatchError(Exception):
     """Base of every error outagewatch raises on purpose."""
 
 
+class ListenError(OutagewatchError, OSError):
+    """The HTTP endpoint could not bind its address."""
+
+
 class ConfigError(OutagewatchError, ValueError):
     """The configuration is unusable; ``problems`` holds one line per problem."""
 

@@ -106,3 +106,19 @@ class TestImapProbe:
                                      timeout=5)
         assert (Result.TLS, Phase.STARTTLS) == (sample.result, sample.phase)
         assert not any(b"LOGIN" in request for request in seen)
+
+
+class TestGreetingCapabilities:
+    def test_taken_from_the_greeting(self):
+        """Dovecot's greeting carries its capabilities; no CAPABILITY round trip is needed."""
+        from outagewatch.probes.imap import _greeting_capabilities
+
+        line = b"* OK [CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN] Dovecot ready."
+        assert {"IMAP4rev1", "STARTTLS", "AUTH=PLAIN"} == _greeting_capabilities(line)
+
+    def test_absent_or_not_imap4rev1(self):
+        from outagewatch.probes.imap import _greeting_capabilities
+
+        assert _greeting_capabilities(b"* OK ready") is None
+        assert _greeting_capabilities(b"* OK [CAPABILITY FOO] hi") is None
+        assert _greeting_capabilities(b"* BYE [CAPABILITY IMAP4rev1] go") is None

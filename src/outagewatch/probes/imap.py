@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from typing import TYPE_CHECKING, Any
 
 import aioimaplib
@@ -70,7 +71,14 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
 
     async def welcome(self, command: bytes) -> None:
         try:
-            await super().welcome(command)
+            capabilities = _greeting_capabilities(command)
+            if capabilities is None:
+                await super().welcome(command)  # greeting, then a CAPABILITY round trip
+            else:
+                async with self.state_condition:
+                    self.state = aioimaplib.NONAUTH
+                    self.capabilities = capabilities
+                    self.state_condition.notify_all()
         except Exception as exc:  # a BYE or garbage greeting: report, don't log "never retrieved"
             if not self.greeted.done():
                 self.greeted.set_exception(
@@ -79,6 +87,18 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
         else:
             if not self.greeted.done():
                 self.greeted.set_result(None)
+
+
+_GREETING_CAPABILITY = re.compile(rb"^\* OK \[CAPABILITY ([^\]]+)\]", re.IGNORECASE)
+
+
+def _greeting_capabilities(line: bytes) -> set[str] | None:
+    """Capabilities a server put in its greeting (RFC 3501 7.1), sparing a round trip."""
+    match = _GREETING_CAPABILITY.match(line)
+    if match is None:
+        return None
+    capabilities = set(match.group(1).decode("ascii", "replace").split())
+    return capabilities if any(c.upper() == "IMAP4REV1" for c in capabilities) else None
 
 
 def _text(line: bytes) -> str:
