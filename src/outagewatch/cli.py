@@ -19,7 +19,7 @@ from outagewatch.clock import SystemClock
 from outagewatch.config import Settings, load_settings
 from outagewatch.errors import ConfigError, OutagewatchError
 from outagewatch.logs import LEVELS, configure_logging
-from outagewatch.model import PHASES, ProbeType
+from outagewatch.model import PHASES, ProbeType, Sample
 from outagewatch.probes import ProbeContext, new_http_session, run_probe
 
 if TYPE_CHECKING:
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from typing import Any
 
     from outagewatch.config import Target
-    from outagewatch.model import Sample
 
 EXIT_OK, EXIT_BAD, EXIT_USAGE = 0, 1, 2
 
@@ -145,7 +144,7 @@ def _probe(args: argparse.Namespace) -> int:
             ctx = ProbeContext(clock=SystemClock(), session=session,
                                pop3_limiter=anyio.CapacityLimiter(settings.engine.pop3_threads))
             samples = await asyncio.gather(*(
-                run_probe(t, ctx, timeout=settings.rule_for(t).timeout) for t in targets
+                _staggered(i, t, ctx, settings) for i, t in enumerate(targets)
             ))
         bad = False
         rows = []
@@ -161,6 +160,14 @@ def _probe(args: argparse.Namespace) -> int:
         return EXIT_BAD if bad else EXIT_OK
 
     return _run_loop(settings, main())
+
+
+STAGGER = 0.003  # seconds between starts: a burst would be measured as the servers' slowness
+
+
+async def _staggered(index: int, target: Target, ctx: ProbeContext, settings: Settings) -> Sample:
+    await asyncio.sleep(index * STAGGER)
+    return await run_probe(target, ctx, timeout=settings.rule_for(target).timeout)
 
 
 def _select(settings: Settings, names: list[str]) -> list[Target]:
