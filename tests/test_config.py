@@ -70,6 +70,13 @@ class TestLoad:
         assert [("defaults.window: invalid duration 'soon': use e.g. 30s, 15m, 1h30m, 500ms or "
                 "PT15M")] == info.value.problems
 
+    def test_env_typo_is_an_error(self, monkeypatch):
+        """A misspelt nested override fails loudly instead of being ignored."""
+        monkeypatch.setenv("OUTAGEWATCH_DEFAULTS__TRESHOLD", "20s")
+        with pytest.raises(ConfigError) as info:
+            load_settings(DATA / "valid-minimal.yaml")
+        assert ["defaults.treshold: unknown key"] == info.value.problems
+
     def test_per_target_overrides(self, tmp_path):
         path = tmp_path / "c.yaml"
         path.write_text(
