@@ -38,3 +38,18 @@ def test_only_the_cli_and_demo_import_the_composition_root():
             continue
         assert "outagewatch.app" not in imports(path), rel
         assert "outagewatch.cli" not in imports(path) or rel == "__main__.py", rel
+
+
+PURE_ALLOWED = {"__future__", "dataclasses", "enum", "math", "typing", "collections.abc",
+                "datetime", "outagewatch.model", "outagewatch.core"}
+
+
+def test_core_is_pure():
+    """core/ imports no I/O, no clocks, no logging: stdlib value types and model only."""
+    for path in (SRC / "core").glob("*.py"):
+        found = imports(path)
+        assert set() == {m for m in found if m not in PURE_ALLOWED
+                         and not m.startswith("outagewatch.core.")}, path.name
+        text = path.read_text()
+        for forbidden in ("time.time(", "time.monotonic(", "datetime.now(", ".now()"):
+            assert forbidden not in text, (path.name, forbidden)
