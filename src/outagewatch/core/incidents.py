@@ -1,0 +1,195 @@
+"""Incidents per platform (DESIGN 4.5-4.6), as pure functions of a platform's book.
+
+One incident per platform at a time: the first service in OUTAGE opens it, others join it
+while it is open, and it resolves when its last service recovers. Every change returns the
+notifications it causes: OPEN at declaration; UPDATE at once when the affected set, the
+severity, the expected time to restoration (ETR) or the update interval changes, and every
+``update_interval`` after the previous mail while it stays open; RESOLVED at recovery.
+Times are Unix seconds; ``now`` is always passed in.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+
+class Kind(enum.StrEnum):
+    OPEN = "open"
+    UPDATE = "update"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """What incidents need to know of a monitored service."""
+
+    name: str
+    critical: bool = True
+    impact: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Platform:
+    name: str
+    services: tuple[Service, ...]
+    update_interval: float = 3600.0
+
+    def service(self, name: str) -> Service:
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    id: str
+    platform: str
+    started_at: float  # the earliest outage start of any service involved
+    opened_at: float  # when the first service was declared in OUTAGE
+    outage_starts: Mapping[str, float]  # every service involved: its latest outage's start
+    affected: frozenset[str]  # in OUTAGE now
+    severity: int
+    update_interval: float
+    last_mail_at: float
+    mails: int  # mails sent so far (the OPEN one included)
+    restored: Mapping[str, float] = field(default_factory=dict)  # recovered: restore time
+    etr: float | None = None  # expected time to restoration, once an operator sets it
+    resolved_at: float | None = None
+    restored_at: float | None = None  # when service was back for the last one
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.restored_at is None else self.restored_at - self.started_at
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    kind: Kind
+    incident: Incident  # as it is after the change
+    at: float
+    number: int  # 0 for OPEN, then 1, 2, ... in the incident's thread
+    reasons: tuple[str, ...]  # what changed, for the mail ("imap-eu joined", ...)
+
+
+@dataclass(frozen=True, slots=True)
+class Book:
+    """A platform's incident state: the open incident and the id counters per year."""
+
+    open: Incident | None = None
+    counters: Mapping[int, int] = field(default_factory=dict)
+
+
+Step = tuple[Book, list[Notification]]
+
+
+def severity(platform: Platform, affected: frozenset[str]) -> int:
+    """1: every service down; 2: a critical one down; 3: non-critical ones only."""
+    if affected and affected >= {s.name for s in platform.services}:
+        return 1
+    if any(platform.service(name).critical for name in affected):
+        return 2
+    return 3
+
+
+def declared(book: Book, platform: Platform, service: str, outage_start: float,
+             now: float) -> Step:
+    """``service`` entered OUTAGE: open an incident, or join the open one."""
+    incident = book.open
+    if incident is None:
+        year = datetime.fromtimestamp(now, UTC).year
+        number = book.counters.get(year, 0) + 1
+        affected = frozenset({service})
+        incident = Incident(
+            id=f"{platform.name.upper()}-{year}-{number:04d}",
+            platform=platform.name,
+            started_at=outage_start,
+            opened_at=now,
+            outage_starts={service: outage_start},
+            affected=affected,
+            severity=severity(platform, affected),
+            update_interval=platform.update_interval,
+            last_mail_at=now,
+            mails=1,
+        )
+        book = Book(open=incident, counters={**book.counters, year: number})
+        return book, [Notification(Kind.OPEN, incident, now, 0, (f"{service} down",))]
+    if service in incident.affected:
+        return book, []
+    affected = incident.affected | {service}
+    restored = {k: v for k, v in incident.restored.items() if k != service}
+    changed = replace(
+        incident, affected=affected, restored=restored,
+        outage_starts={**incident.outage_starts, service: outage_start},
+        started_at=min(incident.started_at, outage_start),
+    )
+    return _update(book, platform, changed, now, f"{service} down")
+
+
+def restored(book: Book, platform: Platform, service: str, restored_at: float,
+             now: float) -> Step:
+    """``service`` recovered: update the incident, or resolve it if it was the last one."""
+    incident = book.open
+    if incident is None or service not in incident.affected:
+        return book, []
+    affected = incident.affected - {service}
+    changed = replace(incident, affected=affected,
+                      restored={**incident.restored, service: restored_at})
+    if affected:
+        return _update(book, platform, changed, now, f"{service} restored")
+    final = replace(changed, resolved_at=now, restored_at=restored_at, last_mail_at=now,
+                    mails=incident.mails + 1)
+    note = Notification(Kind.RESOLVED, final, now, incident.mails, (f"{service} restored",))
+    return replace(book, open=None), [note]
+
+
+def tick(book: Book, now: float) -> Step:
+    """The periodic UPDATE: one mail when ``update_interval`` has passed since the last one
+    (a single one however late the call, never a burst of missed ones)."""
+    incident = book.open
+    if incident is None or now < incident.last_mail_at + incident.update_interval:
+        return book, []
+    return _mail(book, incident, now, ("periodic update",))
+
+
+def set_etr(book: Book, etr: float | None, now: float) -> Step:
+    incident = book.open
+    if incident is None or incident.etr == etr:
+        return book, []
+    return _mail(book, replace(incident, etr=etr), now, ("expected time to restoration set",))
+
+
+def set_update_interval(book: Book, interval: float, now: float) -> Step:
+    incident = book.open
+    if incident is None or incident.update_interval == interval:
+        return book, []
+    reason = f"updates every {interval:g} s from now on"
+    return _mail(book, replace(incident, update_interval=interval), now, (reason,))
+
+
+def next_deadline(book: Book) -> float | None:
+    """When ``tick`` will send the next periodic UPDATE."""
+    incident = book.open
+    return None if incident is None else incident.last_mail_at + incident.update_interval
+
+
+def _update(book: Book, platform: Platform, incident: Incident, now: float,
+            reason: str) -> Step:
+    reasons = [reason]
+    level = severity(platform, incident.affected)
+    if level != incident.severity:
+        reasons.append(f"severity {incident.severity} -> {level}")
+        incident = replace(incident, severity=level)
+    return _mail(book, incident, now, tuple(reasons))
+
+
+def _mail(book: Book, incident: Incident, now: float, reasons: tuple[str, ...]) -> Step:
+    sent = replace(incident, last_mail_at=now, mails=incident.mails + 1)
+    note = Notification(Kind.UPDATE, sent, now, incident.mails, reasons)
+    return replace(book, open=sent), [note]

@@ -1,0 +1,172 @@
+"""Incidents on simulated time: the exact sequence and timing of notifications."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from outagewatch.core.incidents import (
+    Book,
+    Kind,
+    Platform,
+    Service,
+    declared,
+    next_deadline,
+    restored,
+    set_etr,
+    set_update_interval,
+    severity,
+    tick,
+)
+
+H = 3600.0
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC).timestamp()
+EU = Platform("eu", (Service("webmail-eu"), Service("smtp-eu"), Service("imap-eu"),
+                     Service("pop3-eu", critical=False)), update_interval=H)
+
+
+def simulate(events, *, until, platform=EU, book=None):
+    """Feed (offset, 'down'|'up', service) events, firing the update timer in between, as
+    the daemon does; return (kind, offset, severity, affected, number, reasons) rows."""
+    book = book or Book()
+    rows = []
+
+    def take(step):
+        nonlocal book
+        book, notes = step
+        rows.extend((n.kind.value, n.at - T0, n.incident.severity,
+                     ",".join(sorted(n.incident.affected)), n.number, n.reasons)
+                    for n in notes)
+
+    for offset, what, service in [*events, (until, "end", "")]:
+        while (deadline := next_deadline(book)) is not None and deadline <= T0 + offset:
+            take(tick(book, deadline))
+        if what == "down":
+            take(declared(book, platform, service, T0 + offset - 900, T0 + offset))
+        elif what == "up":
+            take(restored(book, platform, service, T0 + offset - 60, T0 + offset))
+    return rows, book
+
+
+def kinds(rows):
+    return [(r[0], r[1]) for r in rows]
+
+
+class TestSeverity:
+    def test_levels(self):
+        assert 2 == severity(EU, frozenset({"imap-eu"}))
+        assert 3 == severity(EU, frozenset({"pop3-eu"}))
+        assert 1 == severity(EU, frozenset({"webmail-eu", "smtp-eu", "imap-eu", "pop3-eu"}))
+
+
+class TestSingleServiceOutage:
+    def test_open_hourly_updates_resolved(self):
+        """OPEN at declaration, an UPDATE every hour after the previous mail, RESOLVED."""
+        rows, book = simulate([(0, "down", "imap-eu"), (3.5 * H, "up", "imap-eu")],
+                              until=5 * H)
+        assert [("open", 0), ("update", H), ("update", 2 * H), ("update", 3 * H),
+                ("resolved", 3.5 * H)] == kinds(rows)
+        assert [0, 1, 2, 3, 4] == [r[4] for r in rows]
+        assert book.open is None
+
+    def test_resolved_carries_restore_time_and_duration(self):
+        book = Book()
+        book, _ = declared(book, EU, "imap-eu", T0 - 900, T0)
+        book, (note,) = restored(book, EU, "imap-eu", T0 + 1800, T0 + 1860)
+        assert Kind.RESOLVED == note.kind
+        assert T0 + 1800 == note.incident.restored_at
+        assert 2700 == note.incident.duration
+        assert T0 + 1860 == note.incident.resolved_at
+
+    def test_id_is_stable_and_readable(self):
+        book = Book()
+        book, (note,) = declared(book, EU, "imap-eu", T0, T0)
+        assert "EU-2026-0001" == note.incident.id
+        book, _ = restored(book, EU, "imap-eu", T0 + 10, T0 + 10)
+        book, (note,) = declared(book, EU, "smtp-eu", T0 + 20, T0 + 20)
+        assert "EU-2026-0002" == note.incident.id
+
+    def test_ids_restart_each_year(self):
+        new_year = datetime(2027, 1, 1, 0, 5, tzinfo=UTC).timestamp()
+        book = Book(counters={2026: 41})
+        book, (note,) = declared(book, EU, "imap-eu", new_year - 900, new_year)
+        assert "EU-2027-0001" == note.incident.id
+
+
+class TestPlatformWide:
+    def test_services_join_and_severity_rises_to_1(self):
+        """Each service joining is an UPDATE at once; all four down is severity 1."""
+        rows, _ = simulate([(0, "down", "pop3-eu"), (600, "down", "imap-eu"),
+                            (900, "down", "smtp-eu"), (1200, "down", "webmail-eu")],
+                           until=1300)
+        assert [("open", 0, 3), ("update", 600, 2), ("update", 900, 2),
+                ("update", 1200, 1)] == [(r[0], r[1], r[2]) for r in rows]
+        assert ("imap-eu down", "severity 3 -> 2") == rows[1][5]
+        assert ("webmail-eu down", "severity 2 -> 1") == rows[3][5]
+
+    def test_update_cadence_restarts_after_every_mail(self):
+        """The hourly update counts from the previous mail, whatever caused it."""
+        rows, _ = simulate([(0, "down", "imap-eu"), (1800, "down", "smtp-eu")], until=4 * H)
+        assert [("open", 0), ("update", 1800), ("update", 1800 + H),
+                ("update", 1800 + 2 * H), ("update", 1800 + 3 * H)] == kinds(rows)
+
+
+class TestJoiningAndLeaving:
+    def test_partial_recovery_then_resolution(self):
+        rows, _ = simulate([(0, "down", "imap-eu"), (300, "down", "pop3-eu"),
+                            (1200, "up", "imap-eu"), (2000, "up", "pop3-eu")], until=3 * H)
+        assert [("open", 0, 2, "imap-eu"), ("update", 300, 2, "imap-eu,pop3-eu"),
+                ("update", 1200, 3, "pop3-eu"), ("resolved", 2000, 3, "")] == [
+            r[:4] for r in rows]
+        assert ("imap-eu restored", "severity 2 -> 3") == rows[2][5]
+
+    def test_rejoining_service(self):
+        rows, _ = simulate([(0, "down", "imap-eu"), (60, "down", "smtp-eu"),
+                            (120, "up", "smtp-eu"), (180, "down", "smtp-eu")], until=200)
+        assert ["open", "update", "update", "update"] == [r[0] for r in rows]
+        assert "imap-eu,smtp-eu" == rows[-1][3]
+
+    def test_unknown_recovery_and_duplicate_declaration_are_ignored(self):
+        rows, _ = simulate([(0, "down", "imap-eu"), (10, "down", "imap-eu"),
+                            (20, "up", "smtp-eu")], until=30)
+        assert [("open", 0)] == kinds(rows)
+
+    def test_flapping_gives_separate_incidents(self):
+        events = []
+        for i in range(3):
+            events += [(i * 2 * H, "down", "imap-eu"), (i * 2 * H + 600, "up", "imap-eu")]
+        rows, book = simulate(events, until=7 * H)
+        assert ["open", "resolved"] * 3 == [r[0] for r in rows]
+        assert {2026: 3} == dict(book.counters)
+
+
+class TestLongOutages:
+    def test_two_days(self):
+        """An outage over two days sends 48 hourly updates, numbered in one thread."""
+        rows, _ = simulate([(0, "down", "webmail-eu"), (48 * H + 1, "up", "webmail-eu")],
+                           until=49 * H)
+        assert 1 + 48 + 1 == len(rows)
+        assert [r[4] for r in rows] == list(range(50))
+        assert all(r[0] == "update" and r[1] == i * H for i, r in enumerate(rows[1:-1], 1))
+
+    def test_late_tick_sends_one_update_not_a_burst(self):
+        """After five hours without a tick (daemon stopped) one UPDATE goes out, then the
+        cadence continues from it."""
+        book, _ = declared(Book(), EU, "imap-eu", T0 - 900, T0)
+        book, notes = tick(book, T0 + 5 * H)
+        assert 1 == len(notes)
+        assert T0 + 6 * H == next_deadline(book)
+
+
+class TestOperatorChanges:
+    def test_etr_and_interval_send_an_update_at_once(self):
+        book, _ = declared(Book(), EU, "imap-eu", T0 - 900, T0)
+        book, (note,) = set_etr(book, T0 + 2 * H, T0 + 600)
+        assert (Kind.UPDATE, T0 + 2 * H) == (note.kind, note.incident.etr)
+        book, (note,) = set_update_interval(book, 1800, T0 + 700)
+        assert T0 + 700 + 1800 == next_deadline(book)
+        assert set_etr(book, T0 + 2 * H, T0 + 800)[1] == []  # unchanged: no mail
+
+    def test_nothing_to_change_without_an_incident(self):
+        assert (Book(), []) == set_etr(Book(), T0, T0)
+        assert (Book(), []) == tick(Book(), T0)
+        assert next_deadline(Book()) is None
