@@ -1,0 +1,182 @@
+"""Notifications to mails: subject, plain-text body and threading headers. Pure.
+
+Templates are ``string.Template`` texts, one subject and one body per kind (open, update,
+resolved), replaceable by an operator; ``DEFAULT_TEMPLATES`` are the English ones. Every
+mail of an incident is one thread: Message-IDs are derived from the incident's id and the
+mail's number (so a retry carries the same id), In-Reply-To names the previous mail and
+References the first and the previous one. The subject begins with a stable stem,
+``Incident <id>``, so that clients grouping by subject keep the thread too.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from outagewatch.core.incidents import Kind
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from outagewatch.core.incidents import Notification, Platform
+
+SEVERITY_TEXT = {
+    1: "Severity 1: complete outage, all users affected",
+    2: "Severity 2: a business-critical component is unusable for most users",
+    3: "Severity 3: partial loss of non-critical functionality",
+}
+
+DEFAULT_TEMPLATES: Mapping[str, str] = {
+    "subject": "Incident $id [$state] Sev $severity $platform: $services",
+    "open": """\
+We have detected an outage on platform $platform.
+
+Affected services:
+$impacts
+
+Since:          $since
+Duration so far: $duration
+$severity_text
+Expected time to restoration: $etr
+
+Recent observations:
+$observations
+
+We will send an update every $update_every while the outage lasts.
+Incident $id
+""",
+    "update": """\
+Update on the outage on platform $platform ($reasons).
+
+Affected services now:
+$impacts
+$recovered
+Since:          $since
+Duration so far: $duration
+$severity_text
+Expected time to restoration: $etr
+
+Recent observations:
+$observations
+
+Next update in $update_every at the latest.
+Incident $id
+""",
+    "resolved": """\
+The outage on platform $platform is over: all services are restored.
+
+Services that were affected:
+$impacts
+
+Outage began:   $since
+Restored:       $restored
+Total duration: $duration
+
+Incident $id is closed.
+""",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """One recent probe result of a service, for the mail."""
+
+    service: str
+    start: float
+    duration: float
+    result: str  # ok or the error class
+    phase: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    to: tuple[str, ...]
+    subject: str
+    body: str
+    message_id: str
+    in_reply_to: str | None
+    references: tuple[str, ...]
+
+
+def when(ts: float) -> str:
+    """ISO 8601 UTC plus a readable form: 2026-03-02T09:00:00Z (Mon 02 Mar 2026 09:00 UTC)."""
+    moment = datetime.fromtimestamp(ts, UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%SZ} ({moment:%a %d %b %Y %H:%M} UTC)"
+
+
+def span(seconds: float) -> str:
+    """2 d 3 h 4 min; 45 s under a minute."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    parts = [f"{days} d" if days else "", f"{hours} h" if hours else "",
+             f"{minutes} min" if minutes else ""]
+    return " ".join(p for p in parts if p)
+
+
+def message_id(incident_id: str, number: int, domain: str) -> str:
+    return f"<{incident_id.lower()}.{number}@{domain}>"
+
+
+def render(
+    note: Notification,
+    platform: Platform,
+    *,
+    recipients: Sequence[str],
+    domain: str,
+    observations: Sequence[Observed] = (),
+    templates: Mapping[str, str] = DEFAULT_TEMPLATES,
+) -> Mail:
+    incident = note.incident
+    services = sorted(incident.affected) if note.kind is not Kind.RESOLVED else sorted(
+        incident.outage_starts)
+    impacts = "\n".join(
+        f"- {name}: {platform.service(name).impact or 'service unavailable or too slow'}"
+        f" (since {when(incident.outage_starts[name])})"
+        for name in services
+    ) or "- none"
+    back = [n for n in sorted(incident.restored) if n not in incident.affected]
+    recovered = "".join(f"Restored: {n} at {when(incident.restored[n])}\n" for n in back)
+    end = incident.restored_at if incident.restored_at is not None else note.at
+    values = {
+        "id": incident.id,
+        "state": note.kind.value.upper(),
+        "severity": str(incident.severity),
+        "severity_text": SEVERITY_TEXT[incident.severity],
+        "platform": platform.name,
+        "services": ", ".join(services) or "-",
+        "impacts": impacts,
+        "recovered": recovered,
+        "since": when(incident.started_at),
+        "duration": span(end - incident.started_at),
+        "restored": when(incident.restored_at) if incident.restored_at is not None else "-",
+        "etr": when(incident.etr) if incident.etr is not None else "unknown",
+        "update_every": span(incident.update_interval),
+        "reasons": "; ".join(note.reasons),
+        "observations": _observations(observations) or "- none recorded",
+    }
+    root = message_id(incident.id, 0, domain)
+    parent = message_id(incident.id, note.number - 1, domain) if note.number else None
+    references = () if parent is None else tuple(dict.fromkeys((root, parent)))
+    return Mail(
+        to=tuple(recipients),
+        subject=string.Template(templates["subject"]).safe_substitute(values),
+        body=string.Template(templates[note.kind.value]).safe_substitute(values),
+        message_id=message_id(incident.id, note.number, domain),
+        in_reply_to=parent,
+        references=references,
+    )
+
+
+def _observations(observed: Sequence[Observed]) -> str:
+    lines = []
+    for o in observed:
+        where = f" in {o.phase}" if o.phase else ""
+        lines.append(f"- {datetime.fromtimestamp(o.start, UTC):%H:%M:%S}Z {o.service}: "
+                     f"{o.result}{where} after {o.duration:.1f} s")
+    return "\n".join(lines)

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from outagewatch.core.incidents import Book, Platform, Service, declared, restored, set_etr, tick
+from outagewatch.core.render import Observed, render, span, when
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC).timestamp()
+EU = Platform("eu", (Service("imap-eu", impact="Users cannot read mail with their mail programs."),
+                     Service("smtp-eu", impact="Users cannot send mail.")))
+
+
+def mails(steps):
+    out = []
+    for _book, notes in steps:
+        out += [render(n, EU, recipients=["oncall@example.com"], domain="example.com",
+                       observations=[Observed("imap-eu", T0 - 60, 35.0, "timeout", "login")])
+                for n in notes]
+    return out
+
+
+def incident_story():
+    steps = []
+    book = Book()
+    for step in (lambda b: declared(b, EU, "imap-eu", T0 - 900, T0),
+                 lambda b: set_etr(b, T0 + 7200, T0 + 600),
+                 lambda b: tick(b, T0 + 600 + 3600),
+                 lambda b: restored(b, EU, "imap-eu", T0 + 5000, T0 + 5100)):
+        book, notes = step(book)
+        steps.append((book, notes))
+    return mails(steps)
+
+
+class TestRender:
+    def test_open_mail(self):
+        """The first mail says what is down, the user impact, since when, the severity,
+        that the ETR is unknown, and what the probes saw."""
+        (first, *_rest) = incident_story()
+        assert "Incident EU-2026-0001 [OPEN] Sev 2 eu: imap-eu" == first.subject
+        assert ("oncall@example.com",) == first.to
+        for text in ("Users cannot read mail with their mail programs.",
+                     "2026-03-02T08:45:00Z (Mon 02 Mar 2026 08:45 UTC)",
+                     "Duration so far: 15 min",
+                     "Severity 2: a business-critical component",
+                     "Expected time to restoration: unknown",
+                     "imap-eu: timeout in login after 35.0 s",
+                     "update every 1 h"):
+            assert text in first.body, text
+
+    def test_thread(self):
+        """Every mail answers the previous one and references the first."""
+        first, etr, periodic, resolved_mail = incident_story()
+        assert "<eu-2026-0001.0@example.com>" == first.message_id
+        assert first.in_reply_to is None
+        assert () == first.references
+        assert first.message_id == etr.in_reply_to
+        assert (first.message_id,) == etr.references
+        assert etr.message_id == periodic.in_reply_to
+        assert (first.message_id, etr.message_id) == periodic.references
+        assert periodic.message_id == resolved_mail.in_reply_to
+        stems = {m.subject.split(" [")[0] for m in (first, etr, periodic, resolved_mail)}
+        assert {"Incident EU-2026-0001"} == stems
+
+    def test_update_and_resolved(self):
+        _, etr, periodic, resolved_mail = incident_story()
+        assert "Expected time to restoration: 2026-03-02T11:00:00Z" in etr.body
+        assert "(expected time to restoration set)" in etr.body
+        assert "(periodic update)" in periodic.body
+        assert "[RESOLVED]" in resolved_mail.subject
+        assert "Restored:       2026-03-02T10:23:20Z" in resolved_mail.body
+        assert "Total duration: 1 h 38 min" in resolved_mail.body
+
+    def test_same_notification_same_message_id(self):
+        """A retried mail is the same mail: rendering twice gives the same Message-ID."""
+        assert incident_story()[2].message_id == incident_story()[2].message_id
+
+    def test_operator_templates(self):
+        _, (note,) = declared(Book(), EU, "smtp-eu", T0 - 900, T0)
+        mail = render(note, EU, recipients=["a@example.com"], domain="example.com",
+                      templates={"subject": "DOWN $services ($id)",
+                                 "open": "$platform: $impacts\nunknown: $nonsense"})
+        assert "DOWN smtp-eu (EU-2026-0001)" == mail.subject
+        assert "eu: - smtp-eu: Users cannot send mail." in mail.body
+        assert "$nonsense" in mail.body  # unknown placeholders stay visible, never crash
+
+
+def test_readable_times():
+    assert "2026-03-02T09:00:00Z (Mon 02 Mar 2026 09:00 UTC)" == when(T0)
+    assert ["45 s", "1 min", "2 h 5 min", "3 d 1 h"] == [
+        span(45), span(60), span(7500), span(3 * 86400 + 3600)]
