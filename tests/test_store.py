@@ -40,10 +40,15 @@ class TestStore:
 
     def test_transaction_is_all_or_nothing(self, tmp_path):
         store = Store(tmp_path / "s.db")
-        with pytest.raises(RuntimeError), store.transaction():
-            store.save_verdict("a", Verdict())
-            store.enqueue(mail("x", 0), incident_id="x", number=0, kind="open", now=1.0)
-            raise RuntimeError
+
+        def fail_halfway():
+            with store.transaction():
+                store.save_verdict("a", Verdict())
+                store.enqueue(mail("x", 0), incident_id="x", number=0, kind="open", now=1.0)
+                raise RuntimeError
+
+        with pytest.raises(RuntimeError):
+            fail_halfway()
         assert {} == store.verdicts()
         assert (0, 0.0) == store.outbox_stats(2.0)
 
@@ -88,5 +93,5 @@ class TestStore:
             Store(path)
 
     def test_unusable_path_is_one_line(self, tmp_path):
-        with pytest.raises(StoreError, match="state.path: cannot use"):
+        with pytest.raises(StoreError, match=r"state\.path: cannot use"):
             Store(tmp_path / "missing-dir" / "s.db")

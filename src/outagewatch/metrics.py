@@ -63,6 +63,11 @@ class Metrics:
     reloads: Counter
     last_reload: Gauge
     heartbeat: Gauge
+    notifications: Counter
+    outbox_pending: Gauge
+    outbox_oldest_age: Gauge
+    target_outage: Gauge
+    incidents_open: Gauge
     _known: dict[str, TargetLabels] = field(default_factory=dict)
 
     def add_target(self, labels: TargetLabels) -> None:
@@ -76,6 +81,7 @@ class Metrics:
         self.success.labels(*values)
         self.last_run.labels(*values)
         self.overdue.labels(*values).set(0)
+        self.target_outage.labels(*values)
         self.skipped.labels(*values)
         for phase in PHASES[labels.type]:
             self.phase.labels(*values, phase.value)
@@ -89,7 +95,7 @@ class Metrics:
             return
         values = labels.values()
         for metric in (self.duration, self.success, self.last_run, self.overdue, self.skipped,
-                       self.cert_expiry):
+                       self.cert_expiry, self.target_outage):
             _discard(metric, values)
         for phase in PHASES[labels.type]:
             _discard(self.phase, (*values, phase.value))
@@ -185,4 +191,17 @@ def build_metrics(
                           "Time of the last successful configuration load.", registry=registry),
         heartbeat=Gauge(f"{ns}_scheduler_heartbeat_timestamp_seconds",
                         "Last time the scheduler loop went round.", registry=registry),
+        notifications=Counter(f"{ns}_notifications", "Mail delivery attempts by kind and "
+                              "result (sent, retry, failed).", ("kind", "result"),
+                              registry=registry),
+        outbox_pending=Gauge(f"{ns}_outbox_pending", "Mails waiting in the outbox.",
+                             registry=registry),
+        outbox_oldest_age=Gauge(f"{ns}_outbox_oldest_pending_age_seconds",
+                                "Age of the oldest mail waiting in the outbox (0 if none).",
+                                registry=registry),
+        target_outage=Gauge(f"{ns}_target_outage",
+                            "1 while the target is in OUTAGE by the agreement's definition.",
+                            _LABELS, registry=registry),
+        incidents_open=Gauge(f"{ns}_incidents_open", "Open incidents by platform and severity.",
+                             ("platform", "severity"), registry=registry),
     )

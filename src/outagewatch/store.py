@@ -203,8 +203,12 @@ class Store:
                 for r in rows if r[12] <= now]
 
     def next_attempt(self) -> float | None:
+        """When the next mail can go: the earliest retry among each incident's oldest pending
+        mail (a later mail of an incident cannot go before it, whatever its own time)."""
         row = self._db.execute(
-            "SELECT MIN(next_attempt) FROM outbox WHERE status = 'pending'").fetchone()
+            "SELECT MIN(o.next_attempt) FROM outbox o WHERE o.status = 'pending' AND o.id ="
+            " (SELECT MIN(id) FROM outbox WHERE status = 'pending'"
+            " AND incident_id = o.incident_id)").fetchone()
         return None if row[0] is None else float(row[0])
 
     def mark_sent(self, mail_id: int, now: float) -> None:
