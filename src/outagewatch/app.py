@@ -17,11 +17,14 @@ from prometheus_client import CollectorRegistry
 from outagewatch.clock import Clock, SystemClock
 from outagewatch.config import Settings, load_settings
 from outagewatch.errors import ConfigError, ListenError
+from outagewatch.mailer import Mailer
 from outagewatch.metrics import Metrics, TargetLabels, build_metrics, duration_buckets
 from outagewatch.model import ProbeType
+from outagewatch.monitor import Monitor
 from outagewatch.probes import ProbeContext, new_http_session, run_probe
 from outagewatch.recorder import SampleRecorder
 from outagewatch.scheduler import MAX_NAP, Scheduler
+from outagewatch.store import Store, StoreError
 from outagewatch.web import WebServer, build_app
 
 if TYPE_CHECKING:
@@ -44,6 +47,15 @@ def metrics_for(settings: Settings, registry: CollectorRegistry, ctx: ProbeConte
         threads_running=lambda: ctx.threads.running,
         threads_stuck=lambda: ctx.threads.stuck,
     )
+
+
+def open_store(path: Path) -> Store:
+    """The state file, its directory created if missing (owner only)."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"state.path: cannot create {path.parent}: {exc.strerror}") from None
+    return Store(path)
 
 
 def labels_of(target: Target) -> TargetLabels:
@@ -75,6 +87,9 @@ class Daemon:
         self.metrics: Metrics | None = None
         self.ctx: ProbeContext | None = None
         self.recorder: SampleRecorder | None = None
+        self.monitor: Monitor | None = None
+        self.mailer: Mailer | None = None
+        self.store: Store | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -89,6 +104,15 @@ class Daemon:
 
     async def run(self) -> None:
         settings = self.settings
+        store = self.store = open_store(settings.state.path)
+        try:
+            await self._run(settings, store)
+        finally:
+            if self.monitor is not None:
+                self.monitor.close()
+            store.close()
+
+    async def _run(self, settings: Settings, store: Store) -> None:
         async with new_http_session() as session:
             ctx = ProbeContext(
                 clock=self.clock,
@@ -97,7 +121,16 @@ class Daemon:
             )
             self.ctx = ctx
             metrics = self.metrics = metrics_for(settings, self.registry, ctx)
-            recorder = self.recorder = SampleRecorder(metrics, listeners=self.listeners)
+            mailer = self.mailer = (
+                Mailer(store=store, notify=settings.notify, clock=self.clock, metrics=metrics,
+                       backoff=(settings.notify.retry_backoff.total_seconds(),
+                                settings.notify.retry_max.total_seconds()))
+                if settings.notify is not None else None)
+            monitor = self.monitor = Monitor(
+                store=store, clock=self.clock, metrics=metrics, settings=settings,
+                poke=mailer.poke if mailer is not None else lambda: None)
+            recorder = self.recorder = SampleRecorder(
+                metrics, listeners=[monitor, *self.listeners])
 
             async def probe(target: Target, rule: Rule) -> Sample:
                 return await run_probe(target, ctx, timeout=rule.timeout)
@@ -118,7 +151,9 @@ class Daemon:
             signals = self._install_signals(loop)
             metrics.reloads.labels("success").inc()
             metrics.last_reload.set(self.clock.now().timestamp())
+            monitor.start()
             task = asyncio.create_task(scheduler.run())
+            mailing = asyncio.create_task(mailer.run()) if mailer is not None else None
             self._ready = True
             log.info("daemon_started", listen=f"{settings.server.host}:{self.web.port}",
                      targets=len(settings.targets))
@@ -129,9 +164,11 @@ class Daemon:
                 log.info("daemon_stopping")
                 for sig in signals:
                     loop.remove_signal_handler(sig)
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                for running in (task, mailing):
+                    if running is not None:
+                        running.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await running
                 await self.web.stop()
             log.info("daemon_stopped")
 
@@ -150,6 +187,8 @@ class Daemon:
         assert self.scheduler is not None
         assert self.metrics is not None
         assert self.ctx is not None
+        if self.monitor is not None:
+            self.monitor.configure(settings)
         wanted = {t.name for t in settings.targets}
         for name in self.scheduler.targets():
             if name not in wanted:
@@ -157,6 +196,8 @@ class Daemon:
                 self.ctx.forget(name)
                 if self.recorder is not None:
                     self.recorder.forget(name)
+                if self.monitor is not None:
+                    self.monitor.forget(name)
         for target in settings.targets:
             self.metrics.add_target(labels_of(target))
         self.scheduler.apply([(t, settings.rule_for(t)) for t in settings.targets])
@@ -173,10 +214,15 @@ class Daemon:
                       note="the previous configuration keeps running")
             return False
         old = self.settings
-        for section in ("server", "engine"):
+        for section in ("server", "engine", "state"):
             if getattr(new, section) != getattr(old, section):
                 log.warning("config_needs_restart", section=section,
                             note="this section takes effect at the next start")
+        if (new.notify is None) != (old.notify is None):
+            log.warning("config_needs_restart", section="notify",
+                        note="adding or removing notify takes effect at the next start")
+        elif new.notify is not None and self.mailer is not None:
+            self.mailer.reconfigure(new.notify)
         self._apply(new)
         self.settings = new
         self.metrics.reloads.labels("success").inc()

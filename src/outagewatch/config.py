@@ -252,6 +252,9 @@ class NotifyConfig(_Model):
     smtp: SmtpRelay
     sender: str = Field(description='From: header, e.g. "NOC <noc@example.com>"')
     update_interval: Duration = Field(timedelta(hours=1), description="time between UPDATE mails")
+    retry_backoff: Duration = Field(timedelta(seconds=5),
+                                    description="first retry delay; doubles per attempt")
+    retry_max: Duration = Field(timedelta(minutes=5), description="longest retry delay")
 
     @field_validator("sender")
     @classmethod

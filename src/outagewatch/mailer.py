@@ -55,6 +55,12 @@ class Mailer:
         self._tls = (make_tls_context(verify=relay.tls_verify, ca_file=relay.ca_file)
                      if relay.tls != "none" else None)
 
+    def reconfigure(self, notify: NotifyConfig) -> None:
+        self._notify = notify
+        relay = notify.smtp
+        self._tls = (make_tls_context(verify=relay.tls_verify, ca_file=relay.ca_file)
+                     if relay.tls != "none" else None)
+
     def poke(self) -> None:
         """New mail in the outbox: look now rather than at the next nap's end."""
         self._wake.set()

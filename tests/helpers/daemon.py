@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,10 @@ class DaemonProcess:
         return self.process.returncode or 0
 
 
-def config_text(port: int, targets: list[str], **defaults: str) -> str:
+def config_text(port: int, targets: list[str], *, state: Path | None = None,
+                extra: str = "", **defaults: str) -> str:
+    """A daemon config on tiny thresholds, with its own state file (never /var/lib)."""
+    state = state or Path(tempfile.mkdtemp(prefix="ow-state-")) / "state.db"
     merged = {"interval": "0.5s", "timeout": "2s", "threshold": "1s", "window": "3s",
               **defaults}
     lines = [
@@ -109,8 +113,9 @@ def config_text(port: int, targets: list[str], **defaults: str) -> str:
         "platforms: {eu: {incident_recipients: [oncall@example.com]}}",
         "targets:",
         *[f"  - {t}" for t in targets],
+        f"state: {{path: '{state}'}}",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + extra
 
 
 __all__ = ["DaemonProcess", "config_text", "free_port"]

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from outagewatch.app import Daemon
@@ -84,7 +86,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _settings(services: dict[str, Service], listen_port: int) -> Settings:
+def _settings(services: dict[str, Service], listen_port: int, state: Path) -> Settings:
     def mail(kind: str) -> dict[str, object]:
         return {"name": f"{kind}-demo", "platform": "demo", "type": kind, "host": "127.0.0.1",
                 "port": services[kind].port, "tls": "none", "username": "demo",
@@ -100,6 +102,7 @@ def _settings(services: dict[str, Service], listen_port: int) -> Settings:
              "url": f"http://127.0.0.1:{services['http'].port}/", "expect_body": "App Suite"},
             mail("smtp"), mail("imap"), mail("pop3"),
         ],
+        state={"path": state},
     )
 
 
@@ -132,7 +135,9 @@ async def _demo(out: TextIO) -> int:
     port = _free_port()
     loop = asyncio.get_running_loop()
     timeline = Timeline(out, loop.time())
-    daemon = Daemon(_settings(services, port), listeners=[timeline])
+    workdir = tempfile.TemporaryDirectory(prefix="outagewatch-demo-")
+    daemon = Daemon(_settings(services, port, Path(workdir.name) / "state.db"),
+                    listeners=[timeline])
     running = asyncio.create_task(daemon.run())
     print(f"outagewatch demo: 4 simulated services, probed every {INTERVAL:g}s; a run slower "
           f"than {THRESHOLD:g}s is BAD; deadline {TIMEOUT:g}s.\n"
@@ -149,6 +154,7 @@ async def _demo(out: TextIO) -> int:
         await running
         for service in services.values():
             await service.stop()
+        workdir.cleanup()
     problems = _verdict(timeline)
     print(file=out)
     if problems:

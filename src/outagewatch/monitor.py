@@ -1,0 +1,239 @@
+"""Samples to verdicts to incidents to the outbox: the shell around the pure core.
+
+The scheduler hands every finished sample and every overdue run to ``Monitor``. It runs
+the evaluator, turns declarations and recoveries into incident changes, renders their
+mails and writes all of it (verdict, book, incident, outbox rows) in one transaction. It
+arms a timer for each target's next deadline (so an outage is declared at streak start +
+window, not at the next probe) and for each platform's next periodic update. State is
+loaded from the store at start, so the update cadence and open incidents survive a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+from typing import TYPE_CHECKING
+
+import structlog
+
+from outagewatch.core import evaluator, incidents
+from outagewatch.core.evaluator import Declared, Health, Observation, Verdict, Window
+from outagewatch.core.incidents import Book, Platform, Service
+from outagewatch.core.render import DEFAULT_TEMPLATES, Observed, render
+from outagewatch.store import StoredSample
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping
+    from datetime import datetime
+
+    from outagewatch.clock import Cancellable, Clock
+    from outagewatch.config import Settings, Target
+    from outagewatch.core.incidents import Notification
+    from outagewatch.metrics import Metrics
+    from outagewatch.model import Rule, Sample
+    from outagewatch.store import Store
+
+log = structlog.get_logger("outagewatch.monitor")
+
+KEEP_SAMPLES = 3600.0  # seconds of samples kept beyond the window, for mails and the API
+OBSERVATIONS_IN_MAIL = 3  # recent results per affected service quoted in a mail
+
+
+class Monitor:
+    def __init__(self, *, store: Store, clock: Clock, metrics: Metrics, settings: Settings,
+                 poke: Callable[[], None] = lambda: None,
+                 templates: Mapping[str, str] = DEFAULT_TEMPLATES) -> None:
+        self._store = store
+        self._clock = clock
+        self._metrics = metrics
+        self._poke = poke
+        self._templates = templates
+        self._verdicts: dict[str, Verdict] = store.verdicts()
+        self._books: dict[str, Book] = store.books()
+        self._timers: dict[str, Cancellable] = {}
+        self.configure(settings)
+
+    def configure(self, settings: Settings) -> None:
+        """Apply a (re)loaded configuration: platforms, rules, recipients."""
+        self._settings = settings
+        interval = (settings.notify.update_interval.total_seconds() if settings.notify
+                    else 3600.0)
+        self._platforms = {
+            name: Platform(name, tuple(Service(t.name, t.critical, t.impact)
+                                       for t in settings.targets if t.platform == name),
+                           update_interval=interval)
+            for name in settings.platforms
+        }
+        self._targets = {t.name: t for t in settings.targets}
+        self._windows = {t.name: _window(settings.rule_for(t)) for t in settings.targets}
+        sender = settings.notify.sender if settings.notify else "outagewatch@localhost"
+        self._domain = email.utils.parseaddr(sender)[1].rpartition("@")[2] or "localhost"
+
+    def start(self) -> None:
+        """After a (re)start: act on deadlines that passed while we were down, arm timers."""
+        for name in list(self._verdicts):
+            if name in self._targets:
+                self._tick_target(name)
+        for platform in list(self._books):
+            if platform in self._platforms:
+                self._tick_platform(platform)
+        self._refresh_gauges()
+
+    def forget(self, name: str) -> None:
+        """A target left the configuration: it can no longer hold an incident open."""
+        timer = self._timers.pop(f"target:{name}", None)
+        if timer is not None:
+            timer.cancel()
+        self._verdicts.pop(name, None)
+        self._store.forget_target(name)
+        for platform, book in self._books.items():
+            if book.open is not None and name in book.open.affected:
+                now = self._clock.now().timestamp()
+                step = incidents.restored(book, self._platforms.get(platform, Platform(
+                    platform, ())), name, now, now)
+                with self._atomically():
+                    self._commit_book(platform, step, now)
+
+    # -- the scheduler's Recorder protocol -------------------------------------------------
+
+    def record(self, target: Target, rule: Rule, sample: Sample) -> None:
+        obs = Observation(sample.started_at.timestamp(), sample.is_bad(rule.threshold))
+        stored = StoredSample(target.name, obs.start, sample.duration, sample.result.value,
+                              sample.phase.value if sample.phase else None, obs.bad)
+        self._observe(target.name, obs, stored)
+
+    def overdue(self, target: Target, rule: Rule, started_at: datetime) -> None:
+        del rule
+        self._observe(target.name, Observation(started_at.timestamp(), bad=True, final=False))
+
+    # -- state ------------------------------------------------------------------------------
+
+    def verdict(self, name: str) -> Verdict:
+        return self._verdicts.get(name, Verdict())
+
+    def book(self, platform: str) -> Book:
+        return self._books.get(platform, Book())
+
+    def _observe(self, name: str, obs: Observation, stored: StoredSample | None = None) -> None:
+        if name not in self._windows:
+            return
+        now = self._clock.now().timestamp()
+        window = self._windows[name]
+        verdict, events = evaluator.observe(self.verdict(name), obs, arrived=now, rule=window)
+        with self._atomically():
+            if stored is not None:
+                self._store.add_sample(stored, keep_after=stored.start - window.window
+                                       - window.coverage_gap - KEEP_SAMPLES)
+            self._commit_verdict(name, verdict, events, now)
+
+    def _tick_target(self, name: str) -> None:
+        self._timers.pop(f"target:{name}", None)
+        if name not in self._windows:
+            return
+        now = self._clock.now().timestamp()
+        verdict, events = evaluator.tick(self.verdict(name), now, self._windows[name])
+        with self._atomically():
+            self._commit_verdict(name, verdict, events, now)
+
+    def _tick_platform(self, platform: str) -> None:
+        self._timers.pop(f"platform:{platform}", None)
+        now = self._clock.now().timestamp()
+        step = incidents.tick(self.book(platform), now)
+        with self._atomically():
+            self._commit_book(platform, step, now)
+
+    @contextlib.contextmanager
+    def _atomically(self) -> Iterator[None]:
+        """One transaction; if it fails, memory goes back to what the store holds."""
+        try:
+            with self._store.transaction():
+                yield
+        except BaseException:
+            self._verdicts = self._store.verdicts()
+            self._books = self._store.books()
+            raise
+
+    def _commit_verdict(self, name: str, verdict: Verdict, events: list[evaluator.Event],
+                        now: float) -> None:
+        """Inside a transaction: save the verdict and the incident changes it causes."""
+        self._store.save_verdict(name, verdict)
+        platform = self._targets[name].platform
+        for event in events:
+            book = self.book(platform)
+            if isinstance(event, Declared):
+                log.warning("outage_declared", target=name, platform=platform,
+                            outage_start=event.outage_start)
+                step = incidents.declared(book, self._platforms[platform], name,
+                                          event.outage_start, now)
+            else:
+                log.info("outage_ended", target=name, platform=platform,
+                         restored_at=event.restored_at)
+                step = incidents.restored(book, self._platforms[platform], name,
+                                          event.restored_at, now)
+            self._commit_book(platform, step, now)
+        self._verdicts[name] = verdict
+        self._metrics.target_outage.labels(name, self._targets[name].type, platform).set(
+            1 if verdict.health is Health.OUTAGE else 0)
+        self._arm(f"target:{name}", evaluator.next_deadline(verdict, self._windows[name]),
+                  lambda: self._tick_target(name), now)
+
+    def _commit_book(self, platform: str, step: incidents.Step, now: float) -> None:
+        book, notes = step
+        self._store.save_book(platform, book)
+        for note in notes:
+            self._store.save_incident(note.incident)
+            self._enqueue(platform, note, now)
+        self._books[platform] = book
+        self._arm(f"platform:{platform}", incidents.next_deadline(book),
+                  lambda: self._tick_platform(platform), now)
+        if notes:
+            self._refresh_gauges()
+            self._poke()
+
+    def _enqueue(self, platform: str, note: Notification, now: float) -> None:
+        incident = note.incident
+        log.info(_EVENTS[note.kind.value], incident_id=incident.id, platform=platform,
+                 severity=incident.severity, affected=sorted(incident.affected),
+                 reasons=list(note.reasons))
+        recipients = self._settings.platforms[platform].incident_recipients \
+            if platform in self._settings.platforms else []
+        if self._settings.notify is None or not recipients:
+            log.warning("mail_not_sent", incident_id=incident.id, kind=note.kind.value,
+                        reason="no notify relay or no incident_recipients configured")
+            return
+        observed = [Observed(s.target, s.start, s.duration, s.result, s.phase)
+                    for name in sorted(incident.outage_starts)
+                    for s in self._store.recent_samples(name, OBSERVATIONS_IN_MAIL)]
+        mail = render(note, self._platforms[platform], recipients=recipients,
+                      domain=self._domain, observations=observed, templates=self._templates)
+        self._store.enqueue(mail, incident_id=incident.id, number=note.number,
+                            kind=note.kind.value, now=now)
+
+    def _arm(self, key: str, deadline: float | None, callback: Callable[[], None],
+             now: float) -> None:
+        old = self._timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        if deadline is not None:
+            at = self._clock.monotonic() + max(0.0, deadline - now)
+            self._timers[key] = self._clock.call_at(at, callback)
+
+    def _refresh_gauges(self) -> None:
+        self._metrics.incidents_open.clear()
+        for platform, book in self._books.items():
+            if book.open is not None:
+                self._metrics.incidents_open.labels(platform, str(book.open.severity)).set(1)
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+
+_EVENTS = {"open": "incident_opened", "update": "incident_updated",
+           "resolved": "incident_resolved"}
+
+
+def _window(rule: Rule) -> Window:
+    return Window.of(interval=rule.interval, timeout=rule.timeout, threshold=rule.threshold,
+                     window=rule.window, recover_after=rule.recover_after)

@@ -1,0 +1,156 @@
+"""The whole pipeline as a user gets it: ``outagewatch run`` on tiny thresholds against a
+real service behind the faulting proxy, with aiosmtpd as the relay for the mails."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from email import message_from_bytes
+
+import pytest
+from aiosmtpd.smtp import SMTP
+from tests.helpers.daemon import DaemonProcess, config_text, free_port
+from tests.helpers.faultproxy import Fault, FaultProxy
+
+DEFAULTS = {"interval": "0.25s", "timeout": "0.8s", "threshold": "0.3s", "window": "1.5s",
+            "recover_after": "2"}
+
+
+class Sink:
+    def __init__(self):
+        self.mails = []
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        self.mails.append((tuple(envelope.rcpt_tos), message_from_bytes(envelope.content)))
+        return "250 OK"
+
+    def kinds(self):
+        return [m["Subject"].split("[")[1].split("]")[0] for _, m in self.mails]
+
+
+@pytest.fixture(name="relay")
+async def _relay():
+    sink = Sink()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(sink, hostname="relay.test"),
+                                      "127.0.0.1", 0)
+    sink.port = server.sockets[0].getsockname()[1]
+    yield sink
+    server.close()
+    await server.wait_closed()
+
+
+def configure(tmp_path, port, proxy_port, relay_port, update="1s"):
+    notify = (f"notify: {{smtp: {{host: 127.0.0.1, port: {relay_port}, tls: none}},"
+              f" sender: 'NOC <noc@example.com>', update_interval: {update},"
+              " retry_backoff: 0.2s, retry_max: 1s}\n")
+    text = config_text(port, [
+        (f"{{name: webmail-eu, platform: eu, type: http, url: 'http://127.0.0.1:{proxy_port}/',"
+        " impact: 'Users cannot reach Web-Mail.'}"),
+    ], state=tmp_path / "state.db", extra=notify, **DEFAULTS)
+    path = tmp_path / "outagewatch.yaml"
+    path.write_text(text)
+    return path
+
+
+async def wait(predicate, timeout, what):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class TestIncidentMails:
+    async def test_outage_open_update_resolved(self, tmp_path, http_server, relay):
+        """A dead service gives OPEN after the window, UPDATEs on the cadence, and RESOLVED
+        after two good runs; one thread, to the platform's incident list."""
+        port = free_port()
+        async with FaultProxy(http_server.port) as proxy:
+            daemon = await DaemonProcess(configure(tmp_path, port, proxy.port,
+                                                   relay.port)).start(port)
+            try:
+                await asyncio.sleep(0.6)
+                assert [] == relay.mails  # healthy: no mail
+                proxy.mode = Fault("stall")
+                await wait(lambda: "OPEN" in relay.kinds(), 6, "OPEN")
+                await wait(lambda: relay.kinds().count("UPDATE") >= 2, 6, "two UPDATEs")
+                proxy.mode = Fault()
+                await wait(lambda: "RESOLVED" in relay.kinds(), 6, "RESOLVED")
+            finally:
+                await daemon.stop()
+        kinds = relay.kinds()
+        assert "OPEN" == kinds[0]
+        assert "RESOLVED" == kinds[-1]
+        assert {"UPDATE"} == set(kinds[1:-1])
+        rcpts = {r for r, _ in relay.mails}
+        assert {("oncall@example.com",)} == rcpts
+        first, last = relay.mails[0][1], relay.mails[-1][1]
+        incident = first["Subject"].split()[1]
+        assert incident.startswith("EU-20")
+        assert all(m["Subject"].startswith(f"Incident {incident} [") for _, m in relay.mails)
+        ids = [m["Message-ID"] for _, m in relay.mails]
+        assert len(set(ids)) == len(ids)
+        assert [None, *ids[:-1]] == [m["In-Reply-To"] for _, m in relay.mails]
+        body = first.get_payload()
+        assert "Users cannot reach Web-Mail." in body
+        assert "Expected time to restoration: unknown" in body
+        assert "webmail-eu: timeout" in body
+        assert "Total duration:" in last.get_payload()
+        assert daemon.has_event("outage_declared")
+        assert daemon.has_event("incident_resolved")
+
+    async def test_kill_9_mid_incident(self, tmp_path, http_server, relay):
+        """Killed hard after the OPEN mail and restarted: no second OPEN, the incident and
+        its thread go on, and the RESOLVED mail comes once the service is back."""
+        port = free_port()
+        async with FaultProxy(http_server.port, Fault("stall")) as proxy:
+            config = configure(tmp_path, port, proxy.port, relay.port, update="30s")
+            daemon = await DaemonProcess(config).start(port)
+            await wait(lambda: "OPEN" in relay.kinds(), 6, "OPEN")
+            daemon.signal(signal.SIGKILL)
+            await daemon.process.wait()
+            await daemon.stop()
+            proxy.mode = Fault()
+            again = await DaemonProcess(config).start(port)
+            try:
+                await wait(lambda: "RESOLVED" in relay.kinds(), 6, "RESOLVED")
+            finally:
+                await again.stop()
+        assert ["OPEN", "RESOLVED"] == relay.kinds()
+        first, last = relay.mails[0][1], relay.mails[1][1]
+        assert first["Message-ID"] == last["In-Reply-To"]
+        assert first["Subject"].split()[1] == last["Subject"].split()[1]
+
+    async def test_relay_down_then_everything_delivered_in_order(self, tmp_path, http_server):
+        """With the relay down the mails wait in the outbox; once it is up they all arrive,
+        in order, each once."""
+        port = free_port()
+        relay_port = free_port()
+        sink = Sink()
+        async with FaultProxy(http_server.port, Fault("stall")) as proxy:
+            config = configure(tmp_path, port, proxy.port, relay_port, update="0.5s")
+            daemon = await DaemonProcess(config).start(port)
+            try:
+                await asyncio.sleep(3.5)  # OPEN and some UPDATEs pile up, undeliverable
+                proxy.mode = Fault()
+                await asyncio.sleep(1.5)  # RESOLVED joins them
+                loop = asyncio.get_running_loop()
+                server = await loop.create_server(
+                    lambda: SMTP(sink, hostname="relay.test"), "127.0.0.1", relay_port)
+                try:
+                    await wait(lambda: "RESOLVED" in sink.kinds(), 40, "RESOLVED")
+                finally:
+                    server.close()
+            finally:
+                await daemon.stop()
+        kinds = sink.kinds()
+        assert "OPEN" == kinds[0]
+        assert "RESOLVED" == kinds[-1]
+        assert len(kinds) >= 3
+        ids = [m["Message-ID"] for _, m in sink.mails]
+        assert len(set(ids)) == len(ids)
+        numbers = [int(i.split(".")[1].split("@")[0]) for i in ids]
+        assert sorted(numbers) == numbers
