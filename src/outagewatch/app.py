@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import os
 import signal
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import prometheus_client
@@ -19,7 +20,7 @@ from outagewatch.config import Settings, load_settings
 from outagewatch.errors import ConfigError, ListenError
 from outagewatch.mailer import Mailer
 from outagewatch.metrics import Metrics, TargetLabels, build_metrics, duration_buckets
-from outagewatch.model import ProbeType
+from outagewatch.model import ProbeType, sample_json
 from outagewatch.monitor import Monitor
 from outagewatch.probes import ProbeContext, new_http_session, run_probe
 from outagewatch.recorder import SampleRecorder
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from outagewatch.config import Target
+    from outagewatch.core.incidents import Incident
     from outagewatch.model import Rule, Sample
     from outagewatch.scheduler import Recorder
 
@@ -56,6 +58,22 @@ def open_store(path: Path) -> Store:
     except OSError as exc:
         raise StoreError(f"state.path: cannot create {path.parent}: {exc.strerror}") from None
     return Store(path)
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def incident_json(incident: Incident, mails: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": incident.id, "platform": incident.platform, "severity": incident.severity,
+        "affected": sorted(incident.affected), "involved": sorted(incident.outage_starts),
+        "started_at": _iso(incident.started_at), "opened_at": _iso(incident.opened_at),
+        "resolved_at": _iso(incident.resolved_at), "restored_at": _iso(incident.restored_at),
+        "etr": _iso(incident.etr), "update_interval": incident.update_interval,
+        "mails": [{**m, "created": _iso(m["created"]), "sent_at": _iso(m["sent_at"])}
+                  for m in mails],
+    }
 
 
 def labels_of(target: Target) -> TargetLabels:
@@ -140,7 +158,8 @@ class Daemon:
                 max_in_flight=settings.engine.max_in_flight,
             )
             self._apply(settings)
-            self.web = WebServer(build_app(registry=self.registry, readiness=self.readiness))
+            self.web = WebServer(build_app(registry=self.registry, readiness=self.readiness,
+                                           status=self.status, incidents=self.incidents))
             try:
                 await self.web.start(settings.server.host, settings.server.port)
             except OSError as exc:
@@ -171,6 +190,32 @@ class Daemon:
                             await running
                 await self.web.stop()
             log.info("daemon_stopped")
+
+    def status(self) -> dict[str, Any]:
+        """GET /api/v1/status: every target's state, last run and streak."""
+        assert self.monitor is not None
+        assert self.recorder is not None
+        targets = []
+        for target in self.settings.targets:
+            verdict = self.monitor.verdict(target.name)
+            sample = self.recorder.last.get(target.name)
+            state = "unknown" if sample is None and verdict.last_start is None else (
+                verdict.health.value)
+            targets.append({
+                "name": target.name, "type": target.type, "platform": target.platform,
+                "state": state,
+                "streak_start": _iso(verdict.streak_start),
+                "outage_start": _iso(verdict.outage_start),
+                "last_sample": None if sample is None else sample_json(sample),
+            })
+        return {"generated_at": self.clock.now().isoformat(), "targets": targets}
+
+    def incidents(self) -> dict[str, Any]:
+        """GET /api/v1/incidents: open and recent incidents, each with its mails."""
+        assert self.store is not None
+        items = [incident_json(i, self.store.mails(i.id)) for i in self.store.incidents()]
+        return {"open": [i for i in items if i["resolved_at"] is None],
+                "recent": [i for i in items if i["resolved_at"] is not None]}
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         installed: list[int] = []

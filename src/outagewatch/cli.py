@@ -19,7 +19,7 @@ from outagewatch.clock import SystemClock
 from outagewatch.config import Settings, load_settings
 from outagewatch.errors import ConfigError, OutagewatchError
 from outagewatch.logs import LEVELS, configure_logging
-from outagewatch.model import PHASES, ProbeType, Sample
+from outagewatch.model import PHASES, ProbeType, Sample, sample_json
 from outagewatch.probes import ProbeContext, new_http_session, run_probe
 
 if TYPE_CHECKING:
@@ -181,19 +181,8 @@ def _select(settings: Settings, names: list[str]) -> list[Target]:
 
 
 def _as_json(target: Target, sample: Sample, threshold: float) -> dict[str, object]:
-    return {
-        "target": target.name,
-        "type": target.type,
-        "platform": target.platform,
-        "started_at": sample.started_at.isoformat(),
-        "duration": round(sample.duration, 6),
-        "result": sample.result.value,
-        "bad": sample.is_bad(threshold),
-        "phase": sample.phase.value if sample.phase else None,
-        "phases": {p.value: round(v, 6) for p, v in sample.phases.items()},
-        "detail": sample.detail,
-        "cert_expiry": sample.cert_expiry,
-    }
+    return {"target": target.name, "type": target.type, "platform": target.platform,
+            "bad": sample.is_bad(threshold), **sample_json(sample)}
 
 
 def _ms(seconds: float) -> str:

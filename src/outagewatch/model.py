@@ -88,6 +88,19 @@ class Sample:
         return not self.ok or self.duration > threshold
 
 
+def sample_json(sample: Sample) -> dict[str, object]:
+    """A sample as JSON-ready data (the status API and ``probe --json``)."""
+    return {
+        "started_at": sample.started_at.isoformat(),
+        "duration": round(sample.duration, 6),
+        "result": sample.result.value,
+        "phase": sample.phase.value if sample.phase else None,
+        "phases": {p.value: round(v, 6) for p, v in sample.phases.items()},
+        "detail": sample.detail,
+        "cert_expiry": sample.cert_expiry,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """The outage rule of one target, in seconds (config's defaults merged with overrides)."""

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
@@ -13,9 +13,12 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 Readiness = Callable[[], str | None]  # None when ready, else the reason
+Document = Callable[[], dict[str, Any]]
 
 
-def build_app(*, registry: CollectorRegistry, readiness: Readiness) -> web.Application:
+def build_app(*, registry: CollectorRegistry, readiness: Readiness,
+              status: Document | None = None,
+              incidents: Document | None = None) -> web.Application:
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -29,7 +32,17 @@ def build_app(*, registry: CollectorRegistry, readiness: Readiness) -> web.Appli
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    for path, provider in (("/api/v1/status", status), ("/api/v1/incidents", incidents)):
+        if provider is not None:
+            app.router.add_get(path, _document(provider))
     return app
+
+
+def _document(provider: Document) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(_request: web.Request) -> web.Response:
+        return web.json_response(provider())
+
+    return handler
 
 
 class WebServer:

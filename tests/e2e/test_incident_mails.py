@@ -4,6 +4,7 @@ real service behind the faulting proxy, with aiosmtpd as the relay for the mails
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from email import message_from_bytes
 
@@ -76,11 +77,23 @@ class TestIncidentMails:
                 assert [] == relay.mails  # healthy: no mail
                 proxy.mode = Fault("stall")
                 await wait(lambda: "OPEN" in relay.kinds(), 6, "OPEN")
+                status = json.loads((await daemon.get("/api/v1/status"))[1])
+                (target,) = status["targets"]
+                assert ("webmail-eu", "outage") == (target["name"], target["state"])
+                assert target["outage_start"] is not None
+                assert "timeout" == target["last_sample"]["result"]
                 await wait(lambda: relay.kinds().count("UPDATE") >= 2, 6, "two UPDATEs")
                 proxy.mode = Fault()
                 await wait(lambda: "RESOLVED" in relay.kinds(), 6, "RESOLVED")
+                await asyncio.sleep(0.2)
+                listing = json.loads((await daemon.get("/api/v1/incidents"))[1])
             finally:
                 await daemon.stop()
+        assert [] == listing["open"]
+        (done,) = listing["recent"]
+        assert ["webmail-eu"] == done["involved"]
+        assert {"sent"} == {m["status"] for m in done["mails"]}
+        assert "resolved" == done["mails"][-1]["kind"]
         kinds = relay.kinds()
         assert "OPEN" == kinds[0]
         assert "RESOLVED" == kinds[-1]
