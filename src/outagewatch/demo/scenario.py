@@ -1,8 +1,9 @@
 """The demo's story: all healthy, IMAP slow, POP3 dead, both healed. Printed as a timeline.
 
-It runs the real daemon (scheduler, probes, metrics, /metrics endpoint) with accelerated
-settings against the simulated services, and checks that what it printed is what the story
-should produce: exit 0 if so, 1 if not.
+It runs the real daemon (scheduler, probes, evaluator, incidents, outbox, mailer, metrics,
+/metrics endpoint) with accelerated settings against the simulated services and a local
+mail sink, and checks that what it printed is what the story should produce: the outage
+declared, its OPEN, UPDATE and RESOLVED mails in one thread. Exit 0 if so, 1 if not.
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ from typing import TYPE_CHECKING, TextIO
 
 from outagewatch.app import Daemon
 from outagewatch.config import Settings
-from outagewatch.demo.services import Service
+from outagewatch.demo.services import MailSink, Service
 from outagewatch.model import PHASES, ProbeType, Result
 
 if TYPE_CHECKING:
     from datetime import datetime
+    from email.message import Message
 
     from outagewatch.config import Target
     from outagewatch.model import Rule, Sample
 
-INTERVAL, THRESHOLD, TIMEOUT = 1.0, 0.5, 1.5
+INTERVAL, THRESHOLD, TIMEOUT, WINDOW, UPDATE = 1.0, 0.5, 1.5, 3.0, 4.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,18 @@ class Timeline:
         self.started = started
         self.samples: dict[str, list[tuple[float, Sample]]] = defaultdict(list)
         self.overdue_at: dict[str, list[float]] = defaultdict(list)
+        self.mails: list[tuple[float, Message]] = []
+
+    def mail(self, message: Message) -> None:
+        at = self._now()
+        self.mails.append((at, message))
+        body = message.get_payload(decode=True)
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+        lines = [line for line in text.splitlines() if line.strip()][:4]
+        print(f"  {at:5.1f}s  MAIL to {message['To']}: {message['Subject']}", file=self.out)
+        for line in lines:
+            print(f"           | {line}", file=self.out)
+        self.out.flush()
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time() - self.started
@@ -80,29 +94,39 @@ class Timeline:
               flush=True)
 
 
+IMPACTS = {"smtp": "Users cannot send mail.",
+           "imap": "Users cannot read mail with their mail programs.",
+           "pop3": "Users cannot fetch mail over POP3."}
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _settings(services: dict[str, Service], listen_port: int, state: Path) -> Settings:
+def _settings(services: dict[str, Service], listen_port: int, state: Path,
+              sink_port: int) -> Settings:
     def mail(kind: str) -> dict[str, object]:
         return {"name": f"{kind}-demo", "platform": "demo", "type": kind, "host": "127.0.0.1",
                 "port": services[kind].port, "tls": "none", "username": "demo",
-                "password": "demo-password"}
+                "password": "demo-password", "impact": IMPACTS[kind]}
 
     return Settings(
         server={"listen": f"127.0.0.1:{listen_port}"},
         defaults={"interval": INTERVAL, "threshold": THRESHOLD, "timeout": TIMEOUT,
-                  "window": 10, "recover_after": 2},
+                  "window": WINDOW, "recover_after": 2},
         platforms={"demo": {"incident_recipients": ["oncall@example.com"]}},
         targets=[
             {"name": "http-demo", "platform": "demo", "type": "http",
-             "url": f"http://127.0.0.1:{services['http'].port}/", "expect_body": "App Suite"},
+             "url": f"http://127.0.0.1:{services['http'].port}/", "expect_body": "App Suite",
+             "impact": "Users cannot reach Web-Mail."},
             mail("smtp"), mail("imap"), mail("pop3"),
         ],
         state={"path": state},
+        notify={"smtp": {"host": "127.0.0.1", "port": sink_port, "tls": "none"},
+                "sender": "outagewatch demo <noc@demo.invalid>", "update_interval": UPDATE,
+                "retry_backoff": 0.5, "retry_max": 2},
     )
 
 
@@ -125,6 +149,12 @@ def _verdict(timeline: Timeline) -> list[str]:
     dead = results("pop3-demo", STORY[2].at + 2.0, STORY[3].at)
     if not dead or not all(s.result is Result.TIMEOUT for s in dead):
         problems.append("pop3-demo did not time out while it was dead")
+    states = [m["Subject"].split("[", 1)[1].split("]", 1)[0] for _, m in timeline.mails]
+    if not states or states[0] != "OPEN" or states[-1] != "RESOLVED" or "UPDATE" not in states:
+        problems.append(f"the mails were not OPEN, UPDATE..., RESOLVED but {states}")
+    ids = {m["Subject"].split()[1] for _, m in timeline.mails}
+    if len(ids) != 1:
+        problems.append(f"the mails were not one incident's thread: {sorted(ids)}")
     return problems
 
 
@@ -135,13 +165,16 @@ async def _demo(out: TextIO) -> int:
     port = _free_port()
     loop = asyncio.get_running_loop()
     timeline = Timeline(out, loop.time())
+    sink = MailSink(timeline.mail)
+    await sink.start()
     workdir = tempfile.TemporaryDirectory(prefix="outagewatch-demo-")
-    daemon = Daemon(_settings(services, port, Path(workdir.name) / "state.db"),
+    daemon = Daemon(_settings(services, port, Path(workdir.name) / "state.db", sink.port),
                     listeners=[timeline])
     running = asyncio.create_task(daemon.run())
     print(f"outagewatch demo: 4 simulated services, probed every {INTERVAL:g}s; a run slower "
-          f"than {THRESHOLD:g}s is BAD; deadline {TIMEOUT:g}s.\n"
-          f"Live metrics meanwhile: http://127.0.0.1:{port}/metrics\n", file=out, flush=True)
+          f"than {THRESHOLD:g}s is BAD; BAD for {WINDOW:g}s is an OUTAGE (the agreement: 30 s "
+          f"and 15 min); incident updates every {UPDATE:g}s (the agreement: 1 h).\n"
+          f"Live: http://127.0.0.1:{port}/metrics and /api/v1/status\n", file=out, flush=True)
     try:
         for act in STORY:
             await asyncio.sleep(max(0.0, timeline.started + act.at - loop.time()))
@@ -154,6 +187,7 @@ async def _demo(out: TextIO) -> int:
         await running
         for service in services.values():
             await service.stop()
+        await sink.stop()
         workdir.cleanup()
     problems = _verdict(timeline)
     print(file=out)
@@ -162,7 +196,8 @@ async def _demo(out: TextIO) -> int:
             print(f"demo: UNEXPECTED: {problem}", file=out)
         return 1
     print("demo: the story came out as expected: slowness and death were seen, timed and "
-          "classified, and recovery was seen too.", file=out)
+          "classified, declared an outage on time, mailed OPEN, UPDATE and RESOLVED in one "
+          "thread, and recovery was seen too.", file=out)
     return 0
 
 

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from email.message import Message
 
 
 @dataclass
@@ -132,3 +138,46 @@ class Service:
         finally:
             writer.transport.abort()
             self._tasks.discard(task)
+
+
+class MailSink:
+    """A local SMTP server that accepts every mail and hands it to ``on_mail``."""
+
+    def __init__(self, on_mail: Callable[[Message], None]) -> None:
+        self._on_mail = on_mail
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._talk, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _talk(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(b"220 sink.invalid ESMTP\r\n")
+            while line := await reader.readline():
+                verb = line.decode("ascii", "replace").strip().split(" ", 1)[0].upper()
+                if verb == "DATA":
+                    writer.write(b"354 go ahead\r\n")
+                    await writer.drain()
+                    data = await reader.readuntil(b"\r\n.\r\n")
+                    body = data[:-5].replace(b"\r\n..", b"\r\n.")
+                    self._on_mail(email.message_from_bytes(body))
+                    writer.write(b"250 OK queued\r\n")
+                elif verb == "QUIT":
+                    writer.write(b"221 bye\r\n")
+                    await writer.drain()
+                    return
+                elif verb in {"EHLO", "HELO"}:
+                    writer.write(b"250-sink.invalid\r\n250 8BITMIME\r\n")
+                else:
+                    writer.write(b"250 OK\r\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.transport.abort()
