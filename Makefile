@@ -34,6 +34,7 @@ bench-deps: $(STAMP)
 
 bench: bench-deps system-deps
 	$(BIN)/python -m bench.probe_cost --vs-blackbox
+	$(BIN)/python -m bench.detection
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
