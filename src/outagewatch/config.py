@@ -11,6 +11,7 @@ import email.utils
 import os
 import re
 import socket
+import string
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -255,12 +256,49 @@ class NotifyConfig(_Model):
     retry_backoff: Duration = Field(timedelta(seconds=5),
                                     description="first retry delay; doubles per attempt")
     retry_max: Duration = Field(timedelta(minutes=5), description="longest retry delay")
+    templates: Path | None = Field(
+        None, description="directory of subject.txt, open.txt, update.txt, resolved.txt")
+
+    @field_validator("templates")
+    @classmethod
+    def _valid_templates(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            _read_templates(value)
+        return value
+
+    def template_texts(self) -> dict[str, str]:
+        """The operator's templates; the mail renderer falls back to its own for the rest."""
+        return _read_templates(self.templates) if self.templates is not None else {}
 
     @field_validator("sender")
     @classmethod
     def _valid_sender(cls, value: str) -> str:
         _check_address(email.utils.parseaddr(value)[1] or value)
         return value
+
+
+TEMPLATE_NAMES = ("subject", "open", "update", "resolved")
+
+
+def _read_templates(directory: Path) -> dict[str, str]:
+    if not directory.is_dir():
+        raise ValueError(f"not a directory: {directory}")
+    texts = {}
+    for name in TEMPLATE_NAMES:
+        path = directory / f"{name}.txt"
+        if not path.exists():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read {path}: {exc}") from None
+        if not string.Template(text).is_valid():
+            raise ValueError(f"{path.name}: a '$' that is no placeholder (write $$ for $)")
+        texts[name] = text.strip() if name == "subject" else text
+    if not texts:
+        raise ValueError(f"no template in {directory} (expected any of "
+                         f"{', '.join(n + '.txt' for n in TEMPLATE_NAMES)})")
+    return texts
 
 
 class StateConfig(_Model):

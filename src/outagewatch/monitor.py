@@ -47,7 +47,7 @@ class Monitor:
         self._clock = clock
         self._metrics = metrics
         self._poke = poke
-        self._templates = templates
+        self._default_templates = templates
         self._verdicts: dict[str, Verdict] = store.verdicts()
         self._books: dict[str, Book] = store.books()
         self._timers: dict[str, Cancellable] = {}
@@ -68,6 +68,8 @@ class Monitor:
         self._windows = {t.name: _window(settings.rule_for(t)) for t in settings.targets}
         sender = settings.notify.sender if settings.notify else "outagewatch@localhost"
         self._domain = email.utils.parseaddr(sender)[1].rpartition("@")[2] or "localhost"
+        custom = settings.notify.template_texts() if settings.notify else {}
+        self._templates = {**self._default_templates, **custom}
 
     def start(self) -> None:
         """After a (re)start: act on deadlines that passed while we were down, arm timers."""

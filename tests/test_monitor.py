@@ -1,0 +1,109 @@
+"""The monitor on a fake clock: samples to verdicts to incidents to the outbox."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+from tests.helpers.fakeclock import FakeClock
+
+from outagewatch.config import Settings
+from outagewatch.metrics import TargetLabels, build_metrics
+from outagewatch.model import ProbeType, Result, Sample
+from outagewatch.monitor import Monitor
+from outagewatch.store import Store
+
+
+def settings(tmp_path, **notify):
+    return Settings(
+        defaults={"interval": 60, "timeout": 35, "threshold": 30, "window": 900},
+        platforms={"eu": {"incident_recipients": ["oncall@example.com"]}},
+        targets=[{"name": "imap-eu", "platform": "eu", "type": "http", "url": "http://x/",
+                  "impact": "Users cannot read mail."}],
+        notify={"smtp": {"host": "127.0.0.1"}, "sender": "NOC <noc@example.com>",
+                "update_interval": 3600, **notify},
+        state={"path": tmp_path / "state.db"},
+    )
+
+
+class Harness:
+    def __init__(self, cfg, clock=None):
+        self.clock = clock or FakeClock()
+        self.cfg = cfg
+        self.store = Store(cfg.state.path)
+        self.registry = CollectorRegistry()
+        metrics = build_metrics(self.registry, buckets=(1.0,))
+        metrics.add_target(TargetLabels("imap-eu", ProbeType.HTTP, "eu"))
+        self.monitor = Monitor(store=self.store, clock=self.clock, metrics=metrics,
+                               settings=cfg)
+        self.target = cfg.targets[0]
+        self.rule = cfg.rule_for(self.target)
+
+    def run(self, result=Result.TIMEOUT, duration=35.0):
+        sample = Sample("imap-eu", self.clock.now(), duration, result)
+        self.monitor.record(self.target, self.rule, sample)
+
+    def outbox(self):
+        return [(m["kind"], m["number"]) for i in self.store.incidents()
+                for m in self.store.mails(i.id)]
+
+
+async def every_minute(h, minutes, **kw):
+    for _ in range(minutes):
+        await h.clock.advance(35)
+        h.run(**kw)
+        await h.clock.advance(25)
+
+
+class TestMonitor:
+    async def test_declared_by_the_timer_and_mailed(self, tmp_path):
+        """The outage is declared at streak start + 900 s by the timer, and its OPEN mail
+        is in the outbox at once."""
+        h = Harness(settings(tmp_path))
+        start = h.clock.now()
+        await every_minute(h, 14)
+        assert [] == h.outbox()
+        await h.clock.advance(100)  # past 35 + 900 s, with no run in between
+        assert [("open", 0)] == h.outbox()
+        (incident,) = h.store.incidents()
+        assert start.timestamp() + 35 == incident.started_at  # the first BAD run's start
+        assert start.timestamp() + 935 == incident.opened_at  # the timer, to the second
+        assert 1 == h.registry.get_sample_value(
+            "outagewatch_target_outage", {"target": "imap-eu", "type": "http",
+                                          "platform": "eu"})
+
+    async def test_cadence_survives_a_restart(self, tmp_path):
+        """Restarted 20 min after the OPEN mail, the next UPDATE comes 60 min after it, not
+        at once and not twice."""
+        cfg = settings(tmp_path)
+        h = Harness(cfg)
+        await every_minute(h, 16)
+        assert [("open", 0)] == h.outbox()
+        opened = h.store.incidents()[0].last_mail_at
+        h.monitor.close()
+        h.store.close()
+        await h.clock.advance(20 * 60)
+        again = Harness(cfg, clock=h.clock)
+        again.monitor.start()
+        assert [("open", 0)] == again.outbox()
+        await every_minute(again, 39)
+        assert [("open", 0)] == again.outbox()
+        await every_minute(again, 2)
+        assert [("open", 0), ("update", 1)] == again.outbox()
+        assert opened + 3600 == again.store.incidents()[0].last_mail_at
+
+    async def test_recovery_resolves(self, tmp_path):
+        h = Harness(settings(tmp_path))
+        await every_minute(h, 16)
+        await every_minute(h, 2, result=Result.OK, duration=0.2)
+        assert [("open", 0), ("resolved", 1)] == h.outbox()
+
+    async def test_operator_templates(self, tmp_path):
+        templates = tmp_path / "templates"
+        templates.mkdir()
+        (templates / "subject.txt").write_text("DOWN: $services ($id)\n")
+        h = Harness(settings(tmp_path, templates=templates))
+        await every_minute(h, 16)
+        (incident,) = h.store.incidents()
+        (mail,) = h.store.mails(incident.id)
+        assert f"DOWN: imap-eu ({incident.id})" == mail["subject"]
+        assert [] == [m for m in h.store.due_mails(1e12) if "Users cannot read mail." not in
+                      m.body]
