@@ -41,13 +41,14 @@ async def _relay():
     await server.wait_closed()
 
 
-def configure(tmp_path, port, proxy_port, relay_port, update="1s"):
+def configure(tmp_path, port, proxy_port, relay_port, update="1s", extra_targets=()):
     notify = (f"notify: {{smtp: {{host: 127.0.0.1, port: {relay_port}, tls: none}},"
               f" sender: 'NOC <noc@example.com>', update_interval: {update},"
               " retry_backoff: 0.2s, retry_max: 1s}\n")
     text = config_text(port, [
         (f"{{name: webmail-eu, platform: eu, type: http, url: 'http://127.0.0.1:{proxy_port}/',"
         " impact: 'Users cannot reach Web-Mail.'}"),
+        *extra_targets,
     ], state=tmp_path / "state.db", extra=notify, **DEFAULTS)
     path = tmp_path / "outagewatch.yaml"
     path.write_text(text)
@@ -65,25 +66,36 @@ async def wait(predicate, timeout, what):
 
 
 class TestIncidentMails:
-    async def test_outage_open_update_resolved(self, tmp_path, http_server, relay):
-        """A dead service gives OPEN after the window, UPDATEs on the cadence, and RESOLVED
-        after two good runs; one thread, to the platform's incident list."""
+    async def test_outage_open_update_resolved(self, tmp_path, http_server, dovecot,
+                                               tls_files, relay):
+        """A dead Web-Mail gives OPEN after the window; Dovecot's IMAP dying too joins the
+        incident (severity 1: the whole platform); UPDATEs follow the cadence; RESOLVED
+        after two good runs of each. One thread, to the platform's incident list."""
         port = free_port()
-        async with FaultProxy(http_server.port) as proxy:
-            daemon = await DaemonProcess(configure(tmp_path, port, proxy.port,
-                                                   relay.port)).start(port)
+        async with FaultProxy(http_server.port) as proxy, \
+                FaultProxy(dovecot.imap) as imap_proxy:
+            imap = (f"{{name: imap-eu, platform: eu, type: imap, host: localhost,"
+                    f" port: {imap_proxy.port}, username: {dovecot.user},"
+                    f" password: '{dovecot.password}', ca_file: '{tls_files['ca']}',"
+                    " impact: 'Users cannot read mail with their mail programs.'}")
+            config = configure(tmp_path, port, proxy.port, relay.port, extra_targets=[imap])
+            daemon = await DaemonProcess(config).start(port)
             try:
                 await asyncio.sleep(0.6)
                 assert [] == relay.mails  # healthy: no mail
                 proxy.mode = Fault("stall")
                 await wait(lambda: "OPEN" in relay.kinds(), 6, "OPEN")
+                imap_proxy.mode = Fault("stall")
+                await wait(lambda: any("Sev 1" in m["Subject"] for _, m in relay.mails), 6,
+                           "IMAP joining: severity 1")
                 status = json.loads((await daemon.get("/api/v1/status"))[1])
-                (target,) = status["targets"]
+                target = status["targets"][0]
                 assert ("webmail-eu", "outage") == (target["name"], target["state"])
                 assert target["outage_start"] is not None
                 assert "timeout" == target["last_sample"]["result"]
                 await wait(lambda: relay.kinds().count("UPDATE") >= 2, 6, "two UPDATEs")
                 proxy.mode = Fault()
+                imap_proxy.mode = Fault()
                 await wait(lambda: "RESOLVED" in relay.kinds(), 6, "RESOLVED")
                 await asyncio.sleep(0.2)
                 listing = json.loads((await daemon.get("/api/v1/incidents"))[1])
@@ -91,7 +103,7 @@ class TestIncidentMails:
                 await daemon.stop()
         assert [] == listing["open"]
         (done,) = listing["recent"]
-        assert ["webmail-eu"] == done["involved"]
+        assert ["imap-eu", "webmail-eu"] == done["involved"]
         assert {"sent"} == {m["status"] for m in done["mails"]}
         assert "resolved" == done["mails"][-1]["kind"]
         kinds = relay.kinds()
@@ -107,6 +119,9 @@ class TestIncidentMails:
         ids = [m["Message-ID"] for _, m in relay.mails]
         assert len(set(ids)) == len(ids)
         assert [None, *ids[:-1]] == [m["In-Reply-To"] for _, m in relay.mails]
+        joined = next(m for _, m in relay.mails if "imap-eu down" in m.get_payload())
+        assert "Users cannot read mail with their mail programs." in joined.get_payload()
+        assert "severity 2 -> 1" in joined.get_payload()
         body = first.get_payload()
         assert "Users cannot reach Web-Mail." in body
         assert "Expected time to restoration: unknown" in body
