@@ -96,6 +96,14 @@ class TestMonitor:
         await every_minute(h, 2, result=Result.OK, duration=0.2)
         assert [("open", 0), ("resolved", 1)] == h.outbox()
 
+    async def test_removed_target_cannot_hold_an_incident_open(self, tmp_path):
+        """A target dropped by a reload while in an incident leaves it: here the last one,
+        so the incident resolves instead of staying open for ever."""
+        h = Harness(settings(tmp_path))
+        await every_minute(h, 16)
+        h.monitor.forget("imap-eu")
+        assert [("open", 0), ("resolved", 1)] == h.outbox()
+
     async def test_operator_templates(self, tmp_path):
         templates = tmp_path / "templates"
         templates.mkdir()

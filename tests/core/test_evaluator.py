@@ -149,6 +149,16 @@ class TestRules:
         runs += [(t, 31, False) for t in range(900, 1900, 60)]
         assert ("Declared", 900, 1800) == feed(runs)[0]
 
+    def test_good_one_millisecond_before_the_window(self):
+        """BAD from 0 and a GOOD run arriving at 899.999 s: no outage at 900 s."""
+        state = Verdict()
+        for start in range(0, 900, 60):
+            state, _ = observe(state, Observation(start, True), arrived=start + 31, rule=RULE)
+        state, events = observe(state, Observation(899.0, False), arrived=899.999, rule=RULE)
+        assert ([], Health.OK) == (events, state.health)
+        state, events = tick(state, 900.0, RULE)
+        assert ([], None) == (events, next_deadline(state, RULE))
+
     def test_good_arriving_at_the_deadline_prevents_it(self):
         rule = Window.of(interval=5, timeout=8, threshold=5, window=10, recover_after=1)
         runs = [(0, 6, False), (6, 3, False)]  # GOOD run arrives at 9... and one at 10:
