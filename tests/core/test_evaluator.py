@@ -240,3 +240,43 @@ def test_recover_after_counts(recover_after):
     runs += [(180 + 60 * i, 1, False) for i in range(recover_after)]
     events = feed(runs, rule)
     assert ("Restored", 0, 180) == events[-1][:3]
+
+
+class TestMaintenanceHold:
+    """Inside a maintenance window (600 s to 1800 s here) BAD runs open nothing; a streak
+    that goes on past the end counts from the end."""
+
+    END = 1800.0
+
+    def run(self, runs, window_start=600):
+        from outagewatch.core.evaluator import hold
+
+        state, events = Verdict(), []
+        for start, bad in runs:
+            state, new = observe(state, Observation(start, bad), arrived=start + 1, rule=RULE)
+            events += new
+            if window_start <= start < self.END:
+                state = hold(state, self.END)
+            deadline = next_deadline(state, RULE)
+            if deadline is not None and deadline <= start + 60:
+                state, new = tick(state, deadline, RULE)
+                events += new
+        return state, events
+
+    def test_bad_throughout_and_after(self):
+        runs = [(t, True) for t in range(600, 3000, 60)]
+        _, events = self.run(runs)
+        assert [Declared(self.END, self.END + 900)] == events
+
+    def test_healed_at_the_end(self):
+        runs = [(t, True) for t in range(600, 1800, 60)] + [(1800, False), (1860, True)]
+        state, events = self.run(runs)
+        assert [] == events
+        assert 1860 == state.streak_start
+
+    def test_outage_before_the_window_stays(self):
+        """Declared at 900 s, before a window starting at 1000 s: the outage stays."""
+        runs = [(t, True) for t in range(0, 1500, 60)]
+        state, events = self.run(runs, window_start=1000)
+        assert [Declared(0, 900)] == events
+        assert Health.OUTAGE == state.health

@@ -103,6 +103,16 @@ def tick(state: Verdict, now: float, rule: Window) -> tuple[Verdict, list[Event]
     return _declare(state, now, rule, events), events
 
 
+def hold(state: Verdict, until: float) -> Verdict:
+    """Maintenance: a BAD streak counts from ``until`` (the window's end) at the earliest, so
+    no outage is declared inside the window and one that continues is declared at
+    ``until + window``. An outage already declared is left alone (its incident goes on)."""
+    if state.health is Health.BAD and state.streak_start is not None \
+            and state.streak_start < until:
+        return replace(state, streak_start=until)
+    return state
+
+
 def next_deadline(state: Verdict, rule: Window) -> float | None:
     """When ``tick`` may declare an outage next: the daemon's timer for this target."""
     if state.health is Health.BAD and state.streak_start is not None:
