@@ -88,3 +88,43 @@ def test_readable_times():
     assert "2026-03-02T09:00:00Z (Mon 02 Mar 2026 09:00 UTC)" == when(T0)
     assert ["45 s", "1 min", "2 h 5 min", "3 d 1 h"] == [
         span(45), span(60), span(7500), span(3 * 86400 + 3600)]
+
+
+class TestMaintenanceMails:
+    def lifecycle(self, bad=frozenset()):
+        from outagewatch.core.maintenance import Calendar, Window, WindowKind, register
+        from outagewatch.core.maintenance import tick as mtick
+
+        start = datetime(2026, 6, 12, 20, 0, tzinfo=UTC).timestamp()
+        window = Window(id="EU-M-2026-0001", platform="eu", targets=("imap-eu", "pop3-eu"),
+                        start=start, end=start + 4 * 3600, kind=WindowKind.PLANNED,
+                        description="Dovecot upgrade to 2.4.", impact="Short interruptions.",
+                        registered_at=0.0)
+        window, mails = register(window, now=start - 5 * 86400, calendar=Calendar())
+        window, more = mtick(window, now=start)
+        mails += more
+        window, more = mtick(window, now=start + 4 * 3600, bad=bad)
+        mails += more
+        from outagewatch.core.render import render_maintenance
+
+        return [render_maintenance(m, recipients=["info@example.com"], domain="example.com")
+                for m in mails]
+
+    def test_announcement_started_finished(self):
+        announced, started, finished = self.lifecycle()
+        assert ("Maintenance EU-M-2026-0001 [ANNOUNCEMENT] planned eu: imap-eu, pop3-eu, "
+                "2026-06-12 20:00Z") == announced.subject
+        assert ("info@example.com",) == announced.to
+        for text in ("Planned time: 2026-06-12T20:00:00Z", "(4 h)",
+                     "Expected impact: Short interruptions.", "Dovecot upgrade to 2.4."):
+            assert text in announced.body, text
+        assert "has started" in started.body
+        assert "finished: successful" in finished.body
+        assert announced.message_id == started.in_reply_to
+        assert started.message_id == finished.in_reply_to
+        assert "<eu-m-2026-0001.0@example.com>" == announced.message_id
+
+    def test_finished_with_problems_names_them(self):
+        *_, finished = self.lifecycle(bad=frozenset({"pop3-eu"}))
+        assert "completed with problems: not answering normally at its end: pop3-eu" in \
+            finished.body

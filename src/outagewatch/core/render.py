@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from outagewatch.core.incidents import Notification, Platform
+    from outagewatch.core.maintenance import MaintenanceMail
 
 SEVERITY_TEXT = {
     1: "Severity 1: complete outage, all users affected",
@@ -160,16 +161,104 @@ def render(
         "reasons": "; ".join(note.reasons),
         "observations": _observations(observations) or "- none recorded",
     }
-    root = message_id(incident.id, 0, domain)
-    parent = message_id(incident.id, note.number - 1, domain) if note.number else None
-    references = () if parent is None else tuple(dict.fromkeys((root, parent)))
-    return Mail(
-        to=tuple(recipients),
+    return _threaded(
+        incident.id, note.number, domain, recipients,
         subject=string.Template(templates["subject"]).safe_substitute(values),
         body=string.Template(templates[note.kind.value]).safe_substitute(values),
-        message_id=message_id(incident.id, note.number, domain),
-        in_reply_to=parent,
-        references=references,
+    )
+
+
+def _threaded(thread: str, number: int, domain: str, recipients: Sequence[str], *,
+              subject: str, body: str) -> Mail:
+    """Mail ``number`` of a thread: answers the previous one, references the first."""
+    root = message_id(thread, 0, domain)
+    parent = message_id(thread, number - 1, domain) if number else None
+    references = () if parent is None else tuple(dict.fromkeys((root, parent)))
+    return Mail(to=tuple(recipients), subject=subject, body=body,
+                message_id=message_id(thread, number, domain), in_reply_to=parent,
+                references=references)
+
+
+MAINTENANCE_TEMPLATES: Mapping[str, str] = {
+    "subject": "Maintenance $id [$state] $kind $platform: $services, $period",
+    "announcement": """\
+We will carry out $kind maintenance on platform $platform.
+
+Planned time: $start to $end ($length)
+Affected services: $services
+Expected impact: $impact
+
+$description
+
+We will send a mail when it starts and when it is finished.
+Maintenance $id
+""",
+    "updated": """\
+The $kind maintenance on platform $platform has been rescheduled ($history).
+
+New time: $start to $end ($length)
+Affected services: $services
+Expected impact: $impact
+
+Maintenance $id
+""",
+    "started": """\
+The $kind maintenance on platform $platform has started.
+
+Planned end: $end
+Affected services: $services
+Expected impact: $impact
+
+Maintenance $id
+""",
+    "finished": """\
+The $kind maintenance on platform $platform is finished: $outcome.
+
+Window: $start to $end
+Affected services: $services
+
+Maintenance $id
+""",
+    "cancelled": """\
+The $kind maintenance on platform $platform planned for $start to $end is cancelled.
+It will not take place; nothing changes for the users.
+
+Maintenance $id
+""",
+}
+
+
+def render_maintenance(
+    mail: MaintenanceMail,
+    *,
+    recipients: Sequence[str],
+    domain: str,
+    templates: Mapping[str, str] = MAINTENANCE_TEMPLATES,
+) -> Mail:
+    window = mail.window
+    problems = window.problems
+    outcome = ("successful, every affected service answers normally" if not problems else
+               "completed with problems: not answering normally at its end: "
+               + ", ".join(problems))
+    values = {
+        "id": window.id,
+        "state": mail.kind.value.upper(),
+        "kind": window.kind.value,
+        "platform": window.platform,
+        "services": ", ".join(window.targets) or "-",
+        "period": f"{datetime.fromtimestamp(window.start, UTC):%Y-%m-%d %H:%M}Z",
+        "start": when(window.start),
+        "end": when(window.end),
+        "length": span(window.end - window.start),
+        "impact": window.impact or "-",
+        "description": window.description,
+        "history": "; ".join(window.history[-1:]),
+        "outcome": outcome,
+    }
+    return _threaded(
+        window.id, mail.number, domain, recipients,
+        subject=string.Template(templates["subject"]).safe_substitute(values),
+        body=string.Template(templates[mail.kind.value]).safe_substitute(values),
     )
 
 
