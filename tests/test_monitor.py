@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from prometheus_client import CollectorRegistry
 from tests.helpers.fakeclock import FakeClock
 
@@ -12,10 +14,14 @@ from outagewatch.monitor import Monitor
 from outagewatch.store import Store
 
 
-def settings(tmp_path, **notify):
+def settings(tmp_path, maintenance=None, **notify):
     return Settings(
         defaults={"interval": 60, "timeout": 35, "threshold": 30, "window": 900},
-        platforms={"eu": {"incident_recipients": ["oncall@example.com"]}},
+        platforms={"eu": {"incident_recipients": ["oncall@example.com"],
+                          "info_recipients": ["info@example.com"],
+                          "calendar": {"country": "DE", "subdivision": "BY",
+                                       "timezone": "Europe/Berlin"}}},
+        maintenance=maintenance or {},
         targets=[{"name": "imap-eu", "platform": "eu", "type": "http", "url": "http://x/",
                   "impact": "Users cannot read mail."}],
         notify={"smtp": {"host": "127.0.0.1"}, "sender": "NOC <noc@example.com>",
@@ -44,6 +50,9 @@ class Harness:
     def outbox(self):
         return [(m["kind"], m["number"]) for i in self.store.incidents()
                 for m in self.store.mails(i.id)]
+
+    def maintenance_mails(self, window_id):
+        return [m["kind"] for m in self.store.mails(window_id)]
 
 
 async def every_minute(h, minutes, **kw):
@@ -115,3 +124,61 @@ class TestMonitor:
         assert f"DOWN: imap-eu ({incident.id})" == mail["subject"]
         assert [] == [m for m in h.store.due_mails(1e12) if "Users cannot read mail." not in
                       m.body]
+
+
+class TestMaintenance:
+    """The fake clock starts on Monday 2026-03-02 09:00 UTC."""
+
+    def window(self, clock, start_min, end_min, kind="emergency"):
+        base = clock.now()
+        return {"windows": [{"id": "dovecot-upgrade", "platform": "eu", "kind": kind,
+                             "targets": ["imap-eu"],
+                             "start": (base + timedelta(minutes=start_min)).isoformat(),
+                             "end": (base + timedelta(minutes=end_min)).isoformat(),
+                             "impact": "IMAP unavailable"}]}
+
+    async def test_window_hides_an_outage_and_the_streak_counts_from_its_end(self, tmp_path):
+        """BAD from minute 0 to 60 inside a window from 5 to 30: ANNOUNCEMENT, STARTED,
+        FINISHED with problems, and the OPEN only at the window's end + 15 min."""
+        clock = FakeClock()
+        cfg = settings(tmp_path, maintenance=self.window(clock, 5, 30))
+        h = Harness(cfg, clock=clock)
+        h.monitor.start()
+        assert ["announcement"] == h.maintenance_mails("dovecot-upgrade")
+        await every_minute(h, 29)
+        assert ["announcement", "started"] == h.maintenance_mails("dovecot-upgrade")
+        assert [] == h.outbox()
+        assert 1 == h.registry.get_sample_value(
+            "outagewatch_maintenance_active",
+            {"target": "imap-eu", "type": "http", "platform": "eu"})
+        await every_minute(h, 15)
+        mails = h.store.mails("dovecot-upgrade")
+        assert ["announcement", "started", "finished"] == [m["kind"] for m in mails]
+        assert [] == h.outbox()  # 44 min in: still inside end + window
+        await every_minute(h, 2)
+        assert [("open", 0)] == h.outbox()
+        (incident,) = h.store.incidents()
+        window_end = clock.now().timestamp() - 46 * 60 + 30 * 60
+        assert window_end == incident.started_at  # the streak counts from the window's end
+        finished = mails[-1]
+        assert "completed with problems: not answering normally at its end: imap-eu" in \
+            finished["body"]
+        assert ["info@example.com"] == finished["recipients"]
+
+    async def test_good_at_the_end_is_successful(self, tmp_path):
+        clock = FakeClock()
+        h = Harness(settings(tmp_path, maintenance=self.window(clock, 1, 5)), clock=clock)
+        h.monitor.start()
+        await every_minute(h, 8, result=Result.OK, duration=0.2)
+        finished = [m for m in h.store.mails("dovecot-upgrade") if m["kind"] == "finished"]
+        assert 1 == len(finished)
+        assert "finished: successful" in finished[0]["body"]
+
+    async def test_planned_without_notice_is_refused(self, tmp_path):
+        """Planned for Wednesday, registered on Monday: refused, nothing announced."""
+        clock = FakeClock()
+        cfg = settings(tmp_path, maintenance=self.window(clock, 2 * 24 * 60, 2 * 24 * 60 + 60,
+                                                         kind="planned"))
+        h = Harness(cfg, clock=clock)
+        h.monitor.start()
+        assert [] == h.maintenance_mails("dovecot-upgrade")

@@ -234,6 +234,7 @@ class Daemon:
         assert self.ctx is not None
         if self.monitor is not None:
             self.monitor.configure(settings)
+            self.monitor.register_configured_windows()
         wanted = {t.name for t in settings.targets}
         for name in self.scheduler.targets():
             if name not in wanted:

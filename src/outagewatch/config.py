@@ -12,13 +12,16 @@ import os
 import re
 import socket
 import string
-from datetime import timedelta
+import zoneinfo
+from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import holidays
 import yaml
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -97,9 +100,33 @@ class EngineConfig(_Model):
     uvloop: bool = Field(default=False, description="run on uvloop instead of asyncio's loop")
 
 
+class CalendarConfig(_Model):
+    country: str | None = Field(None, description="ISO country for public holidays, e.g. DE")
+    subdivision: str | None = Field(None, description="state or region, e.g. BY")
+    timezone: str = Field("UTC", description="IANA zone in which business days count")
+    closures: list[date] = Field(default_factory=list, description="extra non-working days")
+
+    @model_validator(mode="after")
+    def _known(self) -> CalendarConfig:
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone: unknown time zone {self.timezone!r}") from None
+        if self.country is not None:
+            try:
+                holidays.country_holidays(self.country, subdiv=self.subdivision)
+            except NotImplementedError:
+                raise ValueError(f"country: no holiday calendar for {self.country!r}") \
+                    from None
+        elif self.subdivision is not None:
+            raise ValueError("subdivision: needs a country")
+        return self
+
+
 class PlatformConfig(_Model):
     incident_recipients: list[Address] = Field(default_factory=list)
     info_recipients: list[Address] = Field(default_factory=list)
+    calendar: CalendarConfig = CalendarConfig()
 
 
 class _Credentials(_Model):
@@ -301,6 +328,28 @@ def _read_templates(directory: Path) -> dict[str, str]:
     return texts
 
 
+class WindowConfig(_Model):
+    id: str = Field(pattern=_NAME, description="unique, [a-z0-9_.-]+")
+    platform: str
+    targets: list[str] = Field(default_factory=list, description="default: all of the platform")
+    start: AwareDatetime
+    end: AwareDatetime
+    kind: Literal["planned", "emergency"] = "planned"
+    description: str = ""
+    impact: str = ""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> WindowConfig:
+        if self.end <= self.start:
+            raise ValueError("end: must be after start")
+        return self
+
+
+class MaintenanceConfig(_Model):
+    notice_days: int = Field(3, ge=0, description="business days a planned window needs")
+    windows: list[WindowConfig] = Field(default_factory=list)
+
+
 class StateConfig(_Model):
     path: Path = Field(Path("/var/lib/outagewatch/state.db"), description="SQLite state file")
 
@@ -316,6 +365,7 @@ class Settings(BaseSettings):
     platforms: dict[Annotated[str, Field(pattern=_NAME)], PlatformConfig] = Field(min_length=1)
     targets: list[Target] = Field(min_length=1)
     notify: NotifyConfig | None = None
+    maintenance: MaintenanceConfig = MaintenanceConfig()
     state: StateConfig = StateConfig()
 
     @classmethod
@@ -351,9 +401,26 @@ class Settings(BaseSettings):
                     f"{where}.timeout: must be greater than threshold ({rule.threshold:g}s) "
                     "so that a slow answer is measured, not cut off"
                 )
+        problems += self._window_problems()
         if problems:
             raise ConfigError(problems)
         return self
+
+    def _window_problems(self) -> list[str]:
+        problems: list[str] = []
+        platform_of = {t.name: t.platform for t in self.targets}
+        seen: set[str] = set()
+        for index, window in enumerate(self.maintenance.windows):
+            where = f"maintenance.windows[{index}]"
+            if window.id in seen:
+                problems.append(f"{where}.id: duplicate window id {window.id!r}")
+            seen.add(window.id)
+            if window.platform not in self.platforms:
+                problems.append(f"{where}.platform: unknown platform {window.platform!r}")
+            problems += [f"{where}.targets: {name!r} is no target of platform "
+                         f"{window.platform!r}" for name in window.targets
+                         if platform_of.get(name) != window.platform]
+        return problems
 
     def rule_for(self, target: Target) -> Rule:
         d = self.defaults

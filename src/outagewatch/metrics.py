@@ -68,6 +68,7 @@ class Metrics:
     outbox_oldest_age: Gauge
     target_outage: Gauge
     incidents_open: Gauge
+    maintenance_active: Gauge
     _known: dict[str, TargetLabels] = field(default_factory=dict)
 
     def add_target(self, labels: TargetLabels) -> None:
@@ -82,6 +83,7 @@ class Metrics:
         self.last_run.labels(*values)
         self.overdue.labels(*values).set(0)
         self.target_outage.labels(*values)
+        self.maintenance_active.labels(*values)
         self.skipped.labels(*values)
         for phase in PHASES[labels.type]:
             self.phase.labels(*values, phase.value)
@@ -95,7 +97,7 @@ class Metrics:
             return
         values = labels.values()
         for metric in (self.duration, self.success, self.last_run, self.overdue, self.skipped,
-                       self.cert_expiry, self.target_outage):
+                       self.cert_expiry, self.target_outage, self.maintenance_active):
             _discard(metric, values)
         for phase in PHASES[labels.type]:
             _discard(self.phase, (*values, phase.value))
@@ -204,4 +206,7 @@ def build_metrics(
                             _LABELS, registry=registry),
         incidents_open=Gauge(f"{ns}_incidents_open", "Open incidents by platform and severity.",
                              ("platform", "severity"), registry=registry),
+        maintenance_active=Gauge(f"{ns}_maintenance_active",
+                                 "1 while a maintenance window covers the target.", _LABELS,
+                                 registry=registry),
     )

@@ -12,22 +12,28 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import zoneinfo
+from dataclasses import replace
+from datetime import datetime
 from typing import TYPE_CHECKING
 
+import holidays
 import structlog
 
-from outagewatch.core import evaluator, incidents
+from outagewatch.core import evaluator, incidents, maintenance
 from outagewatch.core.evaluator import Declared, Health, Observation, Verdict, Window
 from outagewatch.core.incidents import Book, Platform, Service
-from outagewatch.core.render import DEFAULT_TEMPLATES, Observed, render
+from outagewatch.core.maintenance import Calendar, WindowKind, WindowState
+from outagewatch.core.maintenance import Window as MWindow
+from outagewatch.core.render import DEFAULT_TEMPLATES, Observed, render, render_maintenance
 from outagewatch.store import StoredSample
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
-    from datetime import datetime
+    from datetime import date
 
     from outagewatch.clock import Cancellable, Clock
-    from outagewatch.config import Settings, Target
+    from outagewatch.config import CalendarConfig, Settings, Target
     from outagewatch.core.incidents import Notification
     from outagewatch.metrics import Metrics
     from outagewatch.model import Rule, Sample
@@ -50,6 +56,7 @@ class Monitor:
         self._default_templates = templates
         self._verdicts: dict[str, Verdict] = store.verdicts()
         self._books: dict[str, Book] = store.books()
+        self._mwindows: dict[str, MWindow] = store.windows()
         self._timers: dict[str, Cancellable] = {}
         self.configure(settings)
 
@@ -70,6 +77,32 @@ class Monitor:
         self._domain = email.utils.parseaddr(sender)[1].rpartition("@")[2] or "localhost"
         custom = settings.notify.template_texts() if settings.notify else {}
         self._templates = {**self._default_templates, **custom}
+        self._calendars = {name: calendar_of(platform.calendar)
+                           for name, platform in settings.platforms.items()}
+        self._notice = settings.maintenance.notice_days
+
+    def register_configured_windows(self) -> None:
+        """Register the config file's windows not seen before; a refused one is logged."""
+        now = self._clock.now().timestamp()
+        for spec in self._settings.maintenance.windows:
+            if spec.id in self._mwindows:
+                continue
+            targets = tuple(spec.targets) or tuple(
+                t.name for t in self._settings.targets if t.platform == spec.platform)
+            window = MWindow(id=spec.id, platform=spec.platform, targets=targets,
+                             start=spec.start.timestamp(), end=spec.end.timestamp(),
+                             kind=WindowKind(spec.kind), description=spec.description,
+                             impact=spec.impact, registered_at=now)
+            try:
+                step = maintenance.register(window, now=now,
+                                            calendar=self._calendars[spec.platform],
+                                            notice=self._notice)
+            except maintenance.Refused as exc:
+                log.error("maintenance_refused", window=spec.id,  # noqa: TRY400 - no trace
+                          reason=str(exc))
+                continue
+            with self._atomically():
+                self._commit_window(step, now)
 
     def start(self) -> None:
         """After a (re)start: act on deadlines that passed while we were down, arm timers."""
@@ -79,6 +112,9 @@ class Monitor:
         for platform in list(self._books):
             if platform in self._platforms:
                 self._tick_platform(platform)
+        self.register_configured_windows()
+        for window_id in list(self._mwindows):
+            self._tick_window(window_id)
         self._refresh_gauges()
 
     def forget(self, name: str) -> None:
@@ -116,11 +152,20 @@ class Monitor:
     def book(self, platform: str) -> Book:
         return self._books.get(platform, Book())
 
+    def _covering_end(self, name: str, now: float) -> float | None:
+        """The end of the maintenance that covers ``name`` now, if any (the latest)."""
+        ends = [w.end for w in self._mwindows.values() if w.covers(name, now)]
+        return max(ends) if ends else None
+
     def _observe(self, name: str, obs: Observation, stored: StoredSample | None = None) -> None:
         if name not in self._windows:
             return
         now = self._clock.now().timestamp()
         window = self._windows[name]
+        until = self._covering_end(name, now)
+        if until is not None and obs.bad and self.verdict(name).health is not Health.OUTAGE:
+            # under maintenance a BAD run counts as if it started at the window's end
+            obs = replace(obs, start=max(obs.start, until))
         verdict, events = evaluator.observe(self.verdict(name), obs, arrived=now, rule=window)
         with self._atomically():
             if stored is not None:
@@ -154,6 +199,48 @@ class Monitor:
             self._verdicts = self._store.verdicts()
             self._books = self._store.books()
             raise
+
+    def _tick_window(self, window_id: str) -> None:
+        self._timers.pop(f"window:{window_id}", None)
+        window = self._mwindows.get(window_id)
+        if window is None:
+            return
+        now = self._clock.now().timestamp()
+        bad = frozenset(t for t in window.targets if self._is_bad(t))
+        step = maintenance.tick(window, now=now, bad=bad)
+        with self._atomically():
+            self._commit_window(step, now)
+            if step[0].state is WindowState.ACTIVE:
+                for name in step[0].targets:
+                    held = evaluator.hold(self.verdict(name), step[0].end)
+                    if held != self.verdict(name) and name in self._windows:
+                        self._commit_verdict(name, held, [], now)
+        self._refresh_gauges()
+
+    def _is_bad(self, name: str) -> bool:
+        last = self._store.recent_samples(name, 1)
+        return bool(last and last[-1].bad) or self.verdict(name).health is not Health.OK
+
+    def _commit_window(self, step: maintenance.Step, now: float) -> None:
+        window, mails = step
+        self._store.save_window(window)
+        self._mwindows[window.id] = window
+        recipients = self._settings.platforms[window.platform].info_recipients \
+            if window.platform in self._settings.platforms else []
+        for mail in mails:
+            log.info(_MAINTENANCE_EVENTS[mail.kind.value], window=window.id,
+                     platform=window.platform, problems=list(window.problems))
+            if self._settings.notify is None or not recipients:
+                log.warning("mail_not_sent", window=window.id, kind=mail.kind.value,
+                            reason="no notify relay or no info_recipients configured")
+                continue
+            rendered = render_maintenance(mail, recipients=recipients, domain=self._domain)
+            self._store.enqueue(rendered, incident_id=window.id, number=mail.number,
+                                kind=mail.kind.value, now=now)
+        self._arm(f"window:{window.id}", maintenance.next_deadline(window),
+                  lambda: self._tick_window(window.id), now)
+        if mails:
+            self._poke()
 
     def _commit_verdict(self, name: str, verdict: Verdict, events: list[evaluator.Event],
                         now: float) -> None:
@@ -225,6 +312,11 @@ class Monitor:
         for platform, book in self._books.items():
             if book.open is not None:
                 self._metrics.incidents_open.labels(platform, str(book.open.severity)).set(1)
+        now = self._clock.now().timestamp()
+        for name, target in self._targets.items():
+            covered = self._covering_end(name, now) is not None
+            self._metrics.maintenance_active.labels(name, target.type, target.platform).set(
+                1 if covered else 0)
 
     def close(self) -> None:
         for timer in self._timers.values():
@@ -232,8 +324,23 @@ class Monitor:
         self._timers.clear()
 
 
+_MAINTENANCE_EVENTS = {"announcement": "maintenance_announced",
+                       "updated": "maintenance_moved", "started": "maintenance_started",
+                       "finished": "maintenance_finished", "cancelled": "maintenance_cancelled"}
 _EVENTS = {"open": "incident_opened", "update": "incident_updated",
            "resolved": "incident_resolved"}
+
+
+def calendar_of(config: CalendarConfig) -> Calendar:
+    """A platform's business-day calendar: public holidays from the ``holidays`` package
+    for the years around now, plus the configured closure days."""
+    zone = zoneinfo.ZoneInfo(config.timezone)
+    days: frozenset[date] = frozenset()
+    if config.country is not None:
+        year = datetime.now(zone).year
+        days = frozenset(holidays.country_holidays(config.country, subdiv=config.subdivision,
+                                                   years=range(year - 1, year + 3)))
+    return Calendar(zone=zone, holidays=days, closures=frozenset(config.closures))
 
 
 def _window(rule: Rule) -> Window:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from outagewatch.core.evaluator import Health, Verdict
 from outagewatch.core.incidents import Book, Incident
+from outagewatch.core.maintenance import Window, WindowKind, WindowState
 from outagewatch.errors import OutagewatchError
 
 if TYPE_CHECKING:
@@ -46,6 +47,10 @@ MIGRATIONS: tuple[str, ...] = (
         attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL,
         last_error TEXT, sent_at REAL);
     CREATE INDEX outbox_pending ON outbox (status, incident_id, id);
+    """,
+    # 2: maintenance windows
+    """
+    CREATE TABLE windows (id TEXT PRIMARY KEY, platform TEXT NOT NULL, state TEXT NOT NULL);
     """,
 )
 
@@ -176,6 +181,16 @@ class Store:
                                 (limit,)).fetchall()
         return [_incident(json.loads(r[0])) for r in rows]
 
+    # -- maintenance windows --------------------------------------------------------------
+
+    def windows(self) -> dict[str, Window]:
+        rows = self._db.execute("SELECT id, state FROM windows").fetchall()
+        return {wid: _window(json.loads(state)) for wid, state in rows}
+
+    def save_window(self, window: Window) -> None:
+        self._db.execute("INSERT OR REPLACE INTO windows VALUES (?, ?, ?)",
+                         (window.id, window.platform, json.dumps(asdict(window))))
+
     # -- outbox ---------------------------------------------------------------------------
 
     def enqueue(self, mail: Mail, *, incident_id: str, number: int, kind: str,
@@ -234,11 +249,18 @@ class Store:
     def mails(self, incident_id: str) -> list[dict[str, Any]]:
         rows = self._db.execute(
             "SELECT number, kind, subject, status, created, sent_at, attempts, last_error,"
-            " message_id FROM outbox WHERE incident_id = ? ORDER BY id",
+            " message_id, recipients, body FROM outbox WHERE incident_id = ? ORDER BY id",
             (incident_id,)).fetchall()
         keys = ("number", "kind", "subject", "status", "created", "sent_at", "attempts",
-                "last_error", "message_id")
+                "last_error", "message_id", "recipients", "body")
+        rows = [(*row[:9], json.loads(row[9]), row[10]) for row in rows]
         return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def _window(data: dict[str, Any]) -> Window:
+    return Window(**{**data, "kind": WindowKind(data["kind"]),
+                     "state": WindowState(data["state"]), "targets": tuple(data["targets"]),
+                     "problems": tuple(data["problems"]), "history": tuple(data["history"])})
 
 
 def _verdict(data: dict[str, Any]) -> Verdict:
