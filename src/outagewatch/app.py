@@ -15,6 +15,7 @@ import prometheus_client
 import structlog
 from prometheus_client import CollectorRegistry
 
+from outagewatch.api import OperatorApi
 from outagewatch.clock import Clock, SystemClock
 from outagewatch.config import Settings, load_settings
 from outagewatch.errors import ConfigError, ListenError
@@ -158,8 +159,10 @@ class Daemon:
                 max_in_flight=settings.engine.max_in_flight,
             )
             self._apply(settings)
+            token = settings.server.token.get_secret_value() if settings.server.token else None
             self.web = WebServer(build_app(registry=self.registry, readiness=self.readiness,
-                                           status=self.status, incidents=self.incidents))
+                                           status=self.status, incidents=self.incidents,
+                                           routes=OperatorApi(monitor, token).routes()))
             try:
                 await self.web.start(settings.server.host, settings.server.port)
             except OSError as exc:

@@ -68,6 +68,35 @@ Address = Annotated[str, BeforeValidator(lambda v: _check_address(str(v)))]
 
 class ServerConfig(_Model):
     listen: str = Field("127.0.0.1:9817", description="host:port for /metrics, /healthz, /readyz")
+    token_file: Path | None = Field(None, description="file holding the operator API token")
+    token_env: str | None = Field(None, description="environment variable holding it")
+    token: SecretStr | None = Field(None, exclude=True, description="resolved; not a key")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_token(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if data.get("token") is not None:
+            raise ValueError("token: never in the config file; use token_file or token_env")
+        if data.get("token_file") and data.get("token_env"):
+            raise ValueError("give only one of token_file, token_env")
+        data = dict(data)
+        if data.get("token_file"):
+            path = Path(str(data["token_file"]))
+            try:
+                data["token"] = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                reason = f"token_file: cannot read {str(path)!r}: {exc.strerror}"
+                raise ValueError(reason) from None
+        elif data.get("token_env"):
+            name = str(data["token_env"])
+            if not os.environ.get(name):
+                raise ValueError(f"token_env: environment variable {name} is not set")
+            data["token"] = os.environ[name]
+        if data.get("token") is not None and len(str(data["token"])) < 16:
+            raise ValueError("token: too short (use at least 16 characters)")
+        return data
 
     @field_validator("listen")
     @classmethod

@@ -152,6 +152,73 @@ class Monitor:
     def book(self, platform: str) -> Book:
         return self._books.get(platform, Book())
 
+    # -- operator actions (the API) ----------------------------------------------------------
+
+    def windows(self) -> list[MWindow]:
+        return sorted(self._mwindows.values(), key=lambda w: (w.start, w.id))
+
+    def add_window(self, window: MWindow) -> MWindow:
+        """Register a window from an operator; raises maintenance.Refused with the reason."""
+        if window.id in self._mwindows:
+            raise maintenance.Refused(f"maintenance {window.id} exists already")
+        if window.platform not in self._platforms:
+            raise maintenance.Refused(f"unknown platform {window.platform!r}")
+        known = {s.name for s in self._platforms[window.platform].services}
+        unknown = [t for t in window.targets if t not in known]
+        if unknown:
+            raise maintenance.Refused(f"not targets of platform {window.platform!r}: "
+                                      f"{', '.join(unknown)}")
+        if not window.targets:
+            window = replace(window, targets=tuple(sorted(known)))
+        now = self._clock.now().timestamp()
+        step = maintenance.register(window, now=now, calendar=self._calendars[window.platform],
+                                    notice=self._notice)
+        with self._atomically():
+            self._commit_window(step, now)
+        return step[0]
+
+    def move_window(self, window_id: str, start: float, end: float) -> MWindow:
+        window = self._window_or_refuse(window_id)
+        now = self._clock.now().timestamp()
+        step = maintenance.move(window, start=start, end=end, now=now,
+                                calendar=self._calendars[window.platform], notice=self._notice)
+        with self._atomically():
+            self._commit_window(step, now)
+        return step[0]
+
+    def cancel_window(self, window_id: str) -> MWindow:
+        window = self._window_or_refuse(window_id)
+        now = self._clock.now().timestamp()
+        step = maintenance.cancel(window, now=now)
+        with self._atomically():
+            self._commit_window(step, now)
+        self._refresh_gauges()
+        return step[0]
+
+    def _window_or_refuse(self, window_id: str) -> MWindow:
+        window = self._mwindows.get(window_id)
+        if window is None:
+            raise KeyError(window_id)
+        return window
+
+    def change_incident(self, incident_id: str, *, etr: float | None = None,
+                        interval: float | None = None) -> incidents.Incident:
+        """Set an open incident's ETR or update interval; each change mails an UPDATE."""
+        for platform, book in self._books.items():
+            if book.open is not None and book.open.id == incident_id:
+                now = self._clock.now().timestamp()
+                if etr is not None:
+                    with self._atomically():
+                        self._commit_book(platform, incidents.set_etr(book, etr, now), now)
+                if interval is not None:
+                    with self._atomically():
+                        self._commit_book(platform, incidents.set_update_interval(
+                            self._books[platform], interval, now), now)
+                incident = self._books[platform].open
+                assert incident is not None
+                return incident
+        raise KeyError(incident_id)
+
     def _covering_end(self, name: str, now: float) -> float | None:
         """The end of the maintenance that covers ``name`` now, if any (the latest)."""
         ends = [w.end for w in self._mwindows.values() if w.covers(name, now)]

@@ -18,7 +18,8 @@ Document = Callable[[], dict[str, Any]]
 
 def build_app(*, registry: CollectorRegistry, readiness: Readiness,
               status: Document | None = None,
-              incidents: Document | None = None) -> web.Application:
+              incidents: Document | None = None,
+              routes: list[web.RouteDef] | None = None) -> web.Application:
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -35,6 +36,7 @@ def build_app(*, registry: CollectorRegistry, readiness: Readiness,
     for path, provider in (("/api/v1/status", status), ("/api/v1/incidents", incidents)):
         if provider is not None:
             app.router.add_get(path, _document(provider))
+    app.router.add_routes(routes or [])
     return app
 
 

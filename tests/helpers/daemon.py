@@ -54,8 +54,14 @@ class DaemonProcess:
         return any(e.get("event") == name for e in self.events())
 
     async def get(self, path: str) -> tuple[int, str]:
-        async with aiohttp.ClientSession() as session, session.get(
-            f"http://127.0.0.1:{self.port}{path}", timeout=aiohttp.ClientTimeout(total=5)
+        return await self.request("GET", path)
+
+    async def request(self, method: str, path: str, *, json_body: Any = None,
+                      token: str | None = None) -> tuple[int, str]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with aiohttp.ClientSession() as session, session.request(
+            method, f"http://127.0.0.1:{self.port}{path}", json=json_body, headers=headers,
+            timeout=aiohttp.ClientTimeout(total=5),
         ) as response:
             return response.status, await response.text()
 
@@ -102,15 +108,16 @@ class DaemonProcess:
 
 
 def config_text(port: int, targets: list[str], *, state: Path | None = None,
-                extra: str = "", **defaults: str) -> str:
+                extra: str = "", server: str = "", **defaults: str) -> str:
     """A daemon config on tiny thresholds, with its own state file (never /var/lib)."""
     state = state or Path(tempfile.mkdtemp(prefix="ow-state-")) / "state.db"
     merged = {"interval": "0.5s", "timeout": "2s", "threshold": "1s", "window": "3s",
               **defaults}
     lines = [
-        f'server: {{listen: "127.0.0.1:{port}"}}',
+        f'server: {{listen: "127.0.0.1:{port}"{", " + server if server else ""}}}',
         "defaults: {" + ", ".join(f"{k}: {v}" for k, v in merged.items()) + "}",
-        "platforms: {eu: {incident_recipients: [oncall@example.com]}}",
+        ("platforms: {eu: {incident_recipients: [oncall@example.com],"
+        " info_recipients: [info@example.com]}}"),
         "targets:",
         *[f"  - {t}" for t in targets],
         f"state: {{path: '{state}'}}",

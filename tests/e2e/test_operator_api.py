@@ -1,0 +1,136 @@
+"""The operator API of a running daemon: token, maintenance lifecycle, incident changes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from tests.e2e.test_incident_mails import DEFAULTS, Sink, wait
+from tests.helpers.daemon import DaemonProcess, config_text, free_port
+from tests.helpers.faultproxy import Fault, FaultProxy
+
+TOKEN = "s3cret-operator-token-0123456789"
+
+
+@pytest.fixture(name="relay")
+async def _relay():
+    from aiosmtpd.smtp import SMTP
+
+    sink = Sink()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(sink, hostname="relay.test"),
+                                      "127.0.0.1", 0)
+    sink.port = server.sockets[0].getsockname()[1]
+    yield sink
+    server.close()
+    await server.wait_closed()
+
+
+async def start(tmp_path, http_port, relay_port, *, token=True):
+    port = free_port()
+    notify = (f"notify: {{smtp: {{host: 127.0.0.1, port: {relay_port}, tls: none}},"
+              " sender: 'NOC <noc@example.com>', update_interval: 1h,"
+              " retry_backoff: 0.2s, retry_max: 1s}\n")
+    text = config_text(port, [
+        f"{{name: webmail-eu, platform: eu, type: http, url: 'http://127.0.0.1:{http_port}/'}}",
+    ], state=tmp_path / "state.db", extra=notify,
+        server="token_env: OW_TOKEN" if token else "", **DEFAULTS)
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return await DaemonProcess(path, env={"OW_TOKEN": TOKEN}).start(port)
+
+
+def iso(minutes: float) -> str:
+    return (datetime.now(UTC) + timedelta(minutes=minutes)).isoformat()
+
+
+def window(**over):
+    return {"id": "db-upgrade", "platform": "eu", "kind": "emergency",
+            "start": iso(60), "end": iso(120), "impact": "Web-Mail unavailable", **over}
+
+
+class TestOperatorApi:
+    async def test_auth_and_maintenance_lifecycle(self, tmp_path, http_server, relay):
+        """No token 401, wrong token 403, right token 201; moving and cancelling mail the
+        info list in the window's thread; reads need no token."""
+        daemon = await start(tmp_path, http_server.port, relay.port)
+        try:
+            path = "/api/v1/maintenance"
+            assert 401 == (await daemon.request("POST", path, json_body=window()))[0]
+            status, body = await daemon.request("POST", path, json_body=window(),
+                                                token="wrong-token-wrong-token")
+            assert (403, "wrong token") == (status, json.loads(body)["error"])
+            status, body = await daemon.request("POST", path, json_body=window(), token=TOKEN)
+            assert 201 == status, body
+            assert ["webmail-eu"] == json.loads(body)["targets"]
+            status, body = await daemon.get(path)
+            assert ["db-upgrade"] == [w["id"] for w in json.loads(body)["windows"]]
+            status, _ = await daemon.request("PATCH", f"{path}/db-upgrade", token=TOKEN,
+                                             json_body={"start": iso(90), "end": iso(150)})
+            assert 200 == status
+            status, body = await daemon.request("DELETE", f"{path}/db-upgrade", token=TOKEN)
+            assert ("cancelled", 200) == (json.loads(body)["state"], status)
+            await wait(lambda: len(relay.mails) >= 3, 5, "three maintenance mails")
+        finally:
+            await daemon.stop()
+        assert ["ANNOUNCEMENT", "UPDATED", "CANCELLED"] == relay.kinds()
+        assert {("info@example.com",)} == {r for r, _ in relay.mails}
+        first, *rest = [m for _, m in relay.mails]
+        assert all(m["References"].startswith(first["Message-ID"]) for m in rest)
+        assert not any(TOKEN in line for line in daemon.lines)
+
+    async def test_refusals_and_bad_input(self, tmp_path, http_server, relay):
+        daemon = await start(tmp_path, http_server.port, relay.port)
+        try:
+            path = "/api/v1/maintenance"
+            status, body = await daemon.request(
+                "POST", path, token=TOKEN, json_body=window(kind="planned", start=iso(10)))
+            assert 409 == status
+            assert "must be announced 3 business days ahead" in json.loads(body)["error"]
+            status, body = await daemon.request(
+                "POST", path, token=TOKEN, json_body=window(start="2026-12-28T22:00:00"))
+            assert (422, "start") == (status, json.loads(body)["field"])
+            status, body = await daemon.request(
+                "POST", path, token=TOKEN, json_body=window(targets=["nope"]))
+            assert 409 == status
+            assert "nope" in json.loads(body)["error"]
+            status, body = await daemon.request("POST", path, token=TOKEN,
+                                                json_body=window(end=iso(30)))
+            assert (422, "end") == (status, json.loads(body)["field"])
+            assert 404 == (await daemon.request("DELETE", f"{path}/nope", token=TOKEN))[0]
+            async with __import__("aiohttp").ClientSession() as session, session.post(
+                f"http://127.0.0.1:{daemon.port}{path}", data=b"{not json",
+                headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+                assert 400 == response.status
+        finally:
+            await daemon.stop()
+
+    async def test_set_etr_mails_an_update(self, tmp_path, http_server, relay):
+        async with FaultProxy(http_server.port, Fault("stall")) as proxy:
+            daemon = await start(tmp_path, proxy.port, relay.port)
+            try:
+                await wait(lambda: "OPEN" in relay.kinds(), 6, "OPEN")
+                incident = relay.mails[0][1]["Subject"].split()[1]
+                etr = iso(45)
+                status, body = await daemon.request(
+                    "PATCH", f"/api/v1/incidents/{incident}", token=TOKEN,
+                    json_body={"etr": etr, "update_interval": "30m"})
+                assert 200 == status, body
+                await wait(lambda: len(relay.mails) >= 2, 5, "UPDATE")
+            finally:
+                await daemon.stop()
+        update = relay.mails[1][1].get_payload()
+        assert "Expected time to restoration: 20" in update
+        assert "expected time to restoration set" in update
+
+    async def test_disabled_without_a_token(self, tmp_path, http_server, relay):
+        daemon = await start(tmp_path, http_server.port, relay.port, token=False)
+        try:
+            status, body = await daemon.request("POST", "/api/v1/maintenance",
+                                                json_body=window(), token=TOKEN)
+        finally:
+            await daemon.stop()
+        assert 403 == status
+        assert "disabled" in json.loads(body)["error"]
