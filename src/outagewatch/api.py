@@ -52,6 +52,7 @@ class MoveRequest(_Body):
 class IncidentRequest(_Body):
     etr: AwareDatetime | None = None
     update_interval: str | float | None = None
+    note: str | None = Field(None, min_length=1, max_length=2000)
 
 
 def error(status: int, message: str, field: str | None = None) -> web.Response:
@@ -162,16 +163,18 @@ class OperatorApi:
                 interval = parse_duration(body.update_interval).total_seconds()
             except ValueError as exc:
                 return error(422, str(exc), "update_interval")
-        if body.etr is None and interval is None:
-            return error(422, "give etr and/or update_interval")
+        if body.etr is None and interval is None and body.note is None:
+            return error(422, "give etr, update_interval and/or note")
         wanted = request.match_info["id"]
         try:
             incident = self._monitor.change_incident(
-                wanted, etr=body.etr.timestamp() if body.etr else None, interval=interval)
+                wanted, etr=body.etr.timestamp() if body.etr else None, interval=interval,
+                note=body.note)
         except KeyError:
             return error(404, f"no open incident {wanted!r}")
         return web.json_response({"id": incident.id, "etr": incident.etr,
-                                  "update_interval": incident.update_interval})
+                                  "update_interval": incident.update_interval,
+                                  "notes": [text for _, text in incident.notes]})
 
 
 def _missing(window_id: str) -> web.Response:

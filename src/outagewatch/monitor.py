@@ -202,8 +202,10 @@ class Monitor:
         return window
 
     def change_incident(self, incident_id: str, *, etr: float | None = None,
-                        interval: float | None = None) -> incidents.Incident:
-        """Set an open incident's ETR or update interval; each change mails an UPDATE."""
+                        interval: float | None = None,
+                        note: str | None = None) -> incidents.Incident:
+        """Set an open incident's ETR or update interval, or add a note; each change mails
+        an UPDATE."""
         for platform, book in self._books.items():
             if book.open is not None and book.open.id == incident_id:
                 now = self._clock.now().timestamp()
@@ -214,6 +216,10 @@ class Monitor:
                     with self._atomically():
                         self._commit_book(platform, incidents.set_update_interval(
                             self._books[platform], interval, now), now)
+                if note is not None:
+                    with self._atomically():
+                        self._commit_book(platform, incidents.add_note(
+                            self._books[platform], note, now), now)
                 incident = self._books[platform].open
                 assert incident is not None
                 return incident

@@ -274,7 +274,8 @@ def _incident_json(incident: Incident) -> dict[str, Any]:
 
 
 def _incident(data: dict[str, Any]) -> Incident:
-    return Incident(**{**data, "affected": frozenset(data["affected"])})
+    notes = tuple((at, text) for at, text in data.get("notes", ()))
+    return Incident(**{**data, "affected": frozenset(data["affected"]), "notes": notes})
 
 
 def _book_json(book: Book) -> dict[str, Any]:

@@ -166,6 +166,15 @@ class TestOperatorChanges:
         assert T0 + 700 + 1800 == next_deadline(book)
         assert set_etr(book, T0 + 2 * H, T0 + 800)[1] == []  # unchanged: no mail
 
+    def test_note_is_mailed_at_once(self):
+        from outagewatch.core.incidents import add_note
+
+        book, _ = declared(Book(), EU, "imap-eu", T0 - 900, T0)
+        book, (note,) = add_note(book, "  Storage vendor engaged.  ", T0 + 300)
+        assert (Kind.UPDATE, ((T0 + 300, "Storage vendor engaged."),)) == (
+            note.kind, note.incident.notes)
+        assert add_note(book, "   ", T0 + 400)[1] == []
+
     def test_nothing_to_change_without_an_incident(self):
         assert (Book(), []) == set_etr(Book(), T0, T0)
         assert (Book(), []) == tick(Book(), T0)

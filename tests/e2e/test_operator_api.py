@@ -119,11 +119,17 @@ class TestOperatorApi:
                     json_body={"etr": etr, "update_interval": "30m"})
                 assert 200 == status, body
                 await wait(lambda: len(relay.mails) >= 2, 5, "UPDATE")
+                status, body = await daemon.request(
+                    "PATCH", f"/api/v1/incidents/{incident}", token=TOKEN,
+                    json_body={"note": "Storage vendor engaged."})
+                assert ["Storage vendor engaged."] == json.loads(body)["notes"]
+                await wait(lambda: len(relay.mails) >= 3, 5, "note UPDATE")
             finally:
                 await daemon.stop()
         update = relay.mails[1][1].get_payload()
         assert "Expected time to restoration: 20" in update
         assert "expected time to restoration set" in update
+        assert "Z): Storage vendor engaged." in relay.mails[-1][1].get_payload()
 
     async def test_disabled_without_a_token(self, tmp_path, http_server, relay):
         daemon = await start(tmp_path, http_server.port, relay.port, token=False)

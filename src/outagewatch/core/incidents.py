@@ -63,6 +63,7 @@ class Incident:
     etr: float | None = None  # expected time to restoration, once an operator sets it
     resolved_at: float | None = None
     restored_at: float | None = None  # when service was back for the last one
+    notes: tuple[tuple[float, str], ...] = ()  # operators' notes: (when, text)
 
     @property
     def duration(self) -> float | None:
@@ -171,6 +172,15 @@ def set_update_interval(book: Book, interval: float, now: float) -> Step:
         return book, []
     reason = f"updates every {interval:g} s from now on"
     return _mail(book, replace(incident, update_interval=interval), now, (reason,))
+
+
+def add_note(book: Book, text: str, now: float) -> Step:
+    """An operator's note on the open incident, mailed at once as an UPDATE."""
+    incident = book.open
+    if incident is None or not text.strip():
+        return book, []
+    noted = replace(incident, notes=(*incident.notes, (now, text.strip())))
+    return _mail(book, noted, now, ("note from the operators",))
 
 
 def next_deadline(book: Book) -> float | None:

@@ -58,7 +58,7 @@ Since:          $since
 Duration so far: $duration
 $severity_text
 Expected time to restoration: $etr
-
+$notes
 Recent observations:
 $observations
 
@@ -160,6 +160,8 @@ def render(
         "update_every": span(incident.update_interval),
         "reasons": "; ".join(note.reasons),
         "observations": _observations(observations) or "- none recorded",
+        "notes": "".join(f"\nNote ({datetime.fromtimestamp(at, UTC):%H:%M}Z): {text}\n"
+                         for at, text in incident.notes),
     }
     return _threaded(
         incident.id, note.number, domain, recipients,
