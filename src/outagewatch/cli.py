@@ -62,24 +62,64 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("-t", "--target", action="append", default=[], metavar="NAME",
                        help="probe only this target (repeatable; default: all)")
     probe.add_argument("--json", action="store_true", help="one JSON object per line")
+    _operator_commands(commands)
     return parser
+
+
+def _operator_commands(commands: Any) -> None:
+    """``maintenance`` and ``incident``: clients of a running daemon's API."""
+
+    def client_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--url", help="the daemon (default $OUTAGEWATCH_URL or "
+                         "http://127.0.0.1:9817)")
+        sub.add_argument("--token", help="operator token (default $OUTAGEWATCH_TOKEN)")
+        sub.add_argument("--token-file", type=Path, help="file holding the token")
+        sub.add_argument("--json", action="store_true", help="print the API's JSON")
+
+    m = commands.add_parser("maintenance", help="list, add, move or cancel maintenance")
+    ms = m.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    client_options(ms.add_parser("list", help="every window"))
+    show = ms.add_parser("show", help="one window")
+    show.add_argument("id")
+    client_options(show)
+    add = ms.add_parser("add", help="register (and announce) a window")
+    for name in ("--id", "--platform", "--start", "--end"):
+        add.add_argument(name, required=True)
+    add.add_argument("--target", action="append", default=[], help="repeatable; default all")
+    add.add_argument("--emergency", action="store_true", help="no notice needed")
+    add.add_argument("--description", default="")
+    add.add_argument("--impact", default="")
+    client_options(add)
+    update = ms.add_parser("update", help="move a window (mails UPDATED)")
+    update.add_argument("id")
+    update.add_argument("--start", required=True)
+    update.add_argument("--end", required=True)
+    client_options(update)
+    cancel = ms.add_parser("cancel", help="withdraw a window (mails CANCELLED)")
+    cancel.add_argument("id")
+    client_options(cancel)
+
+    i = commands.add_parser("incident", help="list incidents, set ETR or interval, add notes")
+    isub = i.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    client_options(isub.add_parser("list", help="open and recent incidents"))
+    ishow = isub.add_parser("show", help="one incident with its mails")
+    ishow.add_argument("id")
+    client_options(ishow)
+    for action, what in (("set-etr", "expected time to restoration, ISO 8601 with a zone"),
+                         ("set-interval", "update interval, e.g. 30m"),
+                         ("note", "a note for the next mail (sent at once)")):
+        sub = isub.add_parser(action, help=what)
+        sub.add_argument("id")
+        sub.add_argument("value", help=what)
+        client_options(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    commands = {"check-config": _check_config, "probe": _probe, "run": _run, "demo": _demo,
+                "maintenance": _operator, "incident": _operator}
     try:
-        match args.command:
-            case "check-config":
-                return _check_config(args)
-            case "probe":
-                return _probe(args)
-            case "run":
-                return _run(args)
-            case "demo":
-                from outagewatch.demo import run_demo  # noqa: PLC0415 - only this command
-
-                configure_logging("error", stream=sys.stderr)
-                return run_demo()
+        return commands[args.command](args)
     except OutagewatchError as exc:  # the user's mistake or the environment's: one line each
         problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
         for line in problems:
@@ -87,7 +127,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
-    raise AssertionError(args.command)  # argparse allows only the commands above
+
+
+def _operator(args: argparse.Namespace) -> int:
+    from outagewatch import client  # noqa: PLC0415 - only these commands need it
+
+    print(client.maintenance(args) if args.command == "maintenance" else client.incident(args))
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from outagewatch.demo import run_demo  # noqa: PLC0415 - only this command needs it
+
+    del args
+    configure_logging("error", stream=sys.stderr)
+    return run_demo()
 
 
 def _config_path(args: argparse.Namespace) -> Path:

@@ -140,3 +140,61 @@ class TestOperatorApi:
             await daemon.stop()
         assert 403 == status
         assert "disabled" in json.loads(body)["error"]
+
+
+async def cli(*args, env=None):
+    import os
+    import sys
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "outagewatch", *args, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})})
+    out, err = await process.communicate()
+    return process.returncode, out.decode(), err.decode()
+
+
+class TestOperatorCli:
+    async def test_maintenance_and_incident_commands(self, tmp_path, http_server, relay):
+        daemon = await start(tmp_path, http_server.port, relay.port)
+        env = {"OUTAGEWATCH_URL": f"http://127.0.0.1:{daemon.port}", "OUTAGEWATCH_TOKEN": TOKEN}
+        try:
+            code, out, err = await cli("maintenance", "add", "--id", "db", "--platform", "eu",
+                                       "--start", iso(60), "--end", iso(90), "--emergency",
+                                       "--impact", "Web-Mail down", env=env)
+            assert (0, "") == (code, err)
+            assert out.splitlines()[1].split()[:4] == ["db", "eu", "emergency", "scheduled"]
+            code, out, _ = await cli("maintenance", "list", env=env)
+            assert ["db"] == [line.split()[0] for line in out.splitlines()[1:]]
+            code, out, _ = await cli("maintenance", "show", "db", "--json", env=env)
+            assert "scheduled" == json.loads(out)["state"]
+            code, out, _ = await cli("maintenance", "update", "db", "--start", iso(70),
+                                     "--end", iso(100), env=env)
+            assert 0 == code
+            code, out, _ = await cli("maintenance", "cancel", "db", env=env)
+            assert "cancelled" in out
+            code, _, err = await cli("maintenance", "cancel", "db", env=env)
+            assert (2, "outagewatch: refused (409): maintenance db is cancelled already\n") \
+                == (code, err)
+            code, _, err = await cli("maintenance", "add", "--id", "x", "--platform", "eu",
+                                     "--start", iso(5), "--end", iso(9), env=env)
+            assert 2 == code
+            assert "announced 3 business days ahead" in err
+            code, _, err = await cli("maintenance", "cancel", "db",
+                                     env={**env, "OUTAGEWATCH_TOKEN": ""})
+            assert (2, "outagewatch: refused (401): missing 'Authorization: Bearer <token>'\n"
+                    ) == (code, err)
+            code, out, _ = await cli("incident", "list", env=env)
+            assert (0, ["ID", "PLATFORM", "SEV", "STATE", "STARTED", "SERVICES", "MAILS"]) == (
+                code, out.splitlines()[0].split())
+            code, _, err = await cli("incident", "set-etr", "EU-2026-9999", iso(30), env=env)
+            assert (2, "outagewatch: refused (404): no open incident 'EU-2026-9999'\n") == (
+                code, err)
+        finally:
+            await daemon.stop()
+
+    async def test_unreachable_daemon(self):
+        code, _, err = await cli("maintenance", "list", "--url",
+                                 f"http://127.0.0.1:{free_port()}")
+        assert 2 == code
+        assert err.startswith("outagewatch: cannot reach the daemon at http://127.0.0.1:")
+        assert 1 == len(err.splitlines())

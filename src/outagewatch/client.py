@@ -1,0 +1,118 @@
+"""The operator CLI's client for a running daemon's API: ``outagewatch maintenance ...`` and
+``outagewatch incident ...``. Standard library HTTP: one request per command."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from typing import TYPE_CHECKING, Any
+
+from outagewatch.errors import OutagewatchError
+
+if TYPE_CHECKING:
+    import argparse
+
+DEFAULT_URL = "http://127.0.0.1:9817"
+
+
+class ApiError(OutagewatchError, RuntimeError):
+    """The daemon refused the request or could not be reached; the text says why."""
+
+
+class Client:
+    def __init__(self, url: str, token: str | None, *, timeout: float = 10.0) -> None:
+        self._url = url.rstrip("/")
+        self._token = token
+        self._timeout = timeout
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(  # noqa: S310 - the operator's own daemon URL
+            f"{self._url}{path}", data=data, method=method,
+            headers={"Content-Type": "application/json",
+                     **({"Authorization": f"Bearer {self._token}"} if self._token else {})})
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            try:
+                detail = json.loads(exc.read())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                detail = {"error": exc.reason}
+            field = f" ({detail['field']})" if detail.get("field") else ""
+            raise ApiError(f"refused ({exc.code}): {detail.get('error')}{field}") from None
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ApiError(f"cannot reach the daemon at {self._url}: {reason}") from None
+
+
+def client_from(args: argparse.Namespace) -> Client:
+    token = args.token or os.environ.get("OUTAGEWATCH_TOKEN")
+    if args.token_file:
+        try:
+            token = args.token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ApiError(f"cannot read {args.token_file}: {exc.strerror}") from None
+    return Client(args.url or os.environ.get("OUTAGEWATCH_URL") or DEFAULT_URL, token)
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in [header, *rows])
+
+
+def maintenance(args: argparse.Namespace) -> str:
+    client = client_from(args)
+    match args.action:
+        case "list":
+            result = client.call("GET", "/api/v1/maintenance")
+            rows = result["windows"]
+        case "show":
+            result = client.call("GET", f"/api/v1/maintenance/{args.id}")
+            rows = [result]
+        case "add":
+            result = client.call("POST", "/api/v1/maintenance", {
+                "id": args.id, "platform": args.platform, "targets": args.target,
+                "start": args.start, "end": args.end,
+                "kind": "emergency" if args.emergency else "planned",
+                "description": args.description, "impact": args.impact})
+            rows = [result]
+        case "update":
+            result = client.call("PATCH", f"/api/v1/maintenance/{args.id}",
+                                 {"start": args.start, "end": args.end})
+            rows = [result]
+        case _:
+            result = client.call("DELETE", f"/api/v1/maintenance/{args.id}")
+            rows = [result]
+    if args.json:
+        return json.dumps(result, indent=2)
+    return table([[w["id"], w["platform"], w["kind"], w["state"], w["start"], w["end"],
+                   ",".join(w["targets"])] for w in rows],
+                 ["ID", "PLATFORM", "KIND", "STATE", "START", "END", "TARGETS"])
+
+
+def incident(args: argparse.Namespace) -> str:
+    client = client_from(args)
+    if args.action in {"list", "show"}:
+        result = client.call("GET", "/api/v1/incidents")
+        items = result["open"] + result["recent"]
+        if args.action == "show":
+            items = [i for i in items if i["id"] == args.id]
+            if not items:
+                raise ApiError(f"no incident {args.id!r}")
+            result = items[0]
+        if args.json:
+            return json.dumps(result, indent=2)
+        return table([[i["id"], i["platform"], str(i["severity"]),
+                       "resolved" if i["resolved_at"] else "open", i["started_at"] or "-",
+                       ",".join(i["affected"] or i["involved"]), str(len(i["mails"]))]
+                      for i in items],
+                     ["ID", "PLATFORM", "SEV", "STATE", "STARTED", "SERVICES", "MAILS"])
+    body = {"set-etr": {"etr": getattr(args, "value", None)},
+            "set-interval": {"update_interval": getattr(args, "value", None)},
+            "note": {"note": getattr(args, "value", None)}}[args.action]
+    result = client.call("PATCH", f"/api/v1/incidents/{args.id}", body)
+    return json.dumps(result, indent=2) if args.json else f"ok: {args.id} updated, mail queued"
