@@ -182,3 +182,15 @@ class TestMaintenance:
         h = Harness(cfg, clock=clock)
         h.monitor.start()
         assert [] == h.maintenance_mails("dovecot-upgrade")
+
+    async def test_incident_open_before_the_window_goes_on(self, tmp_path):
+        """Declared at 15 min; a window from 20 to 90 min does not close it or stop its
+        hourly UPDATE."""
+        clock = FakeClock()
+        h = Harness(settings(tmp_path, maintenance=self.window(clock, 20, 90)), clock=clock)
+        h.monitor.start()
+        await every_minute(h, 80)
+        assert [("open", 0), ("update", 1)] == h.outbox()
+        assert 1 == h.registry.get_sample_value(
+            "outagewatch_target_outage", {"target": "imap-eu", "type": "http",
+                                          "platform": "eu"})

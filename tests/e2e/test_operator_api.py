@@ -198,3 +198,48 @@ class TestOperatorCli:
         assert 2 == code
         assert err.startswith("outagewatch: cannot reach the daemon at http://127.0.0.1:")
         assert 1 == len(err.splitlines())
+
+
+class TestMaintenanceHidesAnOutage:
+    async def test_dovecot_outage_inside_a_window(self, tmp_path, dovecot, tls_files, relay):
+        """IMAP (Dovecot) dies inside an emergency window: no incident while it lasts, the
+        FINISHED mail says 'completed with problems: imap-eu', and since IMAP is still down
+        the incident opens only at the window's end + the outage window."""
+        port = free_port()
+        async with FaultProxy(dovecot.imap) as proxy:
+            notify = (f"notify: {{smtp: {{host: 127.0.0.1, port: {relay.port}, tls: none}},"
+                      " sender: 'NOC <noc@example.com>', update_interval: 1h,"
+                      " retry_backoff: 0.2s, retry_max: 1s}\n")
+            text = config_text(port, [
+                (f"{{name: imap-eu, platform: eu, type: imap, host: localhost,"
+                f" port: {proxy.port}, username: {dovecot.user},"
+                f" password: '{dovecot.password}', ca_file: '{tls_files['ca']}'}}"),
+            ], state=tmp_path / "state.db", extra=notify, server="token_env: OW_TOKEN",
+                **DEFAULTS)
+            config = tmp_path / "c.yaml"
+            config.write_text(text)
+            daemon = await DaemonProcess(config, env={"OW_TOKEN": TOKEN}).start(port)
+            try:
+                start = datetime.now(UTC) + timedelta(seconds=0.5)
+                end = start + timedelta(seconds=3)
+                status, body = await daemon.request("POST", "/api/v1/maintenance", token=TOKEN,
+                                                    json_body={
+                    "id": "imap-upgrade", "platform": "eu", "kind": "emergency",
+                    "start": start.isoformat(), "end": end.isoformat()})
+                assert 201 == status, body
+                await wait(lambda: "STARTED" in relay.kinds(), 5, "STARTED")
+                proxy.mode = Fault("stall")
+                await wait(lambda: "FINISHED" in relay.kinds(), 8, "FINISHED")
+                finished_at = datetime.now(UTC)
+                assert "OPEN" not in relay.kinds()
+                await wait(lambda: "OPEN" in relay.kinds(), 6, "OPEN after the window")
+                opened_at = datetime.now(UTC)
+            finally:
+                await daemon.stop()
+        assert ["ANNOUNCEMENT", "STARTED", "FINISHED", "OPEN"] == relay.kinds()[:4]
+        finished = relay.mails[2][1]
+        text = finished.get_payload(decode=True).decode()
+        assert "completed with problems: not answering normally at its end: imap-eu" in text
+        assert ("info@example.com",) == relay.mails[2][0]
+        assert ("oncall@example.com",) == relay.mails[3][0]
+        assert (opened_at - finished_at).total_seconds() > 1.0  # window 1.5 s after the end
