@@ -85,7 +85,12 @@ class Monitor:
         """Register the config file's windows not seen before; a refused one is logged."""
         now = self._clock.now().timestamp()
         for spec in self._settings.maintenance.windows:
-            if spec.id in self._mwindows:
+            known = self._mwindows.get(spec.id)
+            if known is not None:
+                if (known.start, known.end) != (spec.start.timestamp(), spec.end.timestamp()):
+                    log.warning("maintenance_config_changed", window=spec.id,
+                                note="registered windows change through the API: "
+                                     "outagewatch maintenance update|cancel")
                 continue
             targets = tuple(spec.targets) or tuple(
                 t.name for t in self._settings.targets if t.platform == spec.platform)
