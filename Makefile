@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 # the package's own system-wide Dovecot is kept from starting: the tests run their own.
 system-deps:
 	@sh tools/apt-install.sh dovecot dovecot-imapd dovecot-pop3d
+	@sh tools/apt-install.sh systemd-analyze systemd
 
 demo: $(STAMP)
 	$(BIN)/outagewatch demo

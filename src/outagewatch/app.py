@@ -15,6 +15,7 @@ import prometheus_client
 import structlog
 from prometheus_client import CollectorRegistry
 
+from outagewatch import systemd
 from outagewatch.api import OperatorApi
 from outagewatch.clock import Clock, SystemClock
 from outagewatch.config import Settings, load_settings
@@ -179,11 +180,19 @@ class Daemon:
             self._ready = True
             log.info("daemon_started", listen=f"{settings.server.host}:{self.web.port}",
                      targets=len(settings.targets))
+            systemd.notify(f"READY=1\nSTATUS={self.summary()}")
+            period = systemd.watchdog_period()
+            dog = (asyncio.create_task(systemd.watchdog(
+                period, lambda: self.clock.monotonic() - scheduler.heartbeat,
+                status=self.summary)) if period is not None else None)
             try:
                 await self._stop.wait()
             finally:
                 self._ready = False
                 log.info("daemon_stopping")
+                systemd.notify("STOPPING=1")
+                if dog is not None:
+                    dog.cancel()
                 for sig in signals:
                     loop.remove_signal_handler(sig)
                 for running in (task, mailing):
@@ -193,6 +202,13 @@ class Daemon:
                             await running
                 await self.web.stop()
             log.info("daemon_stopped")
+
+    def summary(self) -> str:
+        """One line for systemctl status."""
+        books = [self.monitor.book(p) for p in self.settings.platforms] if self.monitor else []
+        open_incidents = [b.open.id for b in books if b.open is not None]
+        return (f"{len(self.settings.targets)} targets; open incidents: "
+                f"{', '.join(open_incidents) or 'none'}")
 
     def status(self) -> dict[str, Any]:
         """GET /api/v1/status: every target's state, last run and streak."""

@@ -53,6 +53,14 @@ _DEFAULT_PORTS: Mapping[str, Mapping[str, int]] = {
 }
 
 
+def credential_path(value: object) -> Path:
+    """A secret file; a relative name is looked up in $CREDENTIALS_DIRECTORY when systemd
+    passes credentials (LoadCredential=), else relative to the working directory."""
+    path = Path(str(value))
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    return Path(directory) / path if directory and not path.is_absolute() else path
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -83,7 +91,7 @@ class ServerConfig(_Model):
             raise ValueError("give only one of token_file, token_env")
         data = dict(data)
         if data.get("token_file"):
-            path = Path(str(data["token_file"]))
+            path = credential_path(data["token_file"])
             try:
                 data["token"] = path.read_text(encoding="utf-8").strip()
             except OSError as exc:
@@ -174,7 +182,7 @@ class _Credentials(_Model):
             raise ValueError(f"give only one of {', '.join(given)}")
         data = dict(data)
         if data.get("password_file"):
-            path = Path(str(data["password_file"]))
+            path = credential_path(data["password_file"])
             try:
                 data["password"] = path.read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as exc:

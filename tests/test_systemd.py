@@ -1,0 +1,98 @@
+"""The notify protocol against a fake NOTIFY_SOCKET, and the watchdog's honesty."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import tempfile
+from pathlib import Path
+
+from tests.helpers.daemon import DaemonProcess, config_text, free_port
+
+from outagewatch.config import credential_path
+from outagewatch.systemd import notify, watchdog, watchdog_period
+
+
+class FakeSystemd:
+    """A datagram socket where systemd would listen."""
+
+    def __init__(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="owsd-", dir="/tmp"))
+        self.path = self.dir / "notify"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.sock.setblocking(False)
+        self.messages: list[str] = []
+
+    def drain(self):
+        while True:
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except BlockingIOError:
+                return
+
+    def close(self):
+        self.sock.close()
+
+
+async def test_daemon_speaks_the_protocol(tmp_path, http_server):
+    """READY=1 with a STATUS once up; WATCHDOG=1 pings at half WatchdogSec; STOPPING=1."""
+    systemd = FakeSystemd()
+    port = free_port()
+    config = tmp_path / "c.yaml"
+    config.write_text(config_text(port, [
+        f"{{name: web, platform: eu, type: http, url: 'http://127.0.0.1:{http_server.port}/'}}",
+    ]))
+    daemon = await DaemonProcess(config, env={"NOTIFY_SOCKET": str(systemd.path),
+                                              "WATCHDOG_USEC": "400000"}).start(port)
+    try:
+        await asyncio.sleep(1.0)
+        daemon.signal(signal.SIGTERM)
+        await daemon.process.wait()
+    finally:
+        await daemon.stop()
+        systemd.drain()
+        systemd.close()
+    first = systemd.messages[0]
+    assert first.startswith("READY=1\nSTATUS=1 targets; open incidents: none")
+    pings = [m for m in systemd.messages if m.startswith("WATCHDOG=1")]
+    assert 3 <= len(pings) <= 7  # every 0.2 s for about a second
+    assert "STOPPING=1" == systemd.messages[-1]
+
+
+async def test_watchdog_withheld_when_the_scheduler_is_stuck():
+    sent: list[str] = []
+    ages = iter([0.01, 0.01, 5.0, 5.0, 5.0, 5.0])
+    task = asyncio.create_task(watchdog(0.05, lambda: next(ages, 5.0),
+                                        send=lambda m: sent.append(m) or True))
+    await asyncio.sleep(0.28)
+    task.cancel()
+    assert ["WATCHDOG=1", "WATCHDOG=1"] == sent
+
+
+def test_no_systemd_no_messages():
+    assert notify("READY=1", environ={}) is False
+    assert watchdog_period({}) is None
+    assert 2.5 == watchdog_period({"WATCHDOG_USEC": "5000000"})
+    assert watchdog_period({"WATCHDOG_USEC": "5000000", "WATCHDOG_PID": "1"}) is None
+
+
+def test_abstract_socket_name():
+    name = f"@outagewatch-test-{free_port()}"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind("\0" + name[1:])
+    try:
+        assert notify("READY=1", environ={"NOTIFY_SOCKET": name})
+        assert b"READY=1" == server.recv(100)
+    finally:
+        server.close()
+
+
+def test_credentials_directory(monkeypatch, tmp_path):
+    """LoadCredential=: a relative password_file is found in $CREDENTIALS_DIRECTORY."""
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert tmp_path / "imap-probe" == credential_path("imap-probe")
+    assert Path("/run/secrets/x") == credential_path("/run/secrets/x")
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    assert Path("imap-probe") == credential_path("imap-probe")
