@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 system-deps:
 	@sh tools/apt-install.sh dovecot dovecot-imapd dovecot-pop3d
 	@sh tools/apt-install.sh systemd-analyze systemd
+	@sh tools/apt-install.sh promtool prometheus
 
 demo: $(STAMP)
 	$(BIN)/outagewatch demo

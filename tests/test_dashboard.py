@@ -24,6 +24,13 @@ def exported_names() -> set[str]:
     return names
 
 
+def test_every_rule_metric_is_exported():
+    rules = (Path(__file__).parents[1] / "deploy" / "prometheus" / "rules.yml").read_text()
+    used = set(re.findall(r"outagewatch_[a-z_]+", rules))
+    assert used
+    assert set() == used - exported_names()
+
+
 def test_every_dashboard_metric_is_exported():
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]

@@ -31,3 +31,27 @@ def test_unit_verifies(tmp_path):
     assert (0, []) == (result.returncode, problems)
     assert "Type=notify" in text
     assert "WatchdogSec=" in text
+
+
+PROMETHEUS = Path(__file__).parents[1] / "deploy" / "prometheus"
+
+
+def _promtool() -> str:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("promtool is missing (Debian package prometheus)")
+        pytest.skip("promtool is not installed")
+    return promtool
+
+
+def test_prometheus_rules_check_and_unit_tests():
+    """promtool accepts the rules, and every alert fires (and stays quiet) as tested."""
+    promtool = _promtool()
+    check = subprocess.run([promtool, "check", "rules", "rules.yml"], cwd=PROMETHEUS,
+                           capture_output=True, text=True)
+    assert 0 == check.returncode, check.stdout + check.stderr
+    tests = subprocess.run([promtool, "test", "rules", "rules.test.yml"], cwd=PROMETHEUS,
+                           capture_output=True, text=True)
+    assert 0 == tests.returncode, tests.stdout + tests.stderr
+    assert "SUCCESS" in tests.stdout + tests.stderr
