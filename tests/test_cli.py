@@ -139,3 +139,9 @@ async def test_version():
 
 
 _ = free_port
+
+
+async def test_config_schema():
+    code, out, _ = await outagewatch("config-schema")
+    assert 0 == code
+    assert out.startswith("# Configuration reference")

@@ -132,3 +132,14 @@ class TestLoad:
         settings = load_settings(config)
         assert ["webmail-eu", "smtp-eu", "imap-eu", "pop3-eu"] == [
             t.name for t in settings.targets]
+
+
+def test_reference_is_current():
+    """docs/configuration.md is exactly what `outagewatch config-schema` prints: regenerate
+    it (outagewatch config-schema > docs/configuration.md) when the models change."""
+    from outagewatch.reference import config_reference
+
+    committed = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
+    assert config_reference() == committed
+    assert "`targets[].expect_body`" in committed
+    assert "`maintenance.windows[].kind`" in committed

@@ -47,6 +47,17 @@ class TestDaemon:
             assert 'le="1.0"' in text
             assert 'le="3.0"' in text
             assert "_created" not in text
+            from tests.test_dashboard import used_names
+
+            served = set()
+            for line in text.splitlines():
+                if line.startswith("# TYPE "):
+                    name, kind = line.split()[2:4]
+                    served.add(name)
+                    served.update({"counter": [f"{name}_total"],
+                                   "histogram": [f"{name}_bucket", f"{name}_sum",
+                                                 f"{name}_count"]}.get(kind, []))
+            assert set() == used_names() - served  # every panel and rule has its metric
             status, body = await daemon.get("/healthz")
             assert 200 == status
             assert '"ok"' in body

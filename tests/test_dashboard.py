@@ -35,6 +35,15 @@ def test_every_dashboard_metric_is_exported():
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     exprs += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    exprs += [a["expr"] for a in dashboard["annotations"]["list"]]
     used = {m for e in exprs for m in re.findall(r"outagewatch_[a-z_]+", e)}
     assert used
     assert set() == used - exported_names()
+
+
+def used_names() -> set[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [a["expr"] for a in dashboard["annotations"]["list"]]
+    rules = (Path(__file__).parents[1] / "deploy" / "prometheus" / "rules.yml").read_text()
+    return {m for e in [*exprs, rules] for m in re.findall(r"outagewatch_[a-z_]+", e)}

@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
     with_config("run", "run the daemon until SIGTERM or SIGINT; SIGHUP reloads the config")
     with_config("check-config", "validate the configuration: 'ok' or one line per problem")
+    commands.add_parser("config-schema", help="print the configuration reference (Markdown)")
     commands.add_parser(
         "demo", help="run the daemon against simulated services and print what it sees",
         description="Start simulated HTTP, SMTP, IMAP and POP3 services on loopback, make "
@@ -117,7 +118,8 @@ def _operator_commands(commands: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"check-config": _check_config, "probe": _probe, "run": _run, "demo": _demo,
-                "maintenance": _operator, "incident": _operator}
+                "maintenance": _operator, "incident": _operator,
+                "config-schema": _config_schema}
     try:
         return commands[args.command](args)
     except OutagewatchError as exc:  # the user's mistake or the environment's: one line each
@@ -133,6 +135,14 @@ def _operator(args: argparse.Namespace) -> int:
     from outagewatch import client  # noqa: PLC0415 - only these commands need it
 
     print(client.maintenance(args) if args.command == "maintenance" else client.incident(args))
+    return EXIT_OK
+
+
+def _config_schema(args: argparse.Namespace) -> int:
+    from outagewatch.reference import config_reference  # noqa: PLC0415 - only this command
+
+    del args
+    print(config_reference(), end="")
     return EXIT_OK
 
 

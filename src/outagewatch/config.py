@@ -161,8 +161,10 @@ class CalendarConfig(_Model):
 
 
 class PlatformConfig(_Model):
-    incident_recipients: list[Address] = Field(default_factory=list)
-    info_recipients: list[Address] = Field(default_factory=list)
+    incident_recipients: list[Address] = Field(
+        default_factory=list, description="incident mails (OPEN, UPDATE, RESOLVED) go here")
+    info_recipients: list[Address] = Field(
+        default_factory=list, description="maintenance mails go here")
     calendar: CalendarConfig = CalendarConfig()
 
 
