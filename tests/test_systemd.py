@@ -96,3 +96,58 @@ def test_credentials_directory(monkeypatch, tmp_path):
     assert Path("/run/secrets/x") == credential_path("/run/secrets/x")
     monkeypatch.delenv("CREDENTIALS_DIRECTORY")
     assert Path("imap-probe") == credential_path("imap-probe")
+
+
+class WedgingClock:
+    """The system clock, except that after a few rounds the scheduler's sleep never ends:
+    a scheduler wedged on something while the event loop itself stays healthy."""
+
+    def __init__(self, rounds: int) -> None:
+        from outagewatch.clock import SystemClock
+
+        self._real = SystemClock()
+        self._rounds = rounds
+        self.now = self._real.now
+        self.monotonic = self._real.monotonic
+        self.call_at = self._real.call_at
+
+    async def sleep_until(self, deadline: float) -> None:
+        self._rounds -= 1
+        if self._rounds <= 0:
+            await asyncio.Event().wait()
+        await self._real.sleep_until(deadline)
+
+
+async def test_a_wedged_scheduler_stops_the_watchdog(tmp_path, monkeypatch, http_server):
+    """The loop keeps answering (/healthz) but the scheduler is stuck: WATCHDOG=1 stops, so
+    systemd would restart the service."""
+    import aiohttp
+
+    from outagewatch.app import Daemon
+    from outagewatch.config import load_settings
+
+    systemd = FakeSystemd()
+    monkeypatch.setenv("NOTIFY_SOCKET", str(systemd.path))
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")  # a ping every 0.2 s
+    port = free_port()
+    config = tmp_path / "c.yaml"
+    config.write_text(config_text(port, [
+        f"{{name: web, platform: eu, type: http, url: 'http://127.0.0.1:{http_server.port}/'}}",
+    ]))
+    daemon = Daemon(load_settings(config), clock=WedgingClock(rounds=3))
+    task = asyncio.create_task(daemon.run())
+    try:
+        await asyncio.sleep(2.5)  # wedged after ~1.5 s; pings stop once 2 periods pass
+        systemd.drain()
+        before = len(systemd.messages)
+        await asyncio.sleep(1.0)
+        async with aiohttp.ClientSession() as session, session.get(
+                f"http://127.0.0.1:{port}/healthz") as response:
+            assert 200 == response.status  # the loop is fine
+        systemd.drain()
+    finally:
+        daemon.stop()
+        await task
+        systemd.close()
+    assert any(m.startswith("WATCHDOG=1") for m in systemd.messages[:before])
+    assert not any(m.startswith("WATCHDOG=1") for m in systemd.messages[before:])
