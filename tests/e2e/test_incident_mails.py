@@ -6,39 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from email import message_from_bytes
 
-import pytest
 from aiosmtpd.smtp import SMTP
+from tests.e2e.conftest import Sink
 from tests.helpers.daemon import DaemonProcess, config_text, free_port
 from tests.helpers.faultproxy import Fault, FaultProxy
 
 DEFAULTS = {"interval": "0.25s", "timeout": "0.8s", "threshold": "0.3s", "window": "1.5s",
             "recover_after": "2"}
-
-
-class Sink:
-    def __init__(self):
-        self.mails = []
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802
-        self.mails.append((tuple(envelope.rcpt_tos), message_from_bytes(envelope.content)))
-        return "250 OK"
-
-    def kinds(self):
-        return [m["Subject"].split("[")[1].split("]")[0] for _, m in self.mails]
-
-
-@pytest.fixture(name="relay")
-async def _relay():
-    sink = Sink()
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: SMTP(sink, hostname="relay.test"),
-                                      "127.0.0.1", 0)
-    sink.port = server.sockets[0].getsockname()[1]
-    yield sink
-    server.close()
-    await server.wait_closed()
 
 
 def configure(tmp_path, port, proxy_port, relay_port, update="1s", extra_targets=()):

@@ -6,26 +6,11 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
-import pytest
-from tests.e2e.test_incident_mails import DEFAULTS, Sink, wait
+from tests.e2e.test_incident_mails import DEFAULTS, wait
 from tests.helpers.daemon import DaemonProcess, config_text, free_port
 from tests.helpers.faultproxy import Fault, FaultProxy
 
 TOKEN = "s3cret-operator-token-0123456789"
-
-
-@pytest.fixture(name="relay")
-async def _relay():
-    from aiosmtpd.smtp import SMTP
-
-    sink = Sink()
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: SMTP(sink, hostname="relay.test"),
-                                      "127.0.0.1", 0)
-    sink.port = server.sockets[0].getsockname()[1]
-    yield sink
-    server.close()
-    await server.wait_closed()
 
 
 async def start(tmp_path, http_port, relay_port, *, token=True):
