@@ -11,7 +11,6 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from aiohttp import web
@@ -19,8 +18,10 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from outagewatch.core.maintenance import Refused, Window, WindowKind
 from outagewatch.durations import parse_duration
+from outagewatch.model import iso_utc
 
 if TYPE_CHECKING:
+    from outagewatch.core.incidents import Incident
     from outagewatch.monitor import Monitor
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -65,14 +66,24 @@ def error(status: int, message: str, field: str | None = None) -> web.Response:
 def window_json(window: Window) -> dict[str, Any]:
     return {
         "id": window.id, "platform": window.platform, "targets": list(window.targets),
-        "start": _iso(window.start), "end": _iso(window.end), "kind": window.kind.value,
+        "start": iso_utc(window.start), "end": iso_utc(window.end), "kind": window.kind.value,
         "state": window.state.value, "description": window.description,
         "impact": window.impact, "problems": list(window.problems),
     }
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts).astimezone().isoformat()
+def incident_json(incident: Incident, mails: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": incident.id, "platform": incident.platform, "severity": incident.severity,
+        "affected": sorted(incident.affected), "involved": sorted(incident.outage_starts),
+        "started_at": iso_utc(incident.started_at), "opened_at": iso_utc(incident.opened_at),
+        "resolved_at": iso_utc(incident.resolved_at),
+        "restored_at": iso_utc(incident.restored_at), "etr": iso_utc(incident.etr),
+        "update_interval": incident.update_interval,
+        "notes": [{"at": iso_utc(at), "text": text} for at, text in incident.notes],
+        "mails": [{**m, "created": iso_utc(m["created"]), "sent_at": iso_utc(m["sent_at"])}
+                  for m in mails],
+    }
 
 
 class OperatorApi:
@@ -172,9 +183,7 @@ class OperatorApi:
                 note=body.note)
         except KeyError:
             return error(404, f"no open incident {wanted!r}")
-        return web.json_response({"id": incident.id, "etr": incident.etr,
-                                  "update_interval": incident.update_interval,
-                                  "notes": [text for _, text in incident.notes]})
+        return web.json_response(incident_json(incident, []))
 
 
 def _missing(window_id: str) -> web.Response:

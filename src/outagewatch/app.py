@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -16,13 +15,13 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from outagewatch import systemd
-from outagewatch.api import OperatorApi
+from outagewatch.api import OperatorApi, incident_json
 from outagewatch.clock import Clock, SystemClock
 from outagewatch.config import Settings, load_settings
 from outagewatch.errors import ConfigError, ListenError
 from outagewatch.mailer import Mailer
 from outagewatch.metrics import Metrics, TargetLabels, build_metrics, duration_buckets
-from outagewatch.model import ProbeType, sample_json
+from outagewatch.model import ProbeType, iso_utc, sample_json
 from outagewatch.monitor import Monitor
 from outagewatch.probes import ProbeContext, new_http_session, run_probe
 from outagewatch.recorder import SampleRecorder
@@ -35,7 +34,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from outagewatch.config import Target
-    from outagewatch.core.incidents import Incident
     from outagewatch.model import Rule, Sample
     from outagewatch.scheduler import Recorder
 
@@ -60,22 +58,6 @@ def open_store(path: Path) -> Store:
     except OSError as exc:
         raise StoreError(f"state.path: cannot create {path.parent}: {exc.strerror}") from None
     return Store(path)
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
-
-
-def incident_json(incident: Incident, mails: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "id": incident.id, "platform": incident.platform, "severity": incident.severity,
-        "affected": sorted(incident.affected), "involved": sorted(incident.outage_starts),
-        "started_at": _iso(incident.started_at), "opened_at": _iso(incident.opened_at),
-        "resolved_at": _iso(incident.resolved_at), "restored_at": _iso(incident.restored_at),
-        "etr": _iso(incident.etr), "update_interval": incident.update_interval,
-        "mails": [{**m, "created": _iso(m["created"]), "sent_at": _iso(m["sent_at"])}
-                  for m in mails],
-    }
 
 
 def labels_of(target: Target) -> TargetLabels:
@@ -223,8 +205,8 @@ class Daemon:
             targets.append({
                 "name": target.name, "type": target.type, "platform": target.platform,
                 "state": state,
-                "streak_start": _iso(verdict.streak_start),
-                "outage_start": _iso(verdict.outage_start),
+                "streak_start": iso_utc(verdict.streak_start),
+                "outage_start": iso_utc(verdict.outage_start),
                 "last_sample": None if sample is None else sample_json(sample),
             })
         return {"generated_at": self.clock.now().isoformat(), "targets": targets}

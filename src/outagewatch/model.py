@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from datetime import datetime
 
 
 class ProbeType(enum.StrEnum):
@@ -86,6 +86,11 @@ class Sample:
     def is_bad(self, threshold: float) -> bool:
         """BAD = failed, or succeeded slower than ``threshold`` (DESIGN 4.2)."""
         return not self.ok or self.duration > threshold
+
+
+def iso_utc(ts: float | None) -> str | None:
+    """Unix seconds as ISO 8601 in UTC, the one time format of every API answer."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 def sample_json(sample: Sample) -> dict[str, object]:

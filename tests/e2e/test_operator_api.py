@@ -107,7 +107,8 @@ class TestOperatorApi:
                 status, body = await daemon.request(
                     "PATCH", f"/api/v1/incidents/{incident}", token=TOKEN,
                     json_body={"note": "Storage vendor engaged."})
-                assert ["Storage vendor engaged."] == json.loads(body)["notes"]
+                assert ["Storage vendor engaged."] == [
+                    n["text"] for n in json.loads(body)["notes"]]
                 await wait(lambda: len(relay.mails) >= 3, 5, "note UPDATE")
             finally:
                 await daemon.stop()
