@@ -179,3 +179,18 @@ class TestOperatorChanges:
         assert (Book(), []) == set_etr(Book(), T0, T0)
         assert (Book(), []) == tick(Book(), T0)
         assert next_deadline(Book()) is None
+
+
+class TestRestoreTime:
+    def test_the_latest_restore_wins_not_the_last_recognised(self):
+        """Issue 8.3: imap-eu (every 60 s) back at 1620, recognised at 1680.2; smtp-eu (every
+        300 s) back at 1500, recognised at 1800.2. Restored at 1620 (00:27), 27 min in all,
+        not at 1500 (00:25) as the last recognition said."""
+        book, _ = declared(Book(), EU, "imap-eu", T0, T0 + 900)
+        book, _ = declared(book, EU, "smtp-eu", T0, T0 + 1200)
+        book, _ = restored(book, EU, "imap-eu", T0 + 1620, T0 + 1680.2)
+        book, (note,) = restored(book, EU, "smtp-eu", T0 + 1500, T0 + 1800.2)
+        assert Kind.RESOLVED == note.kind
+        assert T0 + 1620 == note.incident.restored_at
+        assert 1620 == note.incident.duration
+

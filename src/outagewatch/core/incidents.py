@@ -144,7 +144,10 @@ def restored(book: Book, platform: Platform, service: str, restored_at: float,
                       restored={**incident.restored, service: restored_at})
     if affected:
         return _update(book, platform, changed, now, f"{service} restored")
-    final = replace(changed, resolved_at=now, restored_at=restored_at, last_mail_at=now,
+    # Service came back when the last of them came back, whichever recovery was recognised
+    # last (a service probed every 5 min is recognised later than one probed every minute).
+    back = max(changed.restored.values())
+    final = replace(changed, resolved_at=now, restored_at=back, last_mail_at=now,
                     mails=incident.mails + 1)
     note = Notification(Kind.RESOLVED, final, now, incident.mails, (f"{service} restored",))
     return replace(book, open=None), [note]
