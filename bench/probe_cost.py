@@ -68,6 +68,12 @@ class Recorder:
     def __init__(self) -> None:
         self.samples = []
 
+    def started(self, target, rule, started_at) -> None:
+        pass
+
+    def abandoned(self, target, rule, started_at) -> None:
+        pass
+
     def record(self, target, rule, sample) -> None:
         self.samples.append(sample)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from prometheus_client import CollectorRegistry
@@ -42,10 +43,27 @@ class Harness:
                                settings=cfg)
         self.target = cfg.targets[0]
         self.rule = cfg.rule_for(self.target)
+        self.origin = FakeClock().now().timestamp()
 
     def run(self, result=Result.TIMEOUT, duration=35.0):
         sample = Sample("imap-eu", self.clock.now(), duration, result)
         self.monitor.record(self.target, self.rule, sample)
+
+    def begin(self):
+        """A run starts now, as the scheduler reports it; returns its start."""
+        started_at = self.clock.now()
+        self.monitor.started(self.target, self.rule, started_at)
+        return started_at
+
+    def finish(self, started_at, result=Result.OK, duration=0.2):
+        sample = Sample("imap-eu", started_at, duration, result)
+        self.monitor.record(self.target, self.rule, sample)
+
+    def opened(self):
+        """(started_at, opened_at) of the incident, in minutes since the clock's start."""
+        (incident,) = self.store.incidents()
+        origin = self.origin
+        return ((incident.started_at - origin) / 60, (incident.opened_at - origin) / 60)
 
     def outbox(self):
         return [(m["kind"], m["number"]) for i in self.store.incidents()
@@ -194,3 +212,83 @@ class TestMaintenance:
         assert 1 == h.registry.get_sample_value(
             "outagewatch_target_outage", {"target": "imap-eu", "type": "http",
                                           "platform": "eu"})
+
+    async def test_cancelled_window_releases_the_hold(self, tmp_path):
+        """Issue 8.2: BAD from 09:00 under an emergency window 09:05-12:00, cancelled at
+        09:30: the outage starts at 09:30 and its OPEN goes at 09:45 (it was 12:15)."""
+        clock = FakeClock()
+        h = Harness(settings(tmp_path, maintenance=self.window(clock, 5, 180)), clock=clock)
+        h.monitor.start()
+        await every_minute(h, 30)
+        h.monitor.cancel_window("dovecot-upgrade")
+        await every_minute(h, 14)
+        assert [] == h.outbox()
+        await every_minute(h, 2)
+        assert (30, 45) == h.opened()
+
+    async def test_shortened_window_releases_the_hold_at_its_new_end(self, tmp_path):
+        """Issue 8.2: the end moved to 09:35 at 09:30: OPEN at 09:50, counted from 09:35."""
+        clock = FakeClock()
+        h = Harness(settings(tmp_path, maintenance=self.window(clock, 5, 180)), clock=clock)
+        h.monitor.start()
+        await every_minute(h, 30)
+        window = h.monitor.windows()[0]
+        h.monitor.move_window(window.id, window.start, h.origin + 35 * 60)
+        await every_minute(h, 22)
+        assert (35, 50) == h.opened()
+
+    async def test_a_run_straddling_the_end_counts_from_the_end(self, tmp_path):
+        """Issue 8.4: window 09:05-09:30; a GOOD run at 09:25; a hang from 09:29:50 becomes
+        BAD at 09:30:20 (its threshold). The OPEN is at 09:45:00, counted from 09:30."""
+        clock = FakeClock()
+        h = Harness(settings(tmp_path, maintenance=self.window(clock, 5, 30)), clock=clock)
+        h.monitor.start()
+        await clock.advance(25 * 60)
+        h.finish(h.begin())
+        await clock.advance(4 * 60 + 50)
+        hang = h.begin()
+        await clock.advance(30)
+        h.monitor.overdue(h.target, h.rule, hang)
+        await clock.advance(5)
+        h.finish(hang, Result.TIMEOUT, 35.0)
+        await clock.advance(5)
+        for _ in range(20):  # BAD every minute from 09:30:30
+            h.finish(h.begin(), Result.REFUSED, 0.1)
+            await clock.advance(60)
+        assert (30, 45) == h.opened()
+
+
+class TestDeadlines:
+    async def test_a_run_in_flight_at_the_deadline_that_answers_in_time(self, tmp_path):
+        """Issue 8.5: BAD every minute from 09:00; a run from 09:14:50 is in flight at
+        09:15 and answers in 10 s: no outage, no mail (it used to open an incident)."""
+        h = Harness(settings(tmp_path))
+        for _ in range(14):
+            h.finish(h.begin(), Result.REFUSED, 0.1)
+            await h.clock.advance(60)
+        await h.clock.advance(50)
+        slow = h.begin()
+        await h.clock.advance(10)  # 09:15:00: the deadline, the run still in flight
+        assert [] == h.outbox()
+        h.finish(slow, Result.OK, 10.0)
+        await h.clock.advance(3600)
+        assert [] == h.outbox()
+
+    async def test_restart_after_a_deadline_nobody_watched_does_not_spin(self, tmp_path):
+        """Issue 8.1: BAD runs at 09:01 and 09:02, then the daemon is down until 09:20: the
+        deadline 09:16 passed with nobody watching. After the restart the clock can move on
+        (the timer used to fire at the same past moment for ever)."""
+        cfg = settings(tmp_path)
+        h = Harness(cfg)
+        await h.clock.advance(60)
+        h.run()
+        await h.clock.advance(60)
+        h.run()
+        h.monitor.close()
+        h.store.close()
+        await h.clock.advance(18 * 60)
+        again = Harness(cfg, clock=h.clock)
+        again.monitor.start()
+        await asyncio.wait_for(again.clock.advance(60), timeout=5)
+        assert [] == again.outbox()
+

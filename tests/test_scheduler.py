@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import defaultdict
+from datetime import timedelta
 
 import pytest
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 from tests.conftest import make_target
 from tests.helpers.fakeclock import FakeClock
 
@@ -36,7 +38,7 @@ class Harness:
         self.starts[target.name].append(self.clock.monotonic())
         self.concurrent += 1
         self.max_concurrent = max(self.max_concurrent, self.concurrent)
-        started = self.clock.now()
+        started = self.clock.now() + timedelta(microseconds=7)  # run_probe stamps its own
         try:
             await self.clock.sleep(self.durations.get(target.name, 0.5))
         finally:
@@ -67,6 +69,14 @@ class _Recorder:
     def __init__(self):
         self.samples = defaultdict(list)
         self.overdue_calls = []
+        self.starts = []
+        self.abandoned_calls = []
+
+    def started(self, target, rule, started_at):
+        self.starts.append((target.name, started_at))
+
+    def abandoned(self, target, rule, started_at):
+        self.abandoned_calls.append((target.name, started_at))
 
     def record(self, target, rule, sample):
         self.samples[target.name].append(sample)
@@ -190,9 +200,25 @@ class TestScheduler:
 
         h.scheduler._probe = broken
         h.apply([http("a")])
+        with capture_logs() as logs:
+            async with h:
+                await h.clock.advance(35)
+        assert len(calls) >= 3
+        assert len(calls) == len([e for e in logs if e["event"] == "probe_crashed"])
+        # each crashed run is reported as abandoned (not BAD, not GOOD), with its start
+        assert [s for _, s in h.recorder.starts] == [s for _, s in h.recorder.abandoned_calls]
+
+    async def test_every_run_is_reported_when_it_starts(self):
+        """The evaluator hears of each run when it starts, and its sample carries that start
+        whatever the probe stamped, so the two are one run."""
+        h = Harness(durations={"a": 2.0})
+        h.apply([http("a")])
         async with h:
             await h.clock.advance(35)
-        assert len(calls) >= 3
+        starts = [s for _, s in h.recorder.starts]
+        assert len(starts) >= 3
+        assert starts[:len(h.recorder.samples["a"])] == [
+            s.started_at for s in h.recorder.samples["a"]]
 
     async def test_heartbeat(self):
         """The loop goes round at least once a second, even with nothing due."""

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 
-from outagewatch.core.evaluator import Health, Verdict
+from outagewatch.core.evaluator import Health, Run, Status, Verdict
 from outagewatch.core.incidents import Book, Platform, Service, declared
 from outagewatch.core.render import Mail
 from outagewatch.store import MIGRATIONS, Store, StoredSample, StoreError
@@ -25,14 +26,16 @@ class TestStore:
         store = Store(path)
         book, _ = declared(Book(), EU, "imap-eu", 100.0, 1000.0)
         with store.transaction():
-            store.save_verdict("imap-eu", Verdict(Health.OUTAGE, 100.0, 960.0, 100.0))
+            store.save_verdict("imap-eu", Verdict(runs=(Run(1000.0, Status.GOOD),),
+                                                  last_start=1000.0, outage_start=100.0))
             store.save_book("eu", book)
             store.save_incident(book.open)
             store.add_sample(StoredSample("imap-eu", 960.0, 35.0, "timeout", "login", True),
                              keep_after=0)
         store.close()
         again = Store(path)
-        assert Health.OUTAGE == again.verdicts()["imap-eu"].health
+        assert Verdict(runs=(Run(1000.0, Status.GOOD),), last_start=1000.0,
+                       outage_start=100.0) == again.verdicts()["imap-eu"]
         assert book == again.books()["eu"]
         assert [book.open] == again.incidents()
         assert "login" == again.recent_samples("imap-eu", 5)[0].phase
@@ -95,3 +98,39 @@ class TestStore:
     def test_unusable_path_is_one_line(self, tmp_path):
         with pytest.raises(StoreError, match=r"state\.path: cannot use"):
             Store(tmp_path / "missing-dir" / "s.db")
+
+
+class TestUpgrade:
+    """A state file written by release 0.1 (tests/testdata/state/README.md) is read right."""
+
+    def open(self, tmp_path):
+        source = Path(__file__).parent / "testdata" / "state" / "state-0.1.db"
+        copy = tmp_path / "state.db"
+        copy.write_bytes(source.read_bytes())
+        return Store(copy)
+
+    def test_verdicts_of_every_shape(self, tmp_path):
+        t0 = 1_780_000_000.0
+        verdicts = self.open(tmp_path).verdicts()
+        outage = verdicts["imap-eu"]
+        assert (Health.OUTAGE, t0) == (outage.health, outage.outage_start)
+        assert [Run(t0 + 1000, Status.GOOD)] == list(outage.runs)  # one GOOD run of two
+        bad = verdicts["smtp-eu"]
+        assert (Health.BAD, t0 + 600, t0 + 960) == (bad.health, bad.streak_start,
+                                                     bad.last_start)
+        held = verdicts["webmail-eu"]  # 0.1 moved a held streak to the window's end
+        assert (Health.BAD, t0 + 5000, t0 + 5000) == (held.health, held.floor,
+                                                       held.streak_start)
+        assert (Health.OK, t0 + 990) == (verdicts["pop3-eu"].health,
+                                         verdicts["pop3-eu"].last_start)
+
+    def test_incidents_windows_and_outbox(self, tmp_path):
+        store = self.open(tmp_path)
+        (incident,) = store.incidents()
+        assert incident == store.books()["eu"].open
+        assert ["open"] == [m["kind"] for m in store.mails(incident.id)]
+        assert "sent" == store.mails(incident.id)[0]["status"]
+        assert ["db-upgrade"] == list(store.windows())
+        assert ["announcement"] == [m.kind for m in store.due_mails(2e9)]
+        assert 1 == len(store.recent_samples("imap-eu", 5))
+

@@ -21,15 +21,15 @@ import holidays
 import structlog
 
 from outagewatch.core import evaluator, incidents, maintenance
-from outagewatch.core.evaluator import Declared, Health, Observation, Verdict, Window
+from outagewatch.core.evaluator import Declared, Health, Observation, OutageRule, Verdict
 from outagewatch.core.incidents import Book, Platform, Service
-from outagewatch.core.maintenance import Calendar, WindowKind, WindowState
+from outagewatch.core.maintenance import Calendar, WindowKind
 from outagewatch.core.maintenance import Window as MWindow
 from outagewatch.core.render import DEFAULT_TEMPLATES, Observed, render, render_maintenance
 from outagewatch.store import StoredSample
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
     from datetime import date
 
     from outagewatch.clock import Cancellable, Clock
@@ -54,7 +54,9 @@ class Monitor:
         self._metrics = metrics
         self._poke = poke
         self._default_templates = templates
-        self._verdicts: dict[str, Verdict] = store.verdicts()
+        # runs that were in flight when the previous process stopped will never report
+        self._verdicts: dict[str, Verdict] = {
+            name: evaluator.resume(verdict) for name, verdict in store.verdicts().items()}
         self._books: dict[str, Book] = store.books()
         self._mwindows: dict[str, MWindow] = store.windows()
         self._timers: dict[str, Cancellable] = {}
@@ -72,7 +74,7 @@ class Monitor:
             for name in settings.platforms
         }
         self._targets = {t.name: t for t in settings.targets}
-        self._windows = {t.name: _window(settings.rule_for(t)) for t in settings.targets}
+        self._rules = {t.name: _outage_rule(settings.rule_for(t)) for t in settings.targets}
         sender = settings.notify.sender if settings.notify else "outagewatch@localhost"
         self._domain = email.utils.parseaddr(sender)[1].rpartition("@")[2] or "localhost"
         custom = settings.notify.template_texts() if settings.notify else {}
@@ -139,6 +141,23 @@ class Monitor:
 
     # -- the scheduler's Recorder protocol -------------------------------------------------
 
+    def started(self, target: Target, rule: Rule, started_at: datetime) -> None:
+        """A run began: until its outcome is known, no deadline it could change may pass."""
+        del rule
+        name = target.name
+        if name not in self._rules:
+            return
+        now = self._clock.now().timestamp()
+        verdict, events = evaluator.begin(self.verdict(name), started_at.timestamp(), now=now,
+                                          rule=self._rules[name])
+        if events:
+            with self._atomically():
+                self._commit_verdict(name, verdict, events, now)
+            return
+        # Nothing to store: a run in flight is forgotten at a restart anyway.
+        self._verdicts[name] = verdict
+        self._arm_target(name, verdict, now)
+
     def record(self, target: Target, rule: Rule, sample: Sample) -> None:
         obs = Observation(sample.started_at.timestamp(), sample.is_bad(rule.threshold))
         stored = StoredSample(target.name, obs.start, sample.duration, sample.result.value,
@@ -148,6 +167,17 @@ class Monitor:
     def overdue(self, target: Target, rule: Rule, started_at: datetime) -> None:
         del rule
         self._observe(target.name, Observation(started_at.timestamp(), bad=True, final=False))
+
+    def abandoned(self, target: Target, rule: Rule, started_at: datetime) -> None:
+        del rule
+        name = target.name
+        if name not in self._rules:
+            return
+        now = self._clock.now().timestamp()
+        verdict, events = evaluator.abandon(self.verdict(name), started_at.timestamp(),
+                                            now=now, rule=self._rules[name])
+        with self._atomically():
+            self._commit_verdict(name, verdict, events, now)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -189,6 +219,7 @@ class Monitor:
                                 calendar=self._calendars[window.platform], notice=self._notice)
         with self._atomically():
             self._commit_window(step, now)
+            self._hold(window.targets, now)
         return step[0]
 
     def cancel_window(self, window_id: str) -> MWindow:
@@ -197,6 +228,7 @@ class Monitor:
         step = maintenance.cancel(window, now=now)
         with self._atomically():
             self._commit_window(step, now)
+            self._hold(window.targets, now)
         self._refresh_gauges()
         return step[0]
 
@@ -236,29 +268,38 @@ class Monitor:
         return max(ends) if ends else None
 
     def _observe(self, name: str, obs: Observation, stored: StoredSample | None = None) -> None:
-        if name not in self._windows:
+        if name not in self._rules:
             return
         now = self._clock.now().timestamp()
-        window = self._windows[name]
-        until = self._covering_end(name, now)
-        if until is not None and obs.bad and self.verdict(name).health is not Health.OUTAGE:
-            # under maintenance a BAD run counts as if it started at the window's end
-            obs = replace(obs, start=max(obs.start, until))
-        verdict, events = evaluator.observe(self.verdict(name), obs, arrived=now, rule=window)
+        rule = self._rules[name]
+        verdict, events = evaluator.observe(self.verdict(name), obs, arrived=now, rule=rule)
         with self._atomically():
             if stored is not None:
-                self._store.add_sample(stored, keep_after=stored.start - window.window
-                                       - window.coverage_gap - KEEP_SAMPLES)
+                self._store.add_sample(stored, keep_after=stored.start - rule.window
+                                       - rule.coverage_gap - KEEP_SAMPLES)
             self._commit_verdict(name, verdict, events, now)
 
     def _tick_target(self, name: str) -> None:
         self._timers.pop(f"target:{name}", None)
-        if name not in self._windows:
+        if name not in self._rules:
             return
         now = self._clock.now().timestamp()
-        verdict, events = evaluator.tick(self.verdict(name), now, self._windows[name])
+        verdict, events = evaluator.tick(self.verdict(name), now, self._rules[name])
         with self._atomically():
             self._commit_verdict(name, verdict, events, now)
+
+    def _hold(self, names: Iterable[str], now: float) -> None:
+        """Inside a transaction: make each target's hold follow its windows as they are now
+        (started, moved, cancelled, finished)."""
+        for name in names:
+            if name not in self._rules:
+                continue
+            floor = maintenance.hold_until(self._mwindows.values(), name, now)
+            verdict = self.verdict(name)
+            if verdict.floor != floor:
+                held, events = evaluator.tick(evaluator.hold(verdict, floor), now,
+                                              self._rules[name])
+                self._commit_verdict(name, held, events, now)
 
     def _tick_platform(self, platform: str) -> None:
         self._timers.pop(f"platform:{platform}", None)
@@ -288,11 +329,7 @@ class Monitor:
         step = maintenance.tick(window, now=now, bad=bad)
         with self._atomically():
             self._commit_window(step, now)
-            if step[0].state is WindowState.ACTIVE:
-                for name in step[0].targets:
-                    held = evaluator.hold(self.verdict(name), step[0].end)
-                    if held != self.verdict(name) and name in self._windows:
-                        self._commit_verdict(name, held, [], now)
+            self._hold(step[0].targets, now)
         self._refresh_gauges()
 
     def _is_bad(self, name: str) -> bool:
@@ -341,7 +378,10 @@ class Monitor:
         self._verdicts[name] = verdict
         self._metrics.target_outage.labels(name, self._targets[name].type, platform).set(
             1 if verdict.health is Health.OUTAGE else 0)
-        self._arm(f"target:{name}", evaluator.next_deadline(verdict, self._windows[name]),
+        self._arm_target(name, verdict, now)
+
+    def _arm_target(self, name: str, verdict: Verdict, now: float) -> None:
+        self._arm(f"target:{name}", evaluator.next_deadline(verdict, self._rules[name]),
                   lambda: self._tick_target(name), now)
 
     def _commit_book(self, platform: str, step: incidents.Step, now: float) -> None:
@@ -421,6 +461,6 @@ def calendar_of(config: CalendarConfig) -> Calendar:
     return Calendar(zone=zone, holidays=days, closures=frozenset(config.closures))
 
 
-def _window(rule: Rule) -> Window:
-    return Window.of(interval=rule.interval, timeout=rule.timeout, threshold=rule.threshold,
+def _outage_rule(rule: Rule) -> OutageRule:
+    return OutageRule.of(interval=rule.interval, timeout=rule.timeout, threshold=rule.threshold,
                      window=rule.window, recover_after=rule.recover_after)

@@ -24,6 +24,10 @@ class SampleRecorder:
         self._listeners = tuple(listeners)
         self.last: dict[str, Sample] = {}
 
+    def started(self, target: Target, rule: Rule, started_at: datetime) -> None:
+        for listener in self._listeners:
+            listener.started(target, rule, started_at)
+
     def record(self, target: Target, rule: Rule, sample: Sample) -> None:
         self._metrics.observe(sample)
         self.last[target.name] = sample
@@ -49,6 +53,10 @@ class SampleRecorder:
                     threshold=rule.threshold, started_at=started_at.isoformat())
         for listener in self._listeners:
             listener.overdue(target, rule, started_at)
+
+    def abandoned(self, target: Target, rule: Rule, started_at: datetime) -> None:
+        for listener in self._listeners:
+            listener.abandoned(target, rule, started_at)
 
     def forget(self, name: str) -> None:
         self.last.pop(name, None)

@@ -14,7 +14,7 @@ import hashlib
 import heapq
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -34,11 +34,16 @@ MAX_NAP = 1.0  # the loop goes round at least this often, so its heartbeat stays
 
 
 class Recorder(Protocol):
-    """Where finished samples and overdue runs go (metrics now; the evaluator next)."""
+    """Where run starts, finished samples and overdue runs go (metrics now; the evaluator
+    next)."""
+
+    def started(self, target: Target, rule: Rule, started_at: datetime) -> None: ...
 
     def record(self, target: Target, rule: Rule, sample: Sample) -> None: ...
 
     def overdue(self, target: Target, rule: Rule, started_at: datetime) -> None: ...
+
+    def abandoned(self, target: Target, rule: Rule, started_at: datetime) -> None: ...
 
 
 Prober = Callable[["Target", "Rule"], "Awaitable[Sample]"]
@@ -198,11 +203,12 @@ class Scheduler:
         log.warning("probe_run_skipped", target=entry.target.name, count=count,
                     reason="previous run still in flight")
 
-    def _overdue(self, target: Target, rule: Rule, started_at: datetime) -> None:
+    def _report(self, handler: Callable[[Target, Rule, datetime], None], target: Target,
+                rule: Rule, started_at: datetime) -> None:
         try:
-            self._recorder.overdue(target, rule, started_at)
-        except Exception:  # a bug downstream must not kill the timer machinery
-            log.exception("overdue_handler_crashed", target=target.name)
+            handler(target, rule, started_at)
+        except Exception:  # a bug downstream must not kill the probe or the timers
+            log.exception("recorder_crashed", target=target.name, handler=handler.__name__)
 
     async def _run_one(self, entry: _Entry, planned: float) -> None:
         target, rule = entry.target, entry.rule
@@ -211,20 +217,27 @@ class Scheduler:
                 start = self._clock.monotonic()
                 self._metrics.schedule_lag.observe(max(0.0, start - planned))
                 started_at = self._clock.now()
+                self._report(self._recorder.started, target, rule, started_at)
                 self._metrics.in_flight.inc()
-                timer = self._clock.call_at(
-                    start + rule.threshold, lambda: self._overdue(target, rule, started_at)
-                )
+                timer = self._clock.call_at(start + rule.threshold, lambda: self._report(
+                    self._recorder.overdue, target, rule, started_at))
                 try:
                     sample = await self._probe(target, rule)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a bug, not a probe failure: keep the schedule alive
+                    log.exception("probe_crashed", target=target.name)
+                    self._report(self._recorder.abandoned, target, rule, started_at)
+                    return
                 finally:
                     timer.cancel()
                     self._metrics.in_flight.dec()
             if self._entries.get(target.name) is entry:
-                self._recorder.record(target, rule, sample)
+                # the run is known by the start reported above, whatever the probe stamped
+                self._recorder.record(target, rule, replace(sample, started_at=started_at))
         except asyncio.CancelledError:
             raise
-        except Exception:  # a bug, not a probe failure: keep the schedule alive
-            log.exception("probe_crashed", target=target.name)
+        except Exception:
+            log.exception("record_crashed", target=target.name)
         finally:
             entry.task = None

@@ -14,7 +14,7 @@ import sqlite3
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from outagewatch.core.evaluator import Health, Verdict
+from outagewatch.core.evaluator import Run, Status, Verdict
 from outagewatch.core.incidents import Book, Incident
 from outagewatch.core.maintenance import Window, WindowKind, WindowState
 from outagewatch.errors import OutagewatchError
@@ -137,11 +137,11 @@ class Store:
 
     def verdicts(self) -> dict[str, Verdict]:
         rows = self._db.execute("SELECT target, state FROM verdicts").fetchall()
-        return {target: _verdict(json.loads(state)) for target, state in rows}
+        return {target: verdict_from_json(json.loads(state)) for target, state in rows}
 
     def save_verdict(self, target: str, verdict: Verdict) -> None:
         self._db.execute("INSERT OR REPLACE INTO verdicts VALUES (?, ?)",
-                         (target, json.dumps(asdict(verdict))))
+                         (target, json.dumps(verdict_to_json(verdict))))
 
     def add_sample(self, sample: StoredSample, *, keep_after: float) -> None:
         self._db.execute("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?)",
@@ -263,8 +263,46 @@ def _window(data: dict[str, Any]) -> Window:
                      "problems": tuple(data["problems"]), "history": tuple(data["history"])})
 
 
-def _verdict(data: dict[str, Any]) -> Verdict:
-    return Verdict(**{**data, "health": Health(data["health"])})
+VERDICT_FORMAT = 2
+
+
+def verdict_to_json(verdict: Verdict) -> dict[str, Any]:
+    """A verdict as stored: format 2, runs as [start, status, after_gap] triples."""
+    return {"v": VERDICT_FORMAT,
+            "runs": [[r.start, r.status.value, r.after_gap] for r in verdict.runs],
+            "last_start": verdict.last_start, "horizon": verdict.horizon,
+            "outage_start": verdict.outage_start, "floor": verdict.floor}
+
+
+def verdict_from_json(data: dict[str, Any]) -> Verdict:
+    """Read a stored verdict, of this format or of release 0.1's (no ``v``)."""
+    if data.get("v") == VERDICT_FORMAT:
+        return Verdict(runs=tuple(Run(float(start), Status(status), bool(gap))
+                                  for start, status, gap in data["runs"]),
+                       last_start=data["last_start"], horizon=data["horizon"],
+                       outage_start=data["outage_start"], floor=data["floor"])
+    if "v" in data:
+        raise StoreError(f"a verdict of format {data['v']} is newer than this outagewatch "
+                         f"understands ({VERDICT_FORMAT})")
+    return _verdict_v1(data)
+
+
+def _verdict_v1(data: dict[str, Any]) -> Verdict:
+    """Release 0.1 kept a streak start, the latest start and a count of GOOD runs."""
+    last, streak = data.get("last_start"), data.get("streak_start")
+    if data.get("health") == "outage":
+        first = data.get("good_run_start")
+        goods = [first] if first is not None and data.get("good_run", 0) >= 1 else []
+        if data.get("good_run", 0) >= 2 and last is not None and last != first:
+            goods.append(last)
+        runs = tuple(Run(start, Status.GOOD) for start in goods)
+        return Verdict(runs=runs, last_start=last, outage_start=data["outage_start"])
+    if data.get("health") == "bad" and streak is not None and last is not None:
+        if streak > last:  # held by maintenance: 0.1 moved the streak to the window's end
+            return Verdict(runs=(Run(last, Status.BAD),), last_start=last, floor=streak)
+        starts = dict.fromkeys((streak, last))
+        return Verdict(runs=tuple(Run(start, Status.BAD) for start in starts), last_start=last)
+    return Verdict(last_start=last)
 
 
 def _incident_json(incident: Incident) -> dict[str, Any]:

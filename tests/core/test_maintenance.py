@@ -18,10 +18,10 @@ from outagewatch.core.maintenance import (
     WindowKind,
     WindowState,
     cancel,
+    hold_until,
     move,
     next_deadline,
     register,
-    suppressed,
     tick,
 )
 
@@ -116,8 +116,8 @@ class TestLifecycle:
         assert [] == mails
         w, (started,) = tick(w, now=at("2026-06-12T22:00"))
         assert (MailKind.STARTED, 1) == (started.kind, started.number)
-        assert suppressed([w], "imap-eu", at("2026-06-13T00:30"))
-        assert not suppressed([w], "smtp-eu", at("2026-06-13T00:30"))
+        assert w.covers("imap-eu", at("2026-06-13T00:30"))
+        assert not w.covers("smtp-eu", at("2026-06-13T00:30"))
         w, (finished,) = tick(w, now=at("2026-06-13T02:00"))
         assert (MailKind.FINISHED, (), WindowState.FINISHED) == (finished.kind, w.problems,
                                                                  w.state)
@@ -169,3 +169,45 @@ class TestLifecycle:
         with pytest.raises(Refused, match="only its end"):
             move(w, start=at("2026-06-12T23:00"), end=w.end, now=at("2026-06-12T23:00"),
                  calendar=CAL)
+
+
+class TestHold:
+    """From when a BAD streak counts (DESIGN 4.7): the window's current end."""
+
+    def running(self):
+        w, _ = register(window("2026-06-12T22:00", "2026-06-13T02:00"),
+                        now=at("2026-06-08T09:00"), calendar=CAL)
+        w, _ = tick(w, now=at("2026-06-12T22:00"))
+        return w
+
+    def test_a_window_not_started_holds_nothing(self):
+        w, _ = register(window("2026-06-12T22:00", "2026-06-13T02:00"),
+                        now=at("2026-06-08T09:00"), calendar=CAL)
+        assert hold_until([w], "imap-eu", at("2026-06-12T21:00")) is None
+
+    def test_a_running_window_holds_until_its_end(self):
+        w = self.running()
+        assert at("2026-06-13T02:00") == hold_until([w], "imap-eu", at("2026-06-12T23:00"))
+        assert hold_until([w], "smtp-eu", at("2026-06-12T23:00")) is None
+
+    def test_moved_end_moves_the_hold(self):
+        w = self.running()
+        w, _ = move(w, start=w.start, end=at("2026-06-12T23:30"), now=at("2026-06-12T23:00"),
+                    calendar=CAL)
+        assert at("2026-06-12T23:30") == hold_until([w], "imap-eu", at("2026-06-12T23:10"))
+
+    def test_cancelled_while_running_holds_until_the_cancellation(self):
+        w = self.running()
+        w, _ = cancel(w, now=at("2026-06-12T22:30"))
+        assert at("2026-06-12T22:30") == hold_until([w], "imap-eu", at("2026-06-12T23:00"))
+
+    def test_cancelled_before_its_start_never_held(self):
+        w, _ = register(window("2026-06-12T22:00", "2026-06-13T02:00"),
+                        now=at("2026-06-08T09:00"), calendar=CAL)
+        w, _ = cancel(w, now=at("2026-06-10T09:00"))
+        assert hold_until([w], "imap-eu", at("2026-06-13T00:00")) is None
+
+    def test_finished_holds_until_its_end(self):
+        w, _ = tick(self.running(), now=at("2026-06-13T02:05"))
+        assert at("2026-06-13T02:00") == hold_until([w], "imap-eu", at("2026-06-13T03:00"))
+

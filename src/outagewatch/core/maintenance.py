@@ -15,6 +15,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta, tzinfo
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 class WindowKind(enum.StrEnum):
@@ -84,6 +88,7 @@ class Window:
     last_mail_at: float | None = None
     problems: tuple[str, ...] = ()  # at FINISHED: affected services not GOOD at the end
     history: tuple[str, ...] = field(default=())  # what moved, for the UPDATED mail
+    closed_at: float | None = None  # when it stopped holding: its end, or its cancellation
 
     def active(self, now: float) -> bool:
         return self.state is WindowState.ACTIVE or (
@@ -132,9 +137,12 @@ def move(window: Window, *, start: float, end: float, now: float, calendar: Cale
 
 
 def cancel(window: Window, *, now: float) -> Step:
+    """Withdraw a window; one that was running stops holding its services now."""
     if window.state in {WindowState.FINISHED, WindowState.CANCELLED}:
         raise Refused(f"maintenance {window.id} is {window.state.value} already")
-    return _mail(replace(window, state=WindowState.CANCELLED), MailKind.CANCELLED, now)
+    closed = now if window.active(now) else None
+    return _mail(replace(window, state=WindowState.CANCELLED, closed_at=closed),
+                 MailKind.CANCELLED, now)
 
 
 def tick(window: Window, *, now: float, bad: frozenset[str] = frozenset()) -> Step:
@@ -147,8 +155,8 @@ def tick(window: Window, *, now: float, bad: frozenset[str] = frozenset()) -> St
         mails += sent
     if window.state is WindowState.ACTIVE and now >= window.end:
         problems = tuple(sorted(t for t in window.targets if t in bad))
-        window, sent = _mail(replace(window, state=WindowState.FINISHED, problems=problems),
-                             MailKind.FINISHED, now)
+        window, sent = _mail(replace(window, state=WindowState.FINISHED, problems=problems,
+                                     closed_at=window.end), MailKind.FINISHED, now)
         mails += sent
     return window, mails
 
@@ -161,8 +169,13 @@ def next_deadline(window: Window) -> float | None:
     return None
 
 
-def suppressed(windows: list[Window], target: str, now: float) -> bool:
-    return any(w.covers(target, now) for w in windows)
+def hold_until(windows: Iterable[Window], target: str, now: float) -> float | None:
+    """From when a BAD streak of ``target`` may count (DESIGN 4.7): the current end of the
+    windows running over it, or the moment the last one stopped holding (its end, or when it
+    was cancelled). None when no window has held it."""
+    ends = [w.end if w.active(now) else w.closed_at for w in windows if target in w.targets]
+    held = [end for end in ends if end is not None]
+    return max(held) if held else None
 
 
 def _check_times(start: float, end: float, now: float) -> None:

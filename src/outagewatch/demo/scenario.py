@@ -55,7 +55,7 @@ class Timeline:
 
     def __init__(self, out: TextIO, started: float) -> None:
         self.out = out
-        self.started = started
+        self.t0 = started
         self.samples: dict[str, list[tuple[float, Sample]]] = defaultdict(list)
         self.overdue_at: dict[str, list[float]] = defaultdict(list)
         self.mails: list[tuple[float, Message]] = []
@@ -72,7 +72,13 @@ class Timeline:
         self.out.flush()
 
     def _now(self) -> float:
-        return asyncio.get_running_loop().time() - self.started
+        return asyncio.get_running_loop().time() - self.t0
+
+    def started(self, target: Target, rule: Rule, started_at: datetime) -> None:
+        del target, rule, started_at  # the timeline shows runs when they end
+
+    def abandoned(self, target: Target, rule: Rule, started_at: datetime) -> None:
+        del target, rule, started_at
 
     def record(self, target: Target, rule: Rule, sample: Sample) -> None:
         at = self._now()
@@ -177,11 +183,11 @@ async def _demo(out: TextIO) -> int:
           f"Live: http://127.0.0.1:{port}/metrics and /api/v1/status\n", file=out, flush=True)
     try:
         for act in STORY:
-            await asyncio.sleep(max(0.0, timeline.started + act.at - loop.time()))
+            await asyncio.sleep(max(0.0, timeline.t0 + act.at - loop.time()))
             for kind, (state, delay) in act.changes.items():
                 services[kind].health.state, services[kind].health.delay = state, delay
             print(f"\n== {act.at:4.1f}s  {act.title}", file=out, flush=True)
-        await asyncio.sleep(max(0.0, timeline.started + END - loop.time()))
+        await asyncio.sleep(max(0.0, timeline.t0 + END - loop.time()))
     finally:
         daemon.stop()
         await running
