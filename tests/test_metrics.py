@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from outagewatch.metrics import TargetLabels, build_metrics, duration_buckets
 from outagewatch.model import Phase, ProbeType, Result, Sample
+from outagewatch.probes import phases_of
 
 LABELS = {"target": "imap-eu", "type": "imap", "platform": "eu"}
 
@@ -13,6 +14,10 @@ LABELS = {"target": "imap-eu", "type": "imap", "platform": "eu"}
 def build():
     registry = CollectorRegistry()
     return registry, build_metrics(registry, buckets=duration_buckets([30.0], 35.0))
+
+
+def labels(target, kind, platform):
+    return TargetLabels(target, kind, platform, phases_of(kind))
 
 
 def sample(**kw):
@@ -35,16 +40,24 @@ class TestMetrics:
     def test_series_exist_before_the_first_run(self):
         """Every phase of a target's protocol is exported from the start (0, not absent)."""
         registry, metrics = build()
-        metrics.add_target(TargetLabels("imap-eu", ProbeType.IMAP, "eu"))
+        metrics.add_target(labels("imap-eu", ProbeType.IMAP, "eu"))
         for phase in ("greeting", "starttls", "login", "select", "logout"):
             assert 0.0 == registry.get_sample_value(
                 "outagewatch_probe_phase_duration_seconds", {**LABELS, "phase": phase})
         assert 0.0 == registry.get_sample_value("outagewatch_probes_total",
                                                 {**LABELS, "result": "timeout"})
 
+    def test_only_the_phases_given(self):
+        """A target exports the phases its labels carry and no others."""
+        registry, metrics = build()
+        metrics.add_target(labels("imap-eu", ProbeType.IMAP, "eu"))
+        exported = {s.labels["phase"] for m in registry.collect() for s in m.samples
+                    if m.name == "outagewatch_probe_phase_duration_seconds"}
+        assert {p.value for p in phases_of(ProbeType.IMAP)} == exported
+
     def test_observe(self):
         registry, metrics = build()
-        metrics.add_target(TargetLabels("imap-eu", ProbeType.IMAP, "eu"))
+        metrics.add_target(labels("imap-eu", ProbeType.IMAP, "eu"))
         metrics.observe(sample(cert_expiry=1_900_000_000.0))
         metrics.observe(sample(result=Result.TIMEOUT, phase=Phase.LOGIN, duration=35.0))
         get = registry.get_sample_value
@@ -59,8 +72,8 @@ class TestMetrics:
 
     def test_removed_target_series_disappear(self):
         registry, metrics = build()
-        metrics.add_target(TargetLabels("imap-eu", ProbeType.IMAP, "eu"))
-        metrics.add_target(TargetLabels("web", ProbeType.HTTP, "eu"))
+        metrics.add_target(labels("imap-eu", ProbeType.IMAP, "eu"))
+        metrics.add_target(labels("web", ProbeType.HTTP, "eu"))
         metrics.observe(sample(cert_expiry=1.0))
         metrics.remove_target("imap-eu")
         text = generate_latest(registry).decode()
@@ -73,8 +86,8 @@ class TestMetrics:
     def test_relabel_moves_series(self):
         """A target moved to another platform keeps no series under the old label."""
         registry, metrics = build()
-        metrics.add_target(TargetLabels("imap-eu", ProbeType.IMAP, "eu"))
-        metrics.add_target(TargetLabels("imap-eu", ProbeType.IMAP, "us"))
+        metrics.add_target(labels("imap-eu", ProbeType.IMAP, "eu"))
+        metrics.add_target(labels("imap-eu", ProbeType.IMAP, "us"))
         text = generate_latest(registry).decode()
         assert 'platform="eu"' not in text
         assert 'platform="us"' in text

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, NoReturn
 
 import anyio
 
-from outagewatch import __version__
+from outagewatch import __version__, client
 from outagewatch.clock import SystemClock
 from outagewatch.config import Settings, load_settings
 from outagewatch.errors import ConfigError, OutagewatchError
 from outagewatch.logs import LEVELS, configure_logging
-from outagewatch.model import PHASES, ProbeType, Sample, sample_json
-from outagewatch.probes import ProbeContext, new_http_session, run_probe
+from outagewatch.model import ProbeType, Sample, sample_json
+from outagewatch.probes import ProbeContext, new_http_session, phases_of, run_probe
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Sequence
@@ -132,8 +132,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _operator(args: argparse.Namespace) -> int:
-    from outagewatch import client  # noqa: PLC0415 - only these commands need it
-
     print(client.maintenance(args) if args.command == "maintenance" else client.incident(args))
     return EXIT_OK
 
@@ -220,7 +218,7 @@ def _probe(args: argparse.Namespace) -> int:
             else:
                 rows.append(_row(target, sample, threshold))
         if rows:
-            _print_table(rows)
+            print(client.table(rows, ["TARGET", "TYPE", "RESULT", "TIME", "PHASES", "DETAIL"]))
         return EXIT_BAD if bad else EXIT_OK
 
     return _run_loop(settings, main())
@@ -257,19 +255,11 @@ def _row(target: Target, sample: Sample, threshold: float) -> list[str]:
     verdict = sample.result.value if not sample.ok else (
         "SLOW" if sample.is_bad(threshold) else "ok")
     phases = " ".join(
-        f"{p.value}={_ms(sample.phases[p])}" for p in PHASES[ProbeType(target.type)]
+        f"{p.value}={_ms(sample.phases[p])}" for p in phases_of(ProbeType(target.type))
         if p in sample.phases
     )
     detail = f"{sample.phase.value}: {sample.detail}" if sample.phase else sample.detail
     return [target.name, target.type, verdict, _ms(sample.duration), phases, detail]
-
-
-def _print_table(rows: list[list[str]]) -> None:
-    header = ["TARGET", "TYPE", "RESULT", "TIME", "PHASES", "DETAIL"]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
-    for row in [header, *rows]:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        print("  ".join([*cells, row[-1]]).rstrip())
 
 
 if __name__ == "__main__":

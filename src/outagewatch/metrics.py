@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from outagewatch import __version__
-from outagewatch.model import PHASES, ProbeType, Result
+from outagewatch.model import Result
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from outagewatch.model import Sample
+    from outagewatch.model import Phase, ProbeType, Sample
 
 NAMESPACE = "outagewatch"
 _BASE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 60.0)
@@ -33,9 +33,12 @@ def duration_buckets(thresholds: Iterable[float], max_timeout: float) -> tuple[f
 
 @dataclass(frozen=True, slots=True)
 class TargetLabels:
+    """A target's label values, and the phases its probe type reports (``probes.phases_of``)."""
+
     target: str
     type: ProbeType
     platform: str
+    phases: tuple[Phase, ...]
 
     def values(self) -> tuple[str, str, str]:
         return (self.target, self.type.value, self.platform)
@@ -85,7 +88,7 @@ class Metrics:
         self.target_outage.labels(*values)
         self.maintenance_active.labels(*values)
         self.skipped.labels(*values)
-        for phase in PHASES[labels.type]:
+        for phase in labels.phases:
             self.phase.labels(*values, phase.value)
         for result in Result:
             self.probes.labels(*values, result.value)
@@ -99,7 +102,7 @@ class Metrics:
         for metric in (self.duration, self.success, self.last_run, self.overdue, self.skipped,
                        self.cert_expiry, self.target_outage, self.maintenance_active):
             _discard(metric, values)
-        for phase in PHASES[labels.type]:
+        for phase in labels.phases:
             _discard(self.phase, (*values, phase.value))
         for result in Result:
             _discard(self.probes, (*values, result.value))
@@ -115,7 +118,7 @@ class Metrics:
         self.probes.labels(*values, sample.result.value).inc()
         self.last_run.labels(*values).set(sample.started_at.timestamp())
         self.overdue.labels(*values).set(0)
-        for phase in PHASES[labels.type]:
+        for phase in labels.phases:
             self.phase.labels(*values, phase.value).set(sample.phases.get(phase, 0.0))
         if sample.cert_expiry is not None:
             self.cert_expiry.labels(*values).set(sample.cert_expiry)

@@ -19,7 +19,7 @@ class ProbeType(enum.StrEnum):
 
 
 class Phase(enum.StrEnum):
-    """The fixed phase vocabulary; each protocol uses a subset (see PHASES)."""
+    """The fixed phase vocabulary; each probe module exports the subset it uses as PHASES."""
 
     DNS = "dns"
     CONNECT = "connect"  # TCP; for HTTP also the TLS handshake (aiohttp has no TLS signal)
@@ -33,23 +33,6 @@ class Phase(enum.StrEnum):
     LOGOUT = "logout"  # SMTP QUIT, IMAP LOGOUT, POP3 QUIT
     FIRST_BYTE = "first_byte"
     TRANSFER = "transfer"
-
-
-PHASES: Mapping[ProbeType, tuple[Phase, ...]] = {
-    ProbeType.HTTP: (Phase.DNS, Phase.CONNECT, Phase.FIRST_BYTE, Phase.TRANSFER),
-    ProbeType.SMTP: (
-        Phase.DNS, Phase.CONNECT, Phase.TLS, Phase.GREETING, Phase.EHLO,
-        Phase.STARTTLS, Phase.LOGIN, Phase.LOGOUT,
-    ),
-    ProbeType.IMAP: (
-        Phase.DNS, Phase.CONNECT, Phase.TLS, Phase.GREETING, Phase.STARTTLS,
-        Phase.LOGIN, Phase.SELECT, Phase.LOGOUT,
-    ),
-    ProbeType.POP3: (
-        Phase.DNS, Phase.CONNECT, Phase.TLS, Phase.GREETING, Phase.STARTTLS,
-        Phase.LOGIN, Phase.STAT, Phase.LOGOUT,
-    ),
-}
 
 
 class Result(enum.StrEnum):
@@ -115,3 +98,6 @@ class Rule:
     threshold: float
     window: float
     recover_after: int
+
+
+DEFAULT_UPDATE_INTERVAL = 3600.0  # seconds between UPDATE mails: the agreement's "hourly"

@@ -11,15 +11,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, SecretStr
 
-from outagewatch.config import (
-    HttpTarget,
-    ImapTarget,
-    NotifyConfig,
-    Pop3Target,
-    Settings,
-    SmtpTarget,
-    WindowConfig,
-)
+from outagewatch.config import NotifyConfig, Settings, Target, WindowConfig
 
 _SIMPLE = {timedelta: "duration", Path: "path", SecretStr: "secret", str: "string",
            int: "integer", bool: "boolean", float: "number", date: "date",
@@ -89,6 +81,16 @@ def _rows(model: type[BaseModel], prefix: str,
     return rows
 
 
+def _target_types() -> list[tuple[str, type[BaseModel]]]:
+    """Each member of the ``Target`` union with its ``type`` value, in the union's order."""
+    union = typing.get_args(Target)[0]  # Annotated[A | B | ..., Field(discriminator=...)]
+    found = []
+    for model in typing.get_args(union):
+        (name,) = typing.get_args(model.model_fields["type"].annotation)
+        found.append((name, model))
+    return found
+
+
 def config_reference() -> str:
     header = ["| key | type | default | meaning |", "|---|---|---|---|"]
     parts = [
@@ -107,8 +109,7 @@ def config_reference() -> str:
         "| `maintenance.notice_days` | integer | `3` | business days a planned window needs |",
         *_rows(WindowConfig, "maintenance.windows[]."),
     ]
-    for title, model in (("http", HttpTarget), ("smtp", SmtpTarget), ("imap", ImapTarget),
-                         ("pop3", Pop3Target)):
+    for title, model in _target_types():
         parts += ["", f"## Targets of type `{title}` (`targets[]`)", "", *header,
                   *_rows(model, "targets[].")]
     return "\n".join(parts) + "\n"

@@ -6,13 +6,13 @@ from __future__ import annotations
 import time
 
 import pytest
-from tests.conftest import make_target
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.smtpd import PASSWORD as SMTP_PASSWORD
 from tests.helpers.smtpd import USER as SMTP_USER
+from tests.helpers.targets import make_target
 
-from outagewatch.model import Phase, Result
-from outagewatch.probes import run_probe
+from outagewatch.model import Phase, ProbeType, Result
+from outagewatch.probes import phases_of, run_probe
 
 DEADLINE = 1.0
 SLACK = 0.25  # scheduling noise allowed past the deadline
@@ -85,7 +85,8 @@ def _target(service, port, dovecot, ca):
 )
 async def test_fault(service, fault, result, phase, http_server, smtpd, dovecot, probe_ctx,
                      tls_files):
-    """The probe ends within its deadline, classifies the fault and names its phase."""
+    """The probe ends within its deadline, classifies the fault and names its phase, one of
+    the phases its module exports."""
     upstream = {
         "http": http_server.port, "https": http_server.tls_port,
         "smtp": smtpd.port, "smtps": smtpd.implicit_port,
@@ -98,6 +99,7 @@ async def test_fault(service, fault, result, phase, http_server, smtpd, dovecot,
         sample = await run_probe(target, probe_ctx, timeout=DEADLINE)
         elapsed = time.monotonic() - started
     assert (result, phase) == (sample.result, sample.phase), sample.detail
+    assert set(sample.phases) <= set(phases_of(ProbeType(target.type)))
     assert elapsed < DEADLINE + SLACK
     assert sample.duration == pytest.approx(elapsed, abs=0.05)
     if result is Result.TIMEOUT:
@@ -109,13 +111,15 @@ async def test_fault(service, fault, result, phase, http_server, smtpd, dovecot,
 async def test_slow_answer_is_measured(service, http_server, smtpd, dovecot, probe_ctx,
                                        tls_files):
     """A greeting slower than usual but within the deadline succeeds and the slowness shows
-    in the total and in the phase it happened in."""
+    in the total and in the phase it happened in; every phase timed is one its module
+    exports."""
     upstream = {"http": http_server.port, "smtp": smtpd.port, "imap": dovecot.imap,
                 "pop3": dovecot.pop3, "imaps": dovecot.imaps, "pop3s": dovecot.pop3s}[service]
     async with FaultProxy(upstream, Fault("delay", seconds=0.4)) as proxy:
         target = _target(service, proxy.port, dovecot, tls_files["ca"])
         sample = await run_probe(target, probe_ctx, timeout=3)
     assert Result.OK == sample.result, sample.detail
+    assert set(sample.phases) <= set(phases_of(ProbeType(target.type)))
     assert 0.4 <= sample.duration < 0.9
     slow_phase = {"http": Phase.FIRST_BYTE, "imaps": Phase.TLS, "pop3s": Phase.TLS}.get(
         service, Phase.GREETING)

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from tests.conftest import make_target
+from tests.helpers.targets import make_target
 
 from outagewatch.model import Phase, Result
 from outagewatch.probes import run_probe

@@ -1,12 +1,20 @@
 from __future__ import annotations
 
+import asyncio
+import os
 import time
+import uuid
+from email.message import EmailMessage
 
-from tests.conftest import make_target
+import pytest
 from tests.helpers.scripted import Scripted, line
+from tests.helpers.targets import make_target
 
 from outagewatch.model import Phase, Result
 from outagewatch.probes import run_probe
+from outagewatch.probes._common import PhaseTimer, ProbeFailure
+from outagewatch.probes.imap import ImapSession
+from outagewatch.tls import make_tls_context
 
 
 def imap(port, dovecot, ca=None, **fields):
@@ -106,6 +114,80 @@ class TestImapProbe:
                                      timeout=5)
         assert (Result.TLS, Phase.STARTTLS) == (sample.result, sample.phase)
         assert not any(b"LOGIN" in request for request in seen)
+
+
+def deliver(dovecot, message_id):
+    """Drop a mail into the test user's Maildir, as a local delivery agent would."""
+    message = EmailMessage()
+    message["From"] = "probe@outagewatch.test"
+    message["Subject"] = "outagewatch mail loop"
+    message["Message-ID"] = message_id
+    message.set_content("looked for by a test\n")
+    inbox = dovecot.workdir / "mail" / dovecot.user
+    path = inbox / "new" / f"{uuid.uuid4().hex}.outagewatch-test"
+    path.write_bytes(message.as_bytes())
+    owner = inbox.stat()
+    os.chown(path, owner.st_uid, owner.st_gid)
+
+
+class TestImapSession:
+    async def _open(self, dovecot, tls_files, timer):
+        session = await ImapSession.connect(
+            "localhost", dovecot.imap, "starttls", timer=timer,
+            tls=make_tls_context(verify=True, ca_file=tls_files["ca"]))
+        await session.login(dovecot.user, dovecot.password)
+        await session.select("INBOX")
+        return session
+
+    async def test_find_read_and_delete_a_mail(self, dovecot, tls_files):
+        """A delivered mail is found by its Message-ID, its header read, and it is gone after
+        it was flagged deleted and expunged; each named step is timed."""
+        message_id = f"<{uuid.uuid4().hex}@outagewatch.test>"
+        deliver(dovecot, message_id)
+        timer = PhaseTimer()
+        async with asyncio.timeout(5):
+            session = await self._open(dovecot, tls_files, timer)
+            try:
+                [uid] = await session.uid_search(f'HEADER Message-ID "{message_id}"')
+                found = await session.uid_fetch_header(uid, "Message-ID")
+                subject = await session.uid_fetch_header(uid, "Subject")
+                missing = await session.uid_fetch_header(uid, "X-Not-There")
+                await session.uid_store_deleted([uid])
+                await session.expunge()
+                after = await session.uid_search(f'HEADER Message-ID "{message_id}"')
+                await session.logout()
+            finally:
+                await session.close()
+        timer.finish()
+        assert (message_id, "outagewatch mail loop", None, []) == (found, subject, missing,
+                                                                  after)
+        assert {Phase.DNS, Phase.CONNECT, Phase.GREETING, Phase.STARTTLS, Phase.LOGIN,
+                Phase.SELECT, Phase.LOGOUT} == set(timer.durations)
+
+    async def test_nothing_found(self, dovecot, tls_files):
+        """A search that matches nothing is an empty list; a UID that does not exist has no
+        header; deleting nothing sends nothing."""
+        async with asyncio.timeout(5):
+            session = await self._open(dovecot, tls_files, PhaseTimer())
+            try:
+                found = await session.uid_search('HEADER Message-ID "<no-such@mail>"')
+                header = await session.uid_fetch_header(999_999, "Message-ID")
+                await session.uid_store_deleted([])
+            finally:
+                await session.close()
+        assert ([], None) == (found, header)
+
+    async def test_refused_command_is_a_failure(self, dovecot, tls_files):
+        """A search the server answers BAD raises a protocol failure with its answer."""
+        async with asyncio.timeout(5):
+            session = await self._open(dovecot, tls_files, PhaseTimer())
+            try:
+                with pytest.raises(ProbeFailure) as failure:
+                    await session.uid_search("NO-SUCH-KEY")
+            finally:
+                await session.close()
+        assert Result.PROTOCOL == failure.value.result
+        assert failure.value.detail.startswith("UID SEARCH failed: BAD")
 
 
 class TestGreetingCapabilities:

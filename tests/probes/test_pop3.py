@@ -4,9 +4,9 @@ import asyncio
 import time
 
 import pytest
-from tests.conftest import make_target
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.scripted import Scripted, line
+from tests.helpers.targets import make_target
 
 from outagewatch.model import Phase, Result
 from outagewatch.probes import run_probe

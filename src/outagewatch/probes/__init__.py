@@ -14,16 +14,10 @@ from typing import TYPE_CHECKING, assert_never
 import aiohttp
 
 from outagewatch.config import HttpTarget, ImapTarget, Pop3Target, SmtpTarget, Target
-from outagewatch.model import Result, Sample
+from outagewatch.model import Phase, ProbeType, Result, Sample
 from outagewatch.probes import http, imap, pop3, smtp
-from outagewatch.probes._common import (
-    PhaseTimer,
-    ProbeFailure,
-    RecordingContext,
-    classify,
-    describe,
-    make_tls_context,
-)
+from outagewatch.probes._common import PhaseTimer, ProbeFailure, classify, describe
+from outagewatch.tls import RecordingContext, make_tls_context
 
 if TYPE_CHECKING:
     import anyio
@@ -32,7 +26,24 @@ if TYPE_CHECKING:
 
 MIN_SCRUBBED = 4  # shorter secrets would mangle ordinary words in messages
 
-__all__ = ["ProbeContext", "ProbeRun", "ThreadTracker", "new_http_session", "run_probe"]
+__all__ = [
+    "ProbeContext", "ProbeRun", "ThreadTracker", "new_http_session", "phases_of", "run_probe",
+]
+
+
+def phases_of(probe_type: ProbeType) -> tuple[Phase, ...]:
+    """The phases a probe type reports, in the order they happen (its module's PHASES)."""
+    match probe_type:
+        case ProbeType.HTTP:
+            return http.PHASES
+        case ProbeType.SMTP:
+            return smtp.PHASES
+        case ProbeType.IMAP:
+            return imap.PHASES
+        case ProbeType.POP3:
+            return pop3.PHASES
+        case _:
+            assert_never(probe_type)
 
 
 class ThreadTracker:

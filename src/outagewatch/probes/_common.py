@@ -1,4 +1,4 @@
-"""What every probe shares: phase timing, error mapping, timed DNS + TCP connect, TLS contexts."""
+"""What every probe shares: phase timing, error mapping, timed DNS + TCP connect."""
 
 from __future__ import annotations
 
@@ -7,18 +7,13 @@ import errno
 import socket
 import ssl
 import time
-from typing import TYPE_CHECKING
 
 import aiohttp
 
 from outagewatch.model import Phase, Result
 
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-    from pathlib import Path
 
-
-class ProbeFailure(Exception):  # noqa: N818 - it is a verdict, not an error of ours
+class ProbeFailure(Exception):
     """A probe's own verdict (bad status, AUTH refused, ...), raised inside a probe."""
 
     def __init__(self, result: Result, detail: str, *, phase: Phase | None = None) -> None:
@@ -139,48 +134,3 @@ async def open_socket(host: str, port: int, timer: PhaseTimer) -> socket.socket:
             return sock
     assert last is not None  # getaddrinfo never returns an empty list
     raise last
-
-
-class RecordingContext(ssl.SSLContext):
-    """A client SSLContext that remembers when its last handshake finished and the peer's
-    certificate expiry; one per target, and a target never runs twice at once."""
-
-    handshake_done: float | None
-    peer_not_after: float | None
-
-    def reset(self) -> None:
-        self.handshake_done = None
-        self.peer_not_after = None
-
-    def record(self, cert: Mapping[str, object] | None) -> None:
-        self.handshake_done = time.monotonic()
-        not_after = (cert or {}).get("notAfter")
-        self.peer_not_after = ssl.cert_time_to_seconds(not_after) if isinstance(
-            not_after, str
-        ) else None
-
-
-class _RecordingSSLObject(ssl.SSLObject):
-    def do_handshake(self) -> None:
-        super().do_handshake()
-        ctx = self.context
-        if isinstance(ctx, RecordingContext):
-            ctx.record(self.getpeercert())
-
-
-def make_tls_context(*, verify: bool, ca_file: Path | None) -> RecordingContext:
-    """A client context that verifies by default (never the stdlib's unverified one)."""
-    ctx = RecordingContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.sslobject_class = _RecordingSSLObject
-    ctx.reset()
-    if verify:
-        ctx.check_hostname = True
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        if ca_file is not None:
-            ctx.load_verify_locations(cafile=str(ca_file))
-        else:
-            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
-    else:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx

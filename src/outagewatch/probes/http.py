@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from outagewatch.config import HttpTarget
     from outagewatch.probes import ProbeRun
 
+PHASES: tuple[Phase, ...] = (Phase.DNS, Phase.CONNECT, Phase.FIRST_BYTE, Phase.TRANSFER)
+
 MAX_BODY = 1024 * 1024
 _CHUNK = 64 * 1024
 

@@ -4,13 +4,17 @@ aioimaplib's protocol class is driven directly on a connection we open ourselves
 client has no STARTTLS, hides disconnects until a timeout, leaks sockets on error and buffers
 a line without limit. Each step is raced against the connection's loss, so a server that
 closes or says BYE fails at once; the output the server may send is bounded.
+The steps are an ``ImapSession``, so that a probe that looks for a mail reuses them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.policy
+import itertools
 import re
+from email.parser import BytesHeaderParser
 from typing import TYPE_CHECKING, Any
 
 import aioimaplib
@@ -21,12 +25,21 @@ from outagewatch.probes._common import ProbeFailure, open_socket
 if TYPE_CHECKING:
     import socket
     import ssl
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Sequence
 
-    from outagewatch.config import ImapTarget
+    from outagewatch.config import ImapTarget, TlsMode
     from outagewatch.probes import ProbeRun
+    from outagewatch.probes._common import PhaseTimer
+    from outagewatch.tls import RecordingContext
 
-MAX_RECEIVED = 256 * 1024  # a probe's whole conversation is a few hundred bytes
+PHASES: tuple[Phase, ...] = (
+    Phase.DNS, Phase.CONNECT, Phase.TLS, Phase.GREETING, Phase.STARTTLS,
+    Phase.LOGIN, Phase.SELECT, Phase.LOGOUT,
+)
+
+# A probe's whole conversation is a few hundred bytes; a search for one mail and the fetch of
+# one of its header fields add a few more. Plenty of room, and a flood still ends early.
+MAX_RECEIVED = 256 * 1024
 
 
 class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
@@ -105,20 +118,6 @@ def _text(line: bytes) -> str:
     return line.decode("utf-8", "replace").strip()[:200]
 
 
-async def _step(proto: _Protocol, awaitable: Awaitable[Any]) -> Any:
-    """Await ``awaitable`` unless the connection is lost first."""
-    task = asyncio.ensure_future(awaitable)
-    try:
-        await asyncio.wait({task, proto.lost}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-    if task.done() and not task.cancelled():
-        return task.result()
-    raise ProbeFailure(Result.PROTOCOL, proto.lost.result())
-
 
 def _expect_ok(response: Any, what: str, result: Result = Result.PROTOCOL) -> None:
     if response.result != "OK":
@@ -126,56 +125,162 @@ def _expect_ok(response: Any, what: str, result: Result = Result.PROTOCOL) -> No
         raise ProbeFailure(result, f"{what} failed: {response.result} {said}".strip())
 
 
-async def _start_tls(
-    proto: _Protocol, ctx: ssl.SSLContext, host: str, loop: asyncio.AbstractEventLoop
-) -> None:
-    if "STARTTLS" not in proto.capabilities:
-        raise ProbeFailure(Result.TLS, "server does not offer STARTTLS")
-    response = await proto.execute(aioimaplib.Command("STARTTLS", proto.new_tag(), loop=loop))
-    _expect_ok(response, "STARTTLS", Result.TLS)
-    proto.incomplete_line = b""  # never act on anything sent before the handshake
-    proto.transport = await loop.start_tls(proto.transport, proto, ctx, server_hostname=host)
-    await proto.capability()  # RFC 3501: capabilities learnt before TLS are void
+def _search_uids(lines: list[bytes]) -> list[int]:
+    """The UIDs of a SEARCH answer: aioimaplib hands over the numbers of each ``* SEARCH``
+    line, and the tagged reply's text last."""
+    return [int(n) for line in lines[:-1] for n in bytes(line).split() if n.isdigit()]
 
 
-async def probe(target: ImapTarget, run: ProbeRun) -> None:
-    timer, tls = run.timer, run.tls
-    loop = asyncio.get_running_loop()
-    sock: socket.socket | None = await open_socket(target.host, target.effective_port, timer)
-    proto = _Protocol(loop)
-    try:
-        implicit = target.tls == "implicit"
+def _fetched_literal(lines: list[bytes], uid: int) -> bytes | None:
+    """The literal that the FETCH answer for ``uid`` announces with ``{n}`` at its line's end
+    (aioimaplib hands the literal over as the next item)."""
+    for announce, literal in itertools.pairwise(lines):
+        text = bytes(announce).rstrip()
+        if text.endswith(b"}") and re.search(rb"\bUID %d\b" % uid, text) is not None:
+            return bytes(literal)
+    return None
+
+
+class ImapSession:
+    """One IMAP connection, a method per step; each step enters its phase on the timer and is
+    raced against the connection's loss.
+
+    Search, fetch, store and expunge have no phases of their own yet: they run in the phase
+    in progress. Whatever happens, end with ``close()``.
+    """
+
+    def __init__(self, proto: _Protocol, sock: socket.socket, timer: PhaseTimer) -> None:
+        self._proto = proto
+        self._sock: socket.socket | None = sock  # ours until a transport takes it over
+        self._timer = timer
+
+    @classmethod
+    async def connect(
+        cls, host: str, port: int, tls_mode: TlsMode, *, timer: PhaseTimer,
+        tls: RecordingContext | None,
+    ) -> ImapSession:
+        """Connect, read the greeting and, under ``starttls``, secure the connection: phases
+        dns, connect, tls (implicit TLS only), greeting, starttls."""
+        sock = await open_socket(host, port, timer)
+        session = cls(_Protocol(asyncio.get_running_loop()), sock, timer)
+        try:
+            await session._open(host, tls_mode, tls)
+        except BaseException:
+            await session.close()
+            raise
+        return session
+
+    async def _open(self, host: str, tls_mode: TlsMode, tls: RecordingContext | None) -> None:
+        proto, timer = self._proto, self._timer
+        implicit = tls_mode == "implicit"
         timer.enter(Phase.TLS if implicit else Phase.GREETING)
-        await loop.create_connection(
+        await asyncio.get_running_loop().create_connection(
             lambda: proto,
-            sock=sock,
+            sock=self._sock,
             ssl=tls if implicit else None,
-            server_hostname=target.host if implicit else None,
+            server_hostname=host if implicit else None,
         )
-        sock = None  # the transport owns it now
+        self._sock = None  # the transport owns it now
         if implicit:
             timer.enter(Phase.GREETING)
-        await _step(proto, proto.greeted)  # set once the greeting and CAPABILITY are through
-        if target.tls == "starttls":
+        await self._step(proto.greeted)  # set once the greeting and CAPABILITY are through
+        if tls_mode == "starttls":
             assert tls is not None
             timer.enter(Phase.STARTTLS)
-            await _step(proto, _start_tls(proto, tls, target.host, loop))
-        timer.enter(Phase.LOGIN)
-        response = await _step(proto, proto.login(target.username, target.secret() or ""))
+            await self._step(self._start_tls(tls, host))
+
+    async def _start_tls(self, ctx: ssl.SSLContext, host: str) -> None:
+        proto, loop = self._proto, asyncio.get_running_loop()
+        if "STARTTLS" not in proto.capabilities:
+            raise ProbeFailure(Result.TLS, "server does not offer STARTTLS")
+        response = await proto.execute(aioimaplib.Command("STARTTLS", proto.new_tag(), loop=loop))
+        _expect_ok(response, "STARTTLS", Result.TLS)
+        proto.incomplete_line = b""  # never act on anything sent before the handshake
+        proto.transport = await loop.start_tls(proto.transport, proto, ctx, server_hostname=host)
+        await proto.capability()  # RFC 3501: capabilities learnt before TLS are void
+
+    async def _step(self, awaitable: Awaitable[Any]) -> Any:
+        """Await ``awaitable`` unless the connection is lost first."""
+        lost = self._proto.lost
+        task = asyncio.ensure_future(awaitable)
+        try:
+            await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        if task.done() and not task.cancelled():
+            return task.result()
+        raise ProbeFailure(Result.PROTOCOL, lost.result())
+
+    async def login(self, username: str, password: str) -> None:
+        self._timer.enter(Phase.LOGIN)
+        response = await self._step(self._proto.login(username, password))
         _expect_ok(response, "LOGIN", Result.AUTH)
-        timer.enter(Phase.SELECT)
-        response = await _step(proto, proto.select(target.mailbox))
-        _expect_ok(response, f"SELECT {target.mailbox}")
-        timer.enter(Phase.LOGOUT)
-        response = await _step(proto, proto.logout())
+
+    async def select(self, mailbox: str) -> None:
+        self._timer.enter(Phase.SELECT)
+        response = await self._step(self._proto.select(mailbox))
+        _expect_ok(response, f"SELECT {mailbox}")
+
+    async def uid_search(self, criteria: str) -> list[int]:
+        """The UIDs matching ``criteria``, RFC 3501 search keys in US-ASCII (quoted by the
+        caller), e.g. ``HEADER Message-ID "<id@host>"``."""
+        response = await self._step(self._proto.search(criteria, charset=None, by_uid=True))
+        _expect_ok(response, "UID SEARCH")
+        return _search_uids(response.lines)
+
+    async def uid_fetch_header(self, uid: int, name: str) -> str | None:
+        """Header ``name`` of message ``uid`` (without setting \\Seen); None when the message
+        or the header is missing."""
+        response = await self._step(self._proto.fetch(
+            str(uid), f"(BODY.PEEK[HEADER.FIELDS ({name})])", by_uid=True))
+        _expect_ok(response, "UID FETCH")
+        header = _fetched_literal(response.lines, uid)
+        if header is None:
+            return None
+        value = BytesHeaderParser(policy=email.policy.default).parsebytes(header)[name]
+        return None if value is None else str(value)
+
+    async def uid_store_deleted(self, uids: Sequence[int]) -> None:
+        """Flag messages \\Deleted; ``expunge()`` removes them."""
+        if uids:
+            message_set = ",".join(map(str, uids))
+            response = await self._step(
+                self._proto.store(message_set, "+FLAGS.SILENT", r"(\Deleted)", by_uid=True))
+            _expect_ok(response, "UID STORE")
+
+    async def expunge(self) -> None:
+        response = await self._step(self._proto.expunge())
+        _expect_ok(response, "EXPUNGE")
+
+    async def logout(self) -> None:
+        self._timer.enter(Phase.LOGOUT)
+        response = await self._step(self._proto.logout())
         _expect_ok(response, "LOGOUT")
-    finally:
-        if sock is not None:
-            sock.close()
-        if proto.transport is not None and not proto.transport.is_closing():
-            proto.transport.close()
-        pending = list(proto.tasks)
+
+    async def close(self) -> None:
+        """Close the connection and end aioimaplib's tasks; safe on every path."""
+        if self._sock is not None:
+            self._sock.close()
+        transport = self._proto.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+        pending = list(self._proto.tasks)
         for task in pending:
             task.cancel()
         if pending:  # let them finish cancelling, or asyncio reports them destroyed
             await asyncio.wait(pending, timeout=1)
+
+
+async def probe(target: ImapTarget, run: ProbeRun) -> None:
+    session = await ImapSession.connect(
+        target.host, target.effective_port, target.tls, timer=run.timer, tls=run.tls
+    )
+    try:
+        await session.login(target.username, target.secret() or "")
+        await session.select(target.mailbox)
+        await session.logout()
+    finally:
+        await session.close()

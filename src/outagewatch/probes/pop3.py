@@ -19,13 +19,19 @@ from typing import TYPE_CHECKING
 import anyio
 
 from outagewatch.model import Phase, Result
-from outagewatch.probes._common import PhaseTimer, ProbeFailure, RecordingContext, open_socket
+from outagewatch.probes._common import PhaseTimer, ProbeFailure, open_socket
 
 if TYPE_CHECKING:
     import ssl
 
     from outagewatch.config import Pop3Target
     from outagewatch.probes import ProbeRun, ThreadTracker
+    from outagewatch.tls import RecordingContext
+
+PHASES: tuple[Phase, ...] = (
+    Phase.DNS, Phase.CONNECT, Phase.TLS, Phase.GREETING, Phase.STARTTLS,
+    Phase.LOGIN, Phase.STAT, Phase.LOGOUT,
+)
 
 
 class _Pop3(poplib.POP3):
