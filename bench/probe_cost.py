@@ -34,10 +34,11 @@ from pydantic import TypeAdapter
 from tests.helpers.dovecot import Dovecot
 from tests.helpers.ports import free_port
 
+from outagewatch.app import labels_of
 from outagewatch.clock import SystemClock
 from outagewatch.config import Target
-from outagewatch.metrics import TargetLabels, build_metrics, duration_buckets
-from outagewatch.model import ProbeType, Rule
+from outagewatch.metrics import build_metrics, duration_buckets
+from outagewatch.model import Rule, Sample
 from outagewatch.probes import ProbeContext, new_http_session, run_probe
 from outagewatch.scheduler import Scheduler, stable_offset
 
@@ -66,7 +67,7 @@ def pct(values: list[float], q: float) -> float:
 
 class Recorder:
     def __init__(self) -> None:
-        self.samples = []
+        self.samples: list[Sample] = []
 
     def started(self, target, rule, started_at) -> None:
         pass
@@ -104,7 +105,7 @@ async def run_engine(targets: list, interval: float, seconds: float, *, warmup: 
         scheduler = Scheduler(clock=clock, probe=probe, recorder=recorder, metrics=metrics,
                               max_in_flight=2048)
         for t in targets:
-            metrics.add_target(TargetLabels(t.name, ProbeType(t.type), t.platform))
+            metrics.add_target(labels_of(t))
         scheduler.apply([(t, rule) for t in targets])
         task = asyncio.create_task(scheduler.run())
         await asyncio.sleep(warmup)
@@ -201,6 +202,7 @@ def targets_for(kind: str, n: int, ports: dict, dovecot: Dovecot) -> list:
     out = []
     for i in range(n):
         name = f"{kind}-{i}"
+        spec: dict[str, object]
         if kind == "http":
             spec = {"type": "http", "url": f"http://127.0.0.1:{ports['http']}/"}
         elif kind == "smtp":
@@ -358,7 +360,7 @@ if __name__ == "__main__":
     parser.add_argument("--uvloop", action="store_true", help="run our side on uvloop")
     parser.add_argument("--only", choices=["cost", "scale", "accuracy"])
     arguments = parser.parse_args()
-    sys.stdout.reconfigure(line_buffering=True)  # figures appear as they are measured
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # figures appear as they are measured
     if arguments.uvloop:
         import uvloop
         uvloop.run(main(arguments))

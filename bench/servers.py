@@ -46,7 +46,9 @@ async def main(hold: float) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
     await site.start()
-    http_port = site._server.sockets[0].getsockname()[1]
+    server = site._server
+    assert isinstance(server, asyncio.Server)
+    http_port = server.sockets[0].getsockname()[1]
     loop = asyncio.get_running_loop()
     smtp = await loop.create_server(lambda: SMTP(_Sink(), hostname="bench.invalid"),
                                     "127.0.0.1", 0, backlog=4096)

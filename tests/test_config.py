@@ -104,9 +104,44 @@ class TestLoad:
             "  - {name: b, platform: eu, type: imap, host: h, username: u,"
             " password_env: PROBE_PW}\n")
         settings = load_settings(path)
-        assert ["from-file-pw", "from-env-pw"] == [t.secret() for t in settings.targets]
+        assert ["from-file-pw", "from-env-pw"] == [getattr(t, "secret")()  # noqa: B009
+                                                   for t in settings.targets]
         assert "from-file-pw" not in repr(settings)
         assert "from-env-pw" not in settings.model_dump_json()
+
+    @pytest.mark.parametrize("section", ["server", "password"])
+    def test_one_secret_resolver_for_tokens_and_passwords(self, tmp_path, monkeypatch,
+                                                           section):
+        """The operator token and the passwords follow the same rules: the file's content
+        less its final line break, an empty file or variable is an error, one source only."""
+        key = "token" if section == "server" else "password"
+
+        def load(**sources):
+            fields = ", ".join(f"{k}: '{v}'" for k, v in sources.items())
+            where = (f"server: {{{fields}}}\n" if section == "server" else "")
+            target = ("{name: a, platform: eu, type: pop3, host: h, username: u"
+                      + ("" if section == "server" else f", {fields}") + "}")
+            path = tmp_path / "c.yaml"
+            path.write_text(f"{where}platforms: {{eu: {{}}}}\ntargets:\n  - {target}\n")
+            settings = load_settings(path)
+            secret = (settings.server.token if section == "server"
+                      else getattr(settings.targets[0], "password"))  # noqa: B009
+            assert secret is not None
+            return secret.get_secret_value()
+
+        secret = tmp_path / "secret"
+        secret.write_text("  s3cret-0123456789abcdef \n")
+        assert "  s3cret-0123456789abcdef " == load(**{f"{key}_file": secret})
+        secret.write_text("\n")
+        with pytest.raises(ConfigError, match=f"{key}_file: .* is empty"):
+            load(**{f"{key}_file": secret})
+        monkeypatch.setenv("OW_SECRET", "")
+        with pytest.raises(ConfigError, match=f"{key}_env: environment variable OW_SECRET "
+                                              "is empty"):
+            load(**{f"{key}_env": "OW_SECRET"})
+        monkeypatch.setenv("OW_SECRET", "s3cret-0123456789abcdef")
+        with pytest.raises(ConfigError, match=f"give only one of {key}_file, {key}_env"):
+            load(**{f"{key}_file": secret, f"{key}_env": "OW_SECRET"})
 
     def test_default_ports(self, tmp_path):
         path = tmp_path / "c.yaml"
@@ -117,7 +152,8 @@ class TestLoad:
                  f" username: u}}" for i, (kind, tls, _) in enumerate(rows)]
         path.write_text("platforms: {eu: {}}\ntargets:\n" + "\n".join(lines) + "\n")
         settings = load_settings(path)
-        assert [p for _, _, p in rows] == [t.effective_port for t in settings.targets]
+        assert [p for _, _, p in rows] == [getattr(t, "effective_port")  # noqa: B009
+                                           for t in settings.targets]
 
     def test_example_is_valid_once_its_secrets_exist(self, tmp_path, monkeypatch):
         """The documented example config, with its secret files present, loads cleanly."""

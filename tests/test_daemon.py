@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import sys
 
 from tests.helpers.daemon import DaemonProcess, config_text, free_port
 from tests.helpers.smtpd import PASSWORD as SMTP_PASSWORD
@@ -92,10 +94,11 @@ class TestDaemon:
         port = free_port()
         url = f"http://127.0.0.1:{http_server.port}/"
         config = tmp_path / "c.yaml"
+        state = tmp_path / "state.db"
         config.write_text(config_text(port, [
             f"{{name: old, platform: eu, type: http, url: '{url}'}}",
             f"{{name: stays, platform: eu, type: http, url: '{url}'}}",
-        ]))
+        ], state=state))
         daemon = await DaemonProcess(config).start(port)
         try:
             await daemon.wait_for(
@@ -104,7 +107,7 @@ class TestDaemon:
             config.write_text(config_text(port, [
                 f"{{name: stays, platform: eu, type: http, url: '{url}'}}",
                 f"{{name: new, platform: eu, type: http, url: '{url}'}}",
-            ]))
+            ], state=state))
             daemon.signal(signal.SIGHUP)
             await daemon.wait_for(lambda: daemon.has_event("config_reloaded"), timeout=10,
                                   what="reload")
@@ -114,6 +117,17 @@ class TestDaemon:
             text = await daemon.metrics()
             assert 'target="old"' not in text
             assert 'target="stays"' in text
+            assert not daemon.has_event("config_needs_restart")
+
+            config.write_text(config_text(port, [
+                f"{{name: stays, platform: eu, type: http, url: '{url}'}}",
+                f"{{name: new, platform: eu, type: http, url: '{url}'}}",
+            ], state=state, extra="engine: {max_in_flight: 7}\n"))
+            daemon.signal(signal.SIGHUP)
+            await daemon.wait_for(lambda: daemon.has_event("config_needs_restart"), timeout=10,
+                                  what="a change that needs a restart")
+            (restart,) = [e for e in daemon.events() if e["event"] == "config_needs_restart"]
+            assert "engine" == restart["section"]
 
             config.write_text("targets: [oops\n")
             daemon.signal(signal.SIGHUP)
@@ -142,3 +156,31 @@ class TestDaemon:
 
 async def _has(daemon: DaemonProcess, fragment: str) -> bool:
     return fragment in await daemon.metrics()
+
+
+class TestSingleInstance:
+    async def test_a_second_daemon_on_the_same_state_is_refused(self, tmp_path, http_server):
+        """Two daemons on one state file would send every mail twice: the second exits 2
+        with one line naming the file and the first one's pid, and the first runs on."""
+        state = tmp_path / "state.db"
+        url = f"http://127.0.0.1:{http_server.port}/"
+        first_port, second_port = free_port(), free_port()
+        first_config, second_config = tmp_path / "a.yaml", tmp_path / "b.yaml"
+        first_config.write_text(config_text(first_port, [
+            f"{{name: a, platform: eu, type: http, url: '{url}'}}"], state=state))
+        second_config.write_text(config_text(second_port, [
+            f"{{name: a, platform: eu, type: http, url: '{url}'}}"], state=state))
+        first = await DaemonProcess(first_config).start(first_port)
+        try:
+            second = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "outagewatch", "run", "-c", str(second_config),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(second.communicate(), 15)
+            assert await first.ready()
+        finally:
+            await first.stop()
+        assert 2 == second.returncode
+        assert [(f"outagewatch: state.path: {state} is in use by another outagewatch "
+                f"(pid {first.process.pid}); one daemon per state file")] == \
+            err.decode().splitlines()
+        assert b"Traceback" not in out

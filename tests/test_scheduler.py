@@ -11,11 +11,12 @@ from datetime import timedelta
 import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
-from tests.conftest import make_target
 from tests.helpers.fakeclock import FakeClock
+from tests.helpers.targets import make_target
 
-from outagewatch.metrics import TargetLabels, build_metrics
-from outagewatch.model import ProbeType, Result, Rule, Sample
+from outagewatch.app import labels_of
+from outagewatch.metrics import build_metrics
+from outagewatch.model import Result, Rule, Sample
 from outagewatch.scheduler import Scheduler, stable_offset
 
 RULE = Rule(interval=10.0, timeout=8.0, threshold=5.0, window=60.0, recover_after=2)
@@ -48,7 +49,7 @@ class Harness:
 
     def apply(self, targets, rule=RULE):
         for t in targets:
-            self.metrics.add_target(TargetLabels(t.name, ProbeType(t.type), t.platform))
+            self.metrics.add_target(labels_of(t))
         self.scheduler.apply([(t, rule) for t in targets])
 
     async def __aenter__(self):
@@ -114,7 +115,21 @@ class TestScheduler:
         for name in names:
             assert stable_offset(name, 10.0) == pytest.approx(firsts[name])
         assert len({round(v) for v in firsts.values()}) >= 8  # spread, not bunched
-        assert stable_offset("t1", 10.0) == stable_offset("t1", 10.0)
+
+    async def test_a_restart_keeps_the_rhythm(self):
+        """A second scheduler (the daemon restarted) runs each target at the same offset in
+        its interval as the first did: the offset depends on the name only."""
+        names = [f"t{i}" for i in range(20)]
+        offsets = []
+        for _ in range(2):
+            h = Harness()
+            h.apply([http(n) for n in names])
+            epoch = h.clock.monotonic()
+            async with h:
+                await h.clock.advance(10)
+            offsets.append({n: round(h.starts[n][0] - epoch, 9) for n in names})
+        assert offsets[0] == offsets[1]
+        assert 0 <= min(offsets[0].values()) < max(offsets[0].values()) < 10
 
     async def test_never_two_runs_of_one_target(self):
         """A run longer than the interval makes the next one skip, and the skip is counted."""
@@ -151,8 +166,7 @@ class TestScheduler:
         from outagewatch.recorder import SampleRecorder
 
         h = Harness(durations={"hang": 7.0})
-        h.recorder = SampleRecorder(h.metrics)
-        h.scheduler._recorder = h.recorder
+        h.scheduler._recorder = SampleRecorder(h.metrics)
         h.apply([http("hang")])
         labels = {"target": "hang", "type": "http", "platform": "eu"}
         first = h.clock.monotonic() + stable_offset("hang", 10.0)
@@ -228,3 +242,10 @@ class TestScheduler:
         async with h:
             await h.clock.advance(5)
             assert h.clock.monotonic() - h.scheduler.heartbeat <= 1.0
+
+
+def test_the_fake_clock_never_goes_back():
+    """A fake clock that could go back would hide bugs a real one never shows."""
+    clock = FakeClock()
+    with pytest.raises(ValueError, match="does not go back"):
+        asyncio.run(clock.advance(-1))

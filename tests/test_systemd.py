@@ -64,8 +64,12 @@ async def test_daemon_speaks_the_protocol(tmp_path, http_server):
 async def test_watchdog_withheld_when_the_scheduler_is_stuck():
     sent: list[str] = []
     ages = iter([0.01, 0.01, 5.0, 5.0, 5.0, 5.0])
-    task = asyncio.create_task(watchdog(0.05, lambda: next(ages, 5.0),
-                                        send=lambda m: sent.append(m) or True))
+
+    def send(message: str) -> bool:
+        sent.append(message)
+        return True
+
+    task = asyncio.create_task(watchdog(0.05, lambda: next(ages, 5.0), send=send))
     await asyncio.sleep(0.28)
     task.cancel()
     assert ["WATCHDOG=1", "WATCHDOG=1"] == sent

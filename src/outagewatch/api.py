@@ -1,56 +1,44 @@
-"""The operator API under /api/v1/: maintenance windows and incident changes.
+"""The HTTP API under /api/v1/: status, incidents, maintenance windows, incident changes.
 
 Reads are open (the endpoint listens on loopback by default); every mutation needs
-``Authorization: Bearer <token>``, compared in constant time. Errors are JSON:
-``{"error": "...", "field": "..."}`` with 400 (not JSON), 401 (no token), 403 (wrong token
-or API disabled), 404, 409 (refused by a rule) or 422 (a field is wrong).
+``Authorization: Bearer <token>``, compared in constant time, and is answered once it is
+durable. Errors are JSON: ``{"error": "...", "field": "..."}`` with 400 (not JSON), 401 (no
+token), 403 (wrong token or API disabled), 404 (unknown id), 409 (refused by a rule) or
+422 (a field is wrong).
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from outagewatch.config import WindowConfig, WindowTimes
 from outagewatch.core.maintenance import Refused, Window, WindowKind
+from outagewatch.core.render import Thread, ThreadKind
 from outagewatch.durations import parse_duration
-from outagewatch.model import iso_utc
+from outagewatch.errors import UnknownIncident, UnknownWindow
+from outagewatch.model import iso_utc, sample_json
 
 if TYPE_CHECKING:
+    from outagewatch.clock import Clock
     from outagewatch.core.incidents import Incident
-    from outagewatch.monitor import Monitor
+    from outagewatch.engine import Engine, Maintenance, Writer
+    from outagewatch.model import Sample
+    from outagewatch.store import StateStore, StoredMessage
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
+BodyT = TypeVar("BodyT", bound=BaseModel)
 
 
-class _Body(BaseModel):
+class IncidentRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-
-BodyT = TypeVar("BodyT", bound=_Body)
-
-
-class WindowRequest(_Body):
-    id: str = Field(pattern=r"^[a-z0-9_.-]+$")
-    platform: str
-    targets: list[str] = Field(default_factory=list)
-    start: AwareDatetime
-    end: AwareDatetime
-    kind: Literal["planned", "emergency"] = "planned"
-    description: str = ""
-    impact: str = ""
-
-
-class MoveRequest(_Body):
-    start: AwareDatetime
-    end: AwareDatetime
-
-
-class IncidentRequest(_Body):
     etr: AwareDatetime | None = None
     update_interval: str | float | None = None
     note: str | None = Field(None, min_length=1, max_length=2000)
@@ -72,7 +60,19 @@ def window_json(window: Window) -> dict[str, Any]:
     }
 
 
-def incident_json(incident: Incident, mails: list[dict[str, Any]]) -> dict[str, Any]:
+def message_json(message: StoredMessage) -> dict[str, Any]:
+    payload = message.payload
+    return {
+        "number": message.number, "kind": message.kind, "channel": message.channel,
+        "status": message.status, "created": iso_utc(message.created),
+        "sent_at": iso_utc(message.sent_at), "attempts": message.attempts,
+        "last_error": message.last_error, "subject": payload.get("subject"),
+        "message_id": payload.get("message_id"), "recipients": payload.get("to"),
+        "body": payload.get("body"),
+    }
+
+
+def incident_json(incident: Incident, messages: list[StoredMessage]) -> dict[str, Any]:
     return {
         "id": incident.id, "platform": incident.platform, "severity": incident.severity,
         "affected": sorted(incident.affected), "involved": sorted(incident.outage_starts),
@@ -81,19 +81,27 @@ def incident_json(incident: Incident, mails: list[dict[str, Any]]) -> dict[str, 
         "restored_at": iso_utc(incident.restored_at), "etr": iso_utc(incident.etr),
         "update_interval": incident.update_interval,
         "notes": [{"at": iso_utc(at), "text": text} for at, text in incident.notes],
-        "mails": [{**m, "created": iso_utc(m["created"]), "sent_at": iso_utc(m["sent_at"])}
-                  for m in mails],
+        "mails": [message_json(m) for m in messages],
     }
 
 
-class OperatorApi:
-    def __init__(self, monitor: Monitor, token: str | None) -> None:
-        self._monitor = monitor
+class Api:
+    def __init__(self, *, engine: Engine, maintenance: Maintenance, writer: Writer,
+                 store: StateStore, last: Mapping[str, Sample], clock: Clock,
+                 token: str | None) -> None:
+        self._engine = engine
+        self._maintenance = maintenance
+        self._writer = writer
+        self._store = store
+        self._last = last
+        self._clock = clock
         self._token = token
 
     def routes(self) -> list[web.RouteDef]:
         guard = self._guarded
         return [
+            web.get("/api/v1/status", self.status),
+            web.get("/api/v1/incidents", self.incidents),
             web.get("/api/v1/maintenance", self.list_windows),
             web.get("/api/v1/maintenance/{id}", self.get_window),
             web.post("/api/v1/maintenance", guard(self.create_window)),
@@ -112,57 +120,79 @@ class OperatorApi:
                 return error(401, "missing 'Authorization: Bearer <token>'")
             if not hmac.compare_digest(given[7:].encode(), self._token.encode()):
                 return error(403, "wrong token")
-            return await handler(request)
+            try:
+                response = await handler(request)
+            except (UnknownWindow, UnknownIncident) as exc:
+                return error(404, str(exc))
+            except Refused as exc:
+                return error(409, str(exc))
+            await self._writer.flush()  # answer once the change is durable
+            return response
 
         return check
 
+    # -- reads --------------------------------------------------------------------------------
+
+    async def status(self, _request: web.Request) -> web.Response:
+        """Every target's state, last run and streak."""
+        targets = []
+        for name, target in self._engine.topology.targets.items():
+            verdict = self._engine.verdict(name)
+            sample = self._last.get(name)
+            state = "unknown" if sample is None and verdict.last_start is None else (
+                verdict.health.value)
+            targets.append({
+                "name": name, "type": target.type.value, "platform": target.platform,
+                "state": state,
+                "streak_start": iso_utc(verdict.streak_start),
+                "outage_start": iso_utc(verdict.outage_start),
+                "last_sample": None if sample is None else sample_json(sample),
+            })
+        return web.json_response({"generated_at": self._clock.now().isoformat(),
+                                  "targets": targets})
+
+    async def incidents(self, _request: web.Request) -> web.Response:
+        """Open and recent incidents, each with its mails."""
+        items = [incident_json(i, await self._store.thread(
+                     Thread(ThreadKind.INCIDENT, i.id).key))
+                 for i in await self._store.incidents()]
+        return web.json_response({"open": [i for i in items if i["resolved_at"] is None],
+                                  "recent": [i for i in items if i["resolved_at"] is not None]})
+
     async def list_windows(self, _request: web.Request) -> web.Response:
-        return web.json_response({"windows": [window_json(w) for w in self._monitor.windows()]})
+        return web.json_response({"windows": [window_json(w)
+                                              for w in self._maintenance.windows()]})
 
     async def get_window(self, request: web.Request) -> web.Response:
-        wanted = request.match_info["id"]
-        found = [w for w in self._monitor.windows() if w.id == wanted]
-        return web.json_response(window_json(found[0])) if found else _missing(wanted)
+        try:
+            window = self._maintenance.get(request.match_info["id"])
+        except UnknownWindow as exc:
+            return error(404, str(exc))
+        return web.json_response(window_json(window))
+
+    # -- changes ------------------------------------------------------------------------------
 
     async def create_window(self, request: web.Request) -> web.Response:
-        body = await _parse(request, WindowRequest)
-        if not isinstance(body, WindowRequest):
+        body = await _parse(request, WindowConfig)
+        if not isinstance(body, WindowConfig):
             return body
-        if body.end <= body.start:
-            return error(422, "must be after start", "end")
         window = Window(id=body.id, platform=body.platform, targets=tuple(body.targets),
                         start=body.start.timestamp(), end=body.end.timestamp(),
                         kind=WindowKind(body.kind), description=body.description,
                         impact=body.impact, registered_at=0.0)
-        try:
-            created = self._monitor.add_window(window)
-        except Refused as exc:
-            return error(409, str(exc))
-        return web.json_response(window_json(created), status=201)
+        return web.json_response(window_json(self._maintenance.add(window)), status=201)
 
     async def move_window(self, request: web.Request) -> web.Response:
-        body = await _parse(request, MoveRequest)
-        if not isinstance(body, MoveRequest):
+        body = await _parse(request, WindowTimes)
+        if not isinstance(body, WindowTimes):
             return body
-        wanted = request.match_info["id"]
-        try:
-            moved = self._monitor.move_window(wanted, body.start.timestamp(),
-                                              body.end.timestamp())
-        except KeyError:
-            return _missing(wanted)
-        except Refused as exc:
-            return error(409, str(exc))
+        moved = self._maintenance.move(request.match_info["id"], body.start.timestamp(),
+                                       body.end.timestamp())
         return web.json_response(window_json(moved))
 
     async def cancel_window(self, request: web.Request) -> web.Response:
-        wanted = request.match_info["id"]
-        try:
-            cancelled = self._monitor.cancel_window(wanted)
-        except KeyError:
-            return _missing(wanted)
-        except Refused as exc:
-            return error(409, str(exc))
-        return web.json_response(window_json(cancelled))
+        return web.json_response(window_json(self._maintenance.cancel(
+            request.match_info["id"])))
 
     async def change_incident(self, request: web.Request) -> web.Response:
         body = await _parse(request, IncidentRequest)
@@ -176,18 +206,13 @@ class OperatorApi:
                 return error(422, str(exc), "update_interval")
         if body.etr is None and interval is None and body.note is None:
             return error(422, "give etr, update_interval and/or note")
-        wanted = request.match_info["id"]
-        try:
-            incident = self._monitor.change_incident(
-                wanted, etr=body.etr.timestamp() if body.etr else None, interval=interval,
-                note=body.note)
-        except KeyError:
-            return error(404, f"no open incident {wanted!r}")
+        incident = self._engine.change_incident(
+            request.match_info["id"], etr=body.etr.timestamp() if body.etr else None,
+            interval=interval, note=body.note)
         return web.json_response(incident_json(incident, []))
 
 
-def _missing(window_id: str) -> web.Response:
-    return error(404, f"no maintenance {window_id!r}")
+_KEY_PREFIX = re.compile(r"^(?:Value error, )?([a-z_]+): (.+)$", re.DOTALL)
 
 
 async def _parse(request: web.Request, model: type[BodyT]) -> BodyT | web.Response:
@@ -200,4 +225,8 @@ async def _parse(request: web.Request, model: type[BodyT]) -> BodyT | web.Respon
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or None
-        return error(422, first["msg"], field)
+        message = first["msg"]
+        named = _KEY_PREFIX.match(message)
+        if field is None and named is not None:  # a model-level check naming its field
+            field, message = named.group(1), named.group(2)
+        return error(422, message, field)

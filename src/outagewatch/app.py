@@ -1,5 +1,7 @@
-"""The composition root: builds clock, registry, probes, scheduler and web server; handles
-signals and configuration reloads. The only module that wires the others together."""
+"""The composition root: builds every part from the settings (``build``) and runs them
+(``Daemon.serve``): signals, configuration reloads, systemd. The only module that wires
+the others together, and the only one that turns configuration into core values
+(``topology.build_topology``)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ import asyncio
 import contextlib
 import os
 import signal
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 import prometheus_client
@@ -15,27 +18,31 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from outagewatch import systemd
-from outagewatch.api import OperatorApi, incident_json
+from outagewatch.api import Api
 from outagewatch.clock import Clock, SystemClock
 from outagewatch.config import Settings, load_settings
+from outagewatch.engine import Composer, Engine, Maintenance, Timers, Writer
+from outagewatch.engine.engine import OBSERVATIONS_IN_MAIL
 from outagewatch.errors import ConfigError, ListenError
-from outagewatch.mailer import Mailer
 from outagewatch.metrics import Metrics, TargetLabels, build_metrics, duration_buckets
-from outagewatch.model import ProbeType, iso_utc, sample_json
-from outagewatch.monitor import Monitor
-from outagewatch.probes import ProbeContext, new_http_session, run_probe
+from outagewatch.model import ProbeType
+from outagewatch.notify import Channel, Drainer, SmtpChannel
+from outagewatch.probes import ProbeContext, new_http_session, phases_of, run_probe
 from outagewatch.recorder import SampleRecorder
 from outagewatch.scheduler import MAX_NAP, Scheduler
-from outagewatch.store import Store, StoreError
+from outagewatch.store import StoreError
+from outagewatch.store.sqlite import SqliteStore
+from outagewatch.topology import build_topology
 from outagewatch.web import WebServer, build_app
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
     from pathlib import Path
 
-    from outagewatch.config import Target
+    from outagewatch.config import NotifyConfig, Target
     from outagewatch.model import Rule, Sample
     from outagewatch.scheduler import Recorder
+    from outagewatch.topology import Topology
 
 log = structlog.get_logger("outagewatch.app")
 
@@ -51,17 +58,97 @@ def metrics_for(settings: Settings, registry: CollectorRegistry, ctx: ProbeConte
     )
 
 
-def open_store(path: Path) -> Store:
-    """The state file, its directory created if missing (owner only)."""
+async def open_store(path: Path, *, threaded: bool = True) -> SqliteStore:
+    """The state file, its directory created if missing (owner only), locked for us."""
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(f"state.path: cannot create {path.parent}: {exc.strerror}") from None
-    return Store(path)
+    return await SqliteStore.open(path, threaded=threaded)
 
 
 def labels_of(target: Target) -> TargetLabels:
-    return TargetLabels(target.name, ProbeType(target.type), target.platform)
+    kind = ProbeType(target.type)
+    return TargetLabels(target.name, kind, target.platform, phases_of(kind))
+
+
+def channels_of(notify: NotifyConfig | None) -> dict[str, Channel]:
+    """The notification channels a configuration asks for (SMTP when ``notify`` is set)."""
+    if notify is None:
+        return {}
+    return {SmtpChannel.name: SmtpChannel(notify)}
+
+
+def backoff_of(notify: NotifyConfig | None) -> tuple[float, float]:
+    if notify is None:
+        return (5.0, 300.0)
+    return (notify.retry_backoff.total_seconds(), notify.retry_max.total_seconds())
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Every long-lived part of a running daemon, built and wired."""
+
+    settings: Settings
+    clock: Clock
+    registry: CollectorRegistry
+    metrics: Metrics
+    ctx: ProbeContext
+    store: SqliteStore
+    writer: Writer
+    composer: Composer
+    engine: Engine
+    maintenance: Maintenance
+    drainer: Drainer
+    recorder: SampleRecorder
+    scheduler: Scheduler
+    api: Api
+
+
+@contextlib.asynccontextmanager
+async def build(settings: Settings, *, clock: Clock, registry: CollectorRegistry,
+                listeners: Sequence[Recorder] = ()) -> AsyncIterator[Runtime]:
+    """Open the state and the HTTP session and wire every part; close them on the way out."""
+    store = await open_store(settings.state.path)
+    try:
+        async with new_http_session() as session:
+            ctx = ProbeContext(clock=clock, session=session,
+                               pop3_limiter=anyio.CapacityLimiter(settings.engine.pop3_threads))
+            metrics = metrics_for(settings, registry, ctx)
+            topology = build_topology(settings, today=clock.now().date())
+            state = await store.load(recent=OBSERVATIONS_IN_MAIL)
+            channels = channels_of(settings.notify)
+            drainer = Drainer(outbox=store, channels=channels, clock=clock, metrics=metrics,
+                              backoff=backoff_of(settings.notify))
+            writer = Writer(store, clock=clock,
+                            on_written=lambda changes: drainer.poke() if changes.envelopes
+                            else None)
+            timers = Timers(clock)
+            composer = Composer(topology, channels)
+            engine = Engine(topology=topology, state=state, writer=writer, composer=composer,
+                            timers=timers, clock=clock, metrics=metrics)
+            maintenance = Maintenance(topology=topology, windows=state.windows, engine=engine,
+                                      writer=writer, composer=composer, timers=timers,
+                                      clock=clock, metrics=metrics)
+            recorder = SampleRecorder(metrics, listeners=[engine, *listeners])
+
+            async def probe(target: Target, rule: Rule) -> Sample:
+                return await run_probe(target, ctx, timeout=rule.timeout)
+
+            scheduler = Scheduler(clock=clock, probe=probe, recorder=recorder, metrics=metrics,
+                                  max_in_flight=settings.engine.max_in_flight)
+            token = settings.server.token.get_secret_value() if settings.server.token else None
+            api = Api(engine=engine, maintenance=maintenance, writer=writer, store=store,
+                      last=recorder.last, clock=clock, token=token)
+            try:
+                yield Runtime(settings=settings, clock=clock, registry=registry,
+                              metrics=metrics, ctx=ctx, store=store, writer=writer,
+                              composer=composer, engine=engine, maintenance=maintenance,
+                              drainer=drainer, recorder=recorder, scheduler=scheduler, api=api)
+            finally:
+                engine.close()
+    finally:
+        await store.close()
 
 
 class Daemon:
@@ -82,141 +169,84 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.registry = registry or CollectorRegistry()
         self.listeners = tuple(listeners)
+        self.runtime: Runtime | None = None
+        self.port = 0
         self._stop = asyncio.Event()
         self._ready = False
-        self.web: WebServer | None = None
-        self.scheduler: Scheduler | None = None
-        self.metrics: Metrics | None = None
-        self.ctx: ProbeContext | None = None
-        self.recorder: SampleRecorder | None = None
-        self.monitor: Monitor | None = None
-        self.mailer: Mailer | None = None
-        self.store: Store | None = None
 
     def stop(self) -> None:
         self._stop.set()
 
     def readiness(self) -> str | None:
-        scheduler = self.scheduler
-        if not self._ready or scheduler is None or not scheduler.running:
+        runtime = self.runtime
+        if not self._ready or runtime is None or not runtime.scheduler.running:
             return "starting or stopping"
-        if self.clock.monotonic() - scheduler.heartbeat > 10 * MAX_NAP:
+        if self.clock.monotonic() - runtime.scheduler.heartbeat > 10 * MAX_NAP:
             return "scheduler heartbeat is stale"
         return None
 
     async def run(self) -> None:
-        settings = self.settings
-        store = self.store = open_store(settings.state.path)
-        try:
-            await self._run(settings, store)
-        finally:
-            if self.monitor is not None:
-                self.monitor.close()
-            store.close()
-
-    async def _run(self, settings: Settings, store: Store) -> None:
-        async with new_http_session() as session:
-            ctx = ProbeContext(
-                clock=self.clock,
-                session=session,
-                pop3_limiter=anyio.CapacityLimiter(settings.engine.pop3_threads),
-            )
-            self.ctx = ctx
-            metrics = self.metrics = metrics_for(settings, self.registry, ctx)
-            mailer = self.mailer = (
-                Mailer(store=store, notify=settings.notify, clock=self.clock, metrics=metrics,
-                       backoff=(settings.notify.retry_backoff.total_seconds(),
-                                settings.notify.retry_max.total_seconds()))
-                if settings.notify is not None else None)
-            monitor = self.monitor = Monitor(
-                store=store, clock=self.clock, metrics=metrics, settings=settings,
-                poke=mailer.poke if mailer is not None else lambda: None)
-            recorder = self.recorder = SampleRecorder(
-                metrics, listeners=[monitor, *self.listeners])
-
-            async def probe(target: Target, rule: Rule) -> Sample:
-                return await run_probe(target, ctx, timeout=rule.timeout)
-
-            scheduler = self.scheduler = Scheduler(
-                clock=self.clock, probe=probe, recorder=recorder, metrics=metrics,
-                max_in_flight=settings.engine.max_in_flight,
-            )
-            self._apply(settings)
-            token = settings.server.token.get_secret_value() if settings.server.token else None
-            self.web = WebServer(build_app(registry=self.registry, readiness=self.readiness,
-                                           status=self.status, incidents=self.incidents,
-                                           routes=OperatorApi(monitor, token).routes()))
+        async with build(self.settings, clock=self.clock, registry=self.registry,
+                         listeners=self.listeners) as runtime:
+            self.runtime = runtime
             try:
-                await self.web.start(settings.server.host, settings.server.port)
-            except OSError as exc:
-                reason = os.strerror(exc.errno) if exc.errno else str(exc)
-                raise ListenError(f"cannot listen on {settings.server.listen}: {reason}") \
-                    from None
-            loop = asyncio.get_running_loop()
-            signals = self._install_signals(loop)
-            metrics.reloads.labels("success").inc()
-            metrics.last_reload.set(self.clock.now().timestamp())
-            monitor.start()
-            task = asyncio.create_task(scheduler.run())
-            mailing = asyncio.create_task(mailer.run()) if mailer is not None else None
-            self._ready = True
-            log.info("daemon_started", listen=f"{settings.server.host}:{self.web.port}",
-                     targets=len(settings.targets))
-            systemd.notify(f"READY=1\nSTATUS={self.summary()}")
-            period = systemd.watchdog_period()
-            dog = (asyncio.create_task(systemd.watchdog(
-                period, lambda: self.clock.monotonic() - scheduler.heartbeat,
-                status=self.summary)) if period is not None else None)
-            try:
-                await self._stop.wait()
+                await self.serve(runtime)
             finally:
-                self._ready = False
-                log.info("daemon_stopping")
-                systemd.notify("STOPPING=1")
-                if dog is not None:
-                    dog.cancel()
-                for sig in signals:
-                    loop.remove_signal_handler(sig)
-                for running in (task, mailing):
-                    if running is not None:
-                        running.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await running
-                await self.web.stop()
-            log.info("daemon_stopped")
+                self.runtime = None
+
+    async def serve(self, runtime: Runtime) -> None:
+        """Start the parts, run until stopped, stop them in order."""
+        settings, clock = runtime.settings, runtime.clock
+        self._apply(runtime, settings)
+        web = WebServer(build_app(registry=runtime.registry, readiness=self.readiness,
+                                  routes=runtime.api.routes()))
+        try:
+            await web.start(settings.server.host, settings.server.port)
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ListenError(f"cannot listen on {settings.server.listen}: {reason}") from None
+        self.port = web.port
+        loop = asyncio.get_running_loop()
+        signals = self._install_signals(loop)
+        runtime.metrics.reloads.labels("success").inc()
+        runtime.metrics.last_reload.set(clock.now().timestamp())
+        runtime.engine.start()
+        runtime.maintenance.start()
+        tasks = [asyncio.create_task(runtime.writer.run(), name="writer"),
+                 asyncio.create_task(runtime.scheduler.run(), name="scheduler"),
+                 asyncio.create_task(runtime.drainer.run(), name="drainer")]
+        self._ready = True
+        log.info("daemon_started", listen=f"{settings.server.host}:{web.port}",
+                 targets=len(settings.targets))
+        systemd.notify(f"READY=1\nSTATUS={self.summary()}")
+        period = systemd.watchdog_period()
+        if period is not None:
+            tasks.append(asyncio.create_task(systemd.watchdog(
+                period, lambda: clock.monotonic() - runtime.scheduler.heartbeat,
+                status=self.summary), name="watchdog"))
+        try:
+            await self._stop.wait()
+        finally:
+            self._ready = False
+            log.info("daemon_stopping")
+            systemd.notify("STOPPING=1")
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            for task in reversed(tasks[1:]):  # the writer last, after what feeds it
+                await _cancel(task)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(runtime.writer.flush(), timeout=5)
+            await _cancel(tasks[0])
+            await web.stop()
+        log.info("daemon_stopped")
 
     def summary(self) -> str:
         """One line for systemctl status."""
-        books = [self.monitor.book(p) for p in self.settings.platforms] if self.monitor else []
+        engine = self.runtime.engine if self.runtime is not None else None
+        books = [engine.book(p) for p in self.settings.platforms] if engine else []
         open_incidents = [b.open.id for b in books if b.open is not None]
         return (f"{len(self.settings.targets)} targets; open incidents: "
                 f"{', '.join(open_incidents) or 'none'}")
-
-    def status(self) -> dict[str, Any]:
-        """GET /api/v1/status: every target's state, last run and streak."""
-        assert self.monitor is not None
-        assert self.recorder is not None
-        targets = []
-        for target in self.settings.targets:
-            verdict = self.monitor.verdict(target.name)
-            sample = self.recorder.last.get(target.name)
-            state = "unknown" if sample is None and verdict.last_start is None else (
-                verdict.health.value)
-            targets.append({
-                "name": target.name, "type": target.type, "platform": target.platform,
-                "state": state,
-                "streak_start": iso_utc(verdict.streak_start),
-                "outage_start": iso_utc(verdict.outage_start),
-                "last_sample": None if sample is None else sample_json(sample),
-            })
-        return {"generated_at": self.clock.now().isoformat(), "targets": targets}
-
-    def incidents(self) -> dict[str, Any]:
-        """GET /api/v1/incidents: open and recent incidents, each with its mails."""
-        assert self.store is not None
-        items = [incident_json(i, self.store.mails(i.id)) for i in self.store.incidents()]
-        return {"open": [i for i in items if i["resolved_at"] is None],
-                "recent": [i for i in items if i["resolved_at"] is not None]}
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         installed: list[int] = []
@@ -229,34 +259,30 @@ class Daemon:
                 pass
         return installed
 
-    def _apply(self, settings: Settings) -> None:
-        assert self.scheduler is not None
-        assert self.metrics is not None
-        assert self.ctx is not None
-        if self.monitor is not None:
-            self.monitor.configure(settings)
-            self.monitor.register_configured_windows()
+    def _apply(self, runtime: Runtime, settings: Settings) -> None:
+        topology: Topology = build_topology(settings, today=runtime.clock.now().date())
+        runtime.engine.configure(topology)
         wanted = {t.name for t in settings.targets}
-        for name in self.scheduler.targets():
+        for name in runtime.scheduler.targets():
             if name not in wanted:
-                self.metrics.remove_target(name)
-                self.ctx.forget(name)
-                if self.recorder is not None:
-                    self.recorder.forget(name)
-                if self.monitor is not None:
-                    self.monitor.forget(name)
+                runtime.metrics.remove_target(name)
+                runtime.ctx.forget(name)
+                runtime.recorder.forget(name)
+                runtime.engine.forget(name)
+        runtime.maintenance.configure(topology)
         for target in settings.targets:
-            self.metrics.add_target(labels_of(target))
-        self.scheduler.apply([(t, settings.rule_for(t)) for t in settings.targets])
+            runtime.metrics.add_target(labels_of(target))
+        runtime.scheduler.apply([(t, settings.rule_for(t)) for t in settings.targets])
 
     def reload(self) -> bool:
         """Re-read the configuration file; keep the running one if the new one is bad."""
-        if self.config_path is None or self.metrics is None:
+        runtime = self.runtime
+        if self.config_path is None or runtime is None:
             return False
         try:
             new = load_settings(self.config_path)
         except ConfigError as exc:
-            self.metrics.reloads.labels("failure").inc()
+            runtime.metrics.reloads.labels("failure").inc()
             log.error("config_reload_failed", problems=exc.problems,  # noqa: TRY400 - no trace
                       note="the previous configuration keeps running")
             return False
@@ -265,14 +291,18 @@ class Daemon:
             if getattr(new, section) != getattr(old, section):
                 log.warning("config_needs_restart", section=section,
                             note="this section takes effect at the next start")
-        if (new.notify is None) != (old.notify is None):
-            log.warning("config_needs_restart", section="notify",
-                        note="adding or removing notify takes effect at the next start")
-        elif new.notify is not None and self.mailer is not None:
-            self.mailer.reconfigure(new.notify)
-        self._apply(new)
+        channels = channels_of(new.notify)
+        runtime.drainer.reconfigure(channels, backoff_of(new.notify))
+        runtime.composer.channels = channels
+        self._apply(runtime, new)
         self.settings = new
-        self.metrics.reloads.labels("success").inc()
-        self.metrics.last_reload.set(self.clock.now().timestamp())
+        runtime.metrics.reloads.labels("success").inc()
+        runtime.metrics.last_reload.set(runtime.clock.now().timestamp())
         log.info("config_reloaded", targets=len(new.targets))
         return True
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -35,7 +35,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from outagewatch.durations import parse_duration
 from outagewatch.errors import ConfigError
-from outagewatch.model import ProbeType, Rule
+from outagewatch.model import DEFAULT_UPDATE_INTERVAL, ProbeType, Rule
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -59,6 +59,36 @@ def credential_path(value: object) -> Path:
     path = Path(str(value))
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     return Path(directory) / path if directory and not path.is_absolute() else path
+
+
+def resolve_secret(data: dict[str, Any], key: str, *, inline: bool) -> dict[str, Any]:
+    """One secret from exactly one of ``<key>`` (inline, where allowed), ``<key>_file`` (its
+    content, less the final line break) or ``<key>_env``; the value lands in ``data[key]``.
+    An empty file or variable is a mistake, not an empty secret."""
+    if data.get(key) is not None and not inline:
+        raise ValueError(f"{key}: never in the config file; use {key}_file or {key}_env")
+    given = [k for k in (key, f"{key}_file", f"{key}_env") if data.get(k)]
+    if len(given) > 1:
+        raise ValueError(f"give only one of {', '.join(given)}")
+    data = dict(data)
+    if data.get(f"{key}_file"):
+        path = credential_path(data[f"{key}_file"])
+        try:
+            data[key] = path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            reason = f"{key}_file: cannot read {str(path)!r}: {exc.strerror}"
+            raise ValueError(reason) from None
+        if not data[key]:
+            raise ValueError(f"{key}_file: {str(path)!r} is empty")
+    elif data.get(f"{key}_env"):
+        name = str(data[f"{key}_env"])
+        value = os.environ.get(name)
+        if value is None:
+            raise ValueError(f"{key}_env: environment variable {name} is not set")
+        if not value:
+            raise ValueError(f"{key}_env: environment variable {name} is empty")
+        data[key] = value
+    return data
 
 
 class _Model(BaseModel):
@@ -85,23 +115,7 @@ class ServerConfig(_Model):
     def _resolve_token(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        if data.get("token") is not None:
-            raise ValueError("token: never in the config file; use token_file or token_env")
-        if data.get("token_file") and data.get("token_env"):
-            raise ValueError("give only one of token_file, token_env")
-        data = dict(data)
-        if data.get("token_file"):
-            path = credential_path(data["token_file"])
-            try:
-                data["token"] = path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                reason = f"token_file: cannot read {str(path)!r}: {exc.strerror}"
-                raise ValueError(reason) from None
-        elif data.get("token_env"):
-            name = str(data["token_env"])
-            if not os.environ.get(name):
-                raise ValueError(f"token_env: environment variable {name} is not set")
-            data["token"] = os.environ[name]
+        data = resolve_secret(data, "token", inline=False)
         if data.get("token") is not None and len(str(data["token"])) < 16:
             raise ValueError("token: too short (use at least 16 characters)")
         return data
@@ -177,25 +191,7 @@ class _Credentials(_Model):
     @model_validator(mode="before")
     @classmethod
     def _resolve_password(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        given = [k for k in ("password", "password_file", "password_env") if data.get(k)]
-        if len(given) > 1:
-            raise ValueError(f"give only one of {', '.join(given)}")
-        data = dict(data)
-        if data.get("password_file"):
-            path = credential_path(data["password_file"])
-            try:
-                data["password"] = path.read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                reason = f"password_file: cannot read {str(path)!r}: {exc.strerror}"
-                raise ValueError(reason) from None
-        elif data.get("password_env"):
-            name = str(data["password_env"])
-            if name not in os.environ:
-                raise ValueError(f"password_env: environment variable {name} is not set")
-            data["password"] = os.environ[name]
-        return data
+        return resolve_secret(data, "password", inline=True) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _password_needs_user(self) -> _Credentials:
@@ -301,7 +297,6 @@ class Pop3Target(_MailTarget):
 Target = Annotated[
     HttpTarget | SmtpTarget | ImapTarget | Pop3Target, Field(discriminator="type")
 ]
-MailTarget = SmtpTarget | ImapTarget | Pop3Target
 
 
 class SmtpRelay(_Tls, _Credentials):
@@ -318,7 +313,8 @@ class SmtpRelay(_Tls, _Credentials):
 class NotifyConfig(_Model):
     smtp: SmtpRelay
     sender: str = Field(description='From: header, e.g. "NOC <noc@example.com>"')
-    update_interval: Duration = Field(timedelta(hours=1), description="time between UPDATE mails")
+    update_interval: Duration = Field(timedelta(seconds=DEFAULT_UPDATE_INTERVAL),
+                                      description="time between UPDATE mails")
     retry_backoff: Duration = Field(timedelta(seconds=5),
                                     description="first retry delay; doubles per attempt")
     retry_max: Duration = Field(timedelta(minutes=5), description="longest retry delay")
@@ -367,7 +363,14 @@ def _read_templates(directory: Path) -> dict[str, str]:
     return texts
 
 
+def _check_ordered(start: AwareDatetime, end: AwareDatetime) -> None:
+    if end <= start:
+        raise ValueError("end: must be after start")
+
+
 class WindowConfig(_Model):
+    """A maintenance window, in the configuration file and in the operator API alike."""
+
     id: str = Field(pattern=_NAME, description="unique, [a-z0-9_.-]+")
     platform: str
     targets: list[str] = Field(default_factory=list, description="default: all of the platform")
@@ -379,8 +382,19 @@ class WindowConfig(_Model):
 
     @model_validator(mode="after")
     def _ordered(self) -> WindowConfig:
-        if self.end <= self.start:
-            raise ValueError("end: must be after start")
+        _check_ordered(self.start, self.end)
+        return self
+
+
+class WindowTimes(_Model):
+    """A window's new start and end (the operator API's move)."""
+
+    start: AwareDatetime
+    end: AwareDatetime
+
+    @model_validator(mode="after")
+    def _ordered(self) -> WindowTimes:
+        _check_ordered(self.start, self.end)
         return self
 
 
@@ -470,12 +484,6 @@ class Settings(BaseSettings):
             window=(target.window or d.window).total_seconds(),
             recover_after=target.recover_after or d.recover_after,
         )
-
-    def target(self, name: str) -> Target:
-        for target in self.targets:
-            if target.name == name:
-                return target
-        raise KeyError(name)
 
 
 def load_settings(path: Path | str) -> Settings:

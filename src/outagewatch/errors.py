@@ -15,3 +15,11 @@ class ConfigError(OutagewatchError, ValueError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+class UnknownWindow(OutagewatchError, LookupError):
+    """No maintenance window has this id."""
+
+
+class UnknownIncident(OutagewatchError, LookupError):
+    """No open incident has this id."""

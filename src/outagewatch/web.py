@@ -1,10 +1,11 @@
-"""The HTTP surface: /metrics, /healthz (loop responsive), /readyz (config and scheduler up)."""
+"""The HTTP surface: /metrics, /healthz (loop responsive), /readyz (config and scheduler up),
+and the routes of the API (``api.py``)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
@@ -13,12 +14,9 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 Readiness = Callable[[], str | None]  # None when ready, else the reason
-Document = Callable[[], dict[str, Any]]
 
 
 def build_app(*, registry: CollectorRegistry, readiness: Readiness,
-              status: Document | None = None,
-              incidents: Document | None = None,
               routes: list[web.RouteDef] | None = None) -> web.Application:
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -33,18 +31,8 @@ def build_app(*, registry: CollectorRegistry, readiness: Readiness,
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    for path, provider in (("/api/v1/status", status), ("/api/v1/incidents", incidents)):
-        if provider is not None:
-            app.router.add_get(path, _document(provider))
     app.router.add_routes(routes or [])
     return app
-
-
-def _document(provider: Document) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def handler(_request: web.Request) -> web.Response:
-        return web.json_response(provider())
-
-    return handler
 
 
 class WebServer:

@@ -350,17 +350,17 @@ class TestPastDeadline:
         """The daemon died mid-streak and came back after the deadline: either the streak
         is declared at once (someone watched near the moment) or there is no deadline."""
         covered = bad_every_minute(Verdict(), range(0, 840, 60))
-        state, events = tick(resume(covered), 5000, RULE)
+        state, events = tick(resume(covered, RULE), 5000, RULE)
         assert [Declared(0, 5000)] == events
         uncovered = bad_every_minute(Verdict(), range(0, 300, 60))
-        state, events = tick(resume(uncovered), 5000, RULE)
+        state, events = tick(resume(uncovered, RULE), 5000, RULE)
         assert ([], None) == (events, next_deadline(state, RULE))
 
     def test_runs_in_flight_at_the_restart_are_forgotten(self):
         state = bad_every_minute(Verdict(), range(0, 300, 60))
         state, _ = begin(state, 300, now=300, rule=RULE)
         assert next_deadline(state, RULE) is None  # waiting for the run at 300
-        state = resume(state)
+        state = resume(state, RULE)
         assert [0, 240] == [r.start for r in state.runs]
 
 

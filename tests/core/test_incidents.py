@@ -9,11 +9,10 @@ from outagewatch.core.incidents import (
     Kind,
     Platform,
     Service,
+    change,
     declared,
     next_deadline,
     restored,
-    set_etr,
-    set_update_interval,
     severity,
     tick,
 )
@@ -28,7 +27,7 @@ def simulate(events, *, until, platform=EU, book=None):
     """Feed (offset, 'down'|'up', service) events, firing the update timer in between, as
     the daemon does; return (kind, offset, severity, affected, number, reasons) rows."""
     book = book or Book()
-    rows = []
+    rows: list[tuple] = []
 
     def take(step):
         nonlocal book
@@ -160,23 +159,31 @@ class TestLongOutages:
 class TestOperatorChanges:
     def test_etr_and_interval_send_an_update_at_once(self):
         book, _ = declared(Book(), EU, "imap-eu", T0 - 900, T0)
-        book, (note,) = set_etr(book, T0 + 2 * H, T0 + 600)
-        assert (Kind.UPDATE, T0 + 2 * H) == (note.kind, note.incident.etr)
-        book, (note,) = set_update_interval(book, 1800, T0 + 700)
+        book, (notice,) = change(book, T0 + 600, etr=T0 + 2 * H)
+        assert (Kind.UPDATE, T0 + 2 * H) == (notice.kind, notice.incident.etr)
+        book, (notice,) = change(book, T0 + 700, interval=1800)
         assert T0 + 700 + 1800 == next_deadline(book)
-        assert set_etr(book, T0 + 2 * H, T0 + 800)[1] == []  # unchanged: no mail
+        assert [] == change(book, T0 + 800, etr=T0 + 2 * H)[1]  # unchanged: no mail
+
+    def test_one_change_is_one_mail(self):
+        """ETR, interval and a note in one request: one UPDATE naming all three."""
+        book, _ = declared(Book(), EU, "imap-eu", T0 - 900, T0)
+        book, (notice,) = change(book, T0 + 600, etr=T0 + 2 * H, interval=1800,
+                                 note="Storage vendor engaged.")
+        assert ("expected time to restoration set", "updates every 1800 s from now on",
+                "note from the operators") == notice.reasons
+        assert (T0 + 2 * H, 1800, 2) == (notice.incident.etr, notice.incident.update_interval,
+                                         notice.incident.mails)
 
     def test_note_is_mailed_at_once(self):
-        from outagewatch.core.incidents import add_note
-
         book, _ = declared(Book(), EU, "imap-eu", T0 - 900, T0)
-        book, (note,) = add_note(book, "  Storage vendor engaged.  ", T0 + 300)
+        book, (notice,) = change(book, T0 + 300, note="  Storage vendor engaged.  ")
         assert (Kind.UPDATE, ((T0 + 300, "Storage vendor engaged."),)) == (
-            note.kind, note.incident.notes)
-        assert add_note(book, "   ", T0 + 400)[1] == []
+            notice.kind, notice.incident.notes)
+        assert [] == change(book, T0 + 400, note="   ")[1]
 
     def test_nothing_to_change_without_an_incident(self):
-        assert (Book(), []) == set_etr(Book(), T0, T0)
+        assert (Book(), []) == change(Book(), T0, etr=T0)
         assert (Book(), []) == tick(Book(), T0)
         assert next_deadline(Book()) is None
 
@@ -189,8 +196,8 @@ class TestRestoreTime:
         book, _ = declared(Book(), EU, "imap-eu", T0, T0 + 900)
         book, _ = declared(book, EU, "smtp-eu", T0, T0 + 1200)
         book, _ = restored(book, EU, "imap-eu", T0 + 1620, T0 + 1680.2)
-        book, (note,) = restored(book, EU, "smtp-eu", T0 + 1500, T0 + 1800.2)
-        assert Kind.RESOLVED == note.kind
-        assert T0 + 1620 == note.incident.restored_at
-        assert 1620 == note.incident.duration
+        book, (notice,) = restored(book, EU, "smtp-eu", T0 + 1500, T0 + 1800.2)
+        assert Kind.RESOLVED == notice.kind
+        assert T0 + 1620 == notice.incident.restored_at
+        assert 1620 == notice.incident.duration
 

@@ -8,12 +8,9 @@ import json
 import signal
 
 from aiosmtpd.smtp import SMTP
-from tests.e2e.conftest import Sink
-from tests.helpers.daemon import DaemonProcess, config_text, free_port
+from tests.helpers.daemon import TINY, DaemonProcess, config_text, free_port, wait
 from tests.helpers.faultproxy import Fault, FaultProxy
-
-DEFAULTS = {"interval": "0.25s", "timeout": "0.8s", "threshold": "0.3s", "window": "1.5s",
-            "recover_after": "2"}
+from tests.helpers.relay import Relay
 
 
 def configure(tmp_path, port, proxy_port, relay_port, update="1s", extra_targets=()):
@@ -24,20 +21,10 @@ def configure(tmp_path, port, proxy_port, relay_port, update="1s", extra_targets
         (f"{{name: webmail-eu, platform: eu, type: http, url: 'http://127.0.0.1:{proxy_port}/',"
         " impact: 'Users cannot reach Web-Mail.'}"),
         *extra_targets,
-    ], state=tmp_path / "state.db", extra=notify, **DEFAULTS)
+    ], state=tmp_path / "state.db", extra=notify, **TINY)
     path = tmp_path / "outagewatch.yaml"
     path.write_text(text)
     return path
-
-
-async def wait(predicate, timeout, what):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class TestIncidentMails:
@@ -132,7 +119,7 @@ class TestIncidentMails:
         in order, each once."""
         port = free_port()
         relay_port = free_port()
-        sink = Sink()
+        sink = Relay()
         async with FaultProxy(http_server.port, Fault("stall")) as proxy:
             config = configure(tmp_path, port, proxy.port, relay_port, update="0.5s")
             daemon = await DaemonProcess(config).start(port)

@@ -6,8 +6,7 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
-from tests.e2e.test_incident_mails import DEFAULTS, wait
-from tests.helpers.daemon import DaemonProcess, config_text, free_port
+from tests.helpers.daemon import TINY, DaemonProcess, config_text, free_port, wait
 from tests.helpers.faultproxy import Fault, FaultProxy
 
 TOKEN = "s3cret-operator-token-0123456789"
@@ -21,7 +20,7 @@ async def start(tmp_path, http_port, relay_port, *, token=True):
     text = config_text(port, [
         f"{{name: webmail-eu, platform: eu, type: http, url: 'http://127.0.0.1:{http_port}/'}}",
     ], state=tmp_path / "state.db", extra=notify,
-        server="token_env: OW_TOKEN" if token else "", **DEFAULTS)
+        server="token_env: OW_TOKEN" if token else "", **TINY)
     path = tmp_path / "c.yaml"
     path.write_text(text)
     return await DaemonProcess(path, env={"OW_TOKEN": TOKEN}).start(port)
@@ -201,7 +200,7 @@ class TestMaintenanceHidesAnOutage:
                 f" port: {proxy.port}, username: {dovecot.user},"
                 f" password: '{dovecot.password}', ca_file: '{tls_files['ca']}'}}"),
             ], state=tmp_path / "state.db", extra=notify, server="token_env: OW_TOKEN",
-                **DEFAULTS)
+                **TINY)
             config = tmp_path / "c.yaml"
             config.write_text(text)
             daemon = await DaemonProcess(config, env={"OW_TOKEN": TOKEN}).start(port)

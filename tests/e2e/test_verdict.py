@@ -10,8 +10,7 @@ import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tests.e2e.test_incident_mails import DEFAULTS, wait
-from tests.helpers.daemon import DaemonProcess, config_text, free_port
+from tests.helpers.daemon import TINY, DaemonProcess, config_text, free_port, wait
 from tests.helpers.faultproxy import Fault, FaultProxy
 
 from outagewatch.scheduler import stable_offset
@@ -80,7 +79,7 @@ class TestMaintenanceReleasedByTheOperator:
                 (f"{{name: webmail-eu, platform: eu, type: http,"
                 f" url: 'http://127.0.0.1:{proxy.port}/'}}")],
                 state=tmp_path / "state.db", extra=NOTIFY.format(port=relay.port),
-                server="token_env: OW_TOKEN", **DEFAULTS)
+                server="token_env: OW_TOKEN", **TINY)
             config = tmp_path / "c.yaml"
             config.write_text(text)
             daemon = await DaemonProcess(config, env={"OW_TOKEN": TOKEN}).start(port)

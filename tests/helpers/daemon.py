@@ -19,14 +19,14 @@ class DaemonProcess:
     def __init__(self, config: Path, *, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.env = {**os.environ, **(env or {})}
-        self.process: asyncio.subprocess.Process | None = None
+        self._process: asyncio.subprocess.Process | None = None
         self.lines: list[str] = []
         self._reader: asyncio.Task[None] | None = None
         self.port = 0
 
     async def start(self, port: int) -> DaemonProcess:
         self.port = port
-        self.process = await asyncio.create_subprocess_exec(
+        self._process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "outagewatch", "--log-level", "debug", "run",
             "-c", str(self.config),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=self.env,
@@ -35,8 +35,13 @@ class DaemonProcess:
         await self.wait_for(self.ready, timeout=15, what="readyz")
         return self
 
+    @property
+    def process(self) -> asyncio.subprocess.Process:
+        """The running (or finished) daemon process; only after ``start``."""
+        assert self._process is not None, "start() it first"
+        return self._process
+
     async def _read(self) -> None:
-        assert self.process is not None
         assert self.process.stdout is not None
         while line := await self.process.stdout.readline():
             self.lines.append(line.decode().rstrip("\n"))
@@ -83,18 +88,16 @@ class DaemonProcess:
                 result = await result
             if result:
                 return
-            if self.process is not None and self.process.returncode is not None:
+            if self._process is not None and self._process.returncode is not None:
                 raise AssertionError(f"daemon exited while waiting for {what}:\n"
                                      + "\n".join(self.lines[-30:]))
             await asyncio.sleep(0.05)
         raise AssertionError(f"timed out waiting for {what}:\n" + "\n".join(self.lines[-30:]))
 
     def signal(self, sig: int) -> None:
-        assert self.process is not None
         self.process.send_signal(sig)
 
     async def stop(self) -> int:
-        assert self.process is not None
         if self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -105,6 +108,21 @@ class DaemonProcess:
         if self._reader is not None:
             await self._reader
         return self.process.returncode or 0
+
+
+TINY = {"interval": "0.25s", "timeout": "0.8s", "threshold": "0.3s", "window": "1.5s",
+        "recover_after": "2"}  # the end-to-end tests' accelerated rules
+
+
+async def wait(predicate: Any, timeout: float, what: str) -> None:
+    """Poll ``predicate`` until true; fail naming ``what`` after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def config_text(port: int, targets: list[str], *, state: Path | None = None,
@@ -125,4 +143,4 @@ def config_text(port: int, targets: list[str], *, state: Path | None = None,
     return "\n".join(lines) + "\n" + extra
 
 
-__all__ = ["DaemonProcess", "config_text", "free_port"]
+__all__ = ["TINY", "DaemonProcess", "config_text", "free_port", "wait"]

@@ -129,7 +129,8 @@ class Dovecot:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        server = cls(workdir=workdir, process=process, **ports)
+        server = cls(imap=ports["imap"], imaps=ports["imaps"], pop3=ports["pop3"],
+                     pop3s=ports["pop3s"], workdir=workdir, process=process)
         server._wait_ready()
         return server
 

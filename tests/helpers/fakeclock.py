@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from outagewatch.clock import Clock  # noqa: TC001 - used at run time, in the check below
+
 
 @dataclass(order=True)
 class _Timer:
@@ -64,8 +66,11 @@ class FakeClock:
         for _ in range(rounds):
             await asyncio.sleep(0)
 
-    async def advance(self, seconds: float, *, step: float | None = None) -> None:
-        """Move time forward, firing every timer in order and letting tasks react to each."""
+    async def advance(self, seconds: float) -> None:
+        """Move time forward, firing every timer in order and letting tasks react to each.
+        Time never goes back (as trio's MockClock.jump refuses to)."""
+        if seconds < 0:
+            raise ValueError(f"a clock does not go back: advance({seconds})")
         end = self._now + seconds
         await self.settle()
         while self._timers and self._timers[0].at <= end:
@@ -77,4 +82,6 @@ class FakeClock:
             await self.settle()
         self._now = end
         await self.settle()
-        del step
+
+
+_: type[Clock] = FakeClock  # type-checked against the real protocol

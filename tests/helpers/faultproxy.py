@@ -44,7 +44,7 @@ class FaultProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._closing = asyncio.Event()
 
-    async def start(self) -> FaultProxy:
+    async def start(self) -> Self:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

@@ -162,8 +162,9 @@ def abandon(state: Verdict, start: float, *, now: float, rule: OutageRule) -> St
     return _settle(replace(state, runs=runs), now, rule, events), events
 
 
-def resume(state: Verdict) -> Verdict:
+def resume(state: Verdict, rule: OutageRule) -> Verdict:
     """After a restart: runs that were in flight then will never report; forget them."""
+    del rule
     runs = tuple(r for r in state.runs if r.status is not Status.PENDING)
     return replace(state, runs=runs) if len(runs) != len(state.runs) else state
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from outagewatch.model import DEFAULT_UPDATE_INTERVAL
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -38,7 +40,7 @@ class Service:
 class Platform:
     name: str
     services: tuple[Service, ...]
-    update_interval: float = 3600.0
+    update_interval: float = DEFAULT_UPDATE_INTERVAL
 
     def service(self, name: str) -> Service:
         for service in self.services:
@@ -149,8 +151,8 @@ def restored(book: Book, platform: Platform, service: str, restored_at: float,
     back = max(changed.restored.values())
     final = replace(changed, resolved_at=now, restored_at=back, last_mail_at=now,
                     mails=incident.mails + 1)
-    note = Notification(Kind.RESOLVED, final, now, incident.mails, (f"{service} restored",))
-    return replace(book, open=None), [note]
+    notice = Notification(Kind.RESOLVED, final, now, incident.mails, (f"{service} restored",))
+    return replace(book, open=None), [notice]
 
 
 def tick(book: Book, now: float) -> Step:
@@ -162,28 +164,27 @@ def tick(book: Book, now: float) -> Step:
     return _mail(book, incident, now, ("periodic update",))
 
 
-def set_etr(book: Book, etr: float | None, now: float) -> Step:
+def change(book: Book, now: float, *, etr: float | None = None,
+           interval: float | None = None, note: str | None = None) -> Step:
+    """An operator's change to the open incident: a new expected time to restoration, a new
+    update interval, a note. One UPDATE mail names everything that changed; nothing changes,
+    no mail."""
     incident = book.open
-    if incident is None or incident.etr == etr:
+    if incident is None:
         return book, []
-    return _mail(book, replace(incident, etr=etr), now, ("expected time to restoration set",))
-
-
-def set_update_interval(book: Book, interval: float, now: float) -> Step:
-    incident = book.open
-    if incident is None or incident.update_interval == interval:
+    reasons: list[str] = []
+    if etr is not None and etr != incident.etr:
+        incident = replace(incident, etr=etr)
+        reasons.append("expected time to restoration set")
+    if interval is not None and interval != incident.update_interval:
+        incident = replace(incident, update_interval=interval)
+        reasons.append(f"updates every {interval:g} s from now on")
+    if note is not None and note.strip():
+        incident = replace(incident, notes=(*incident.notes, (now, note.strip())))
+        reasons.append("note from the operators")
+    if not reasons:
         return book, []
-    reason = f"updates every {interval:g} s from now on"
-    return _mail(book, replace(incident, update_interval=interval), now, (reason,))
-
-
-def add_note(book: Book, text: str, now: float) -> Step:
-    """An operator's note on the open incident, mailed at once as an UPDATE."""
-    incident = book.open
-    if incident is None or not text.strip():
-        return book, []
-    noted = replace(incident, notes=(*incident.notes, (now, text.strip())))
-    return _mail(book, noted, now, ("note from the operators",))
+    return _mail(book, incident, now, tuple(reasons))
 
 
 def next_deadline(book: Book) -> float | None:
@@ -204,5 +205,5 @@ def _update(book: Book, platform: Platform, incident: Incident, now: float,
 
 def _mail(book: Book, incident: Incident, now: float, reasons: tuple[str, ...]) -> Step:
     sent = replace(incident, last_mail_at=now, mails=incident.mails + 1)
-    note = Notification(Kind.UPDATE, sent, now, incident.mails, reasons)
-    return replace(book, open=sent), [note]
+    notice = Notification(Kind.UPDATE, sent, now, incident.mails, reasons)
+    return replace(book, open=sent), [notice]

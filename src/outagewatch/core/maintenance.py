@@ -41,7 +41,7 @@ class MailKind(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-class Refused(ValueError):  # noqa: N818 - the operator's request is refused, with the reason
+class Refused(ValueError):
     """A request that breaks a maintenance rule; the message says which and why."""
 
 

@@ -1,15 +1,16 @@
-"""Notifications to mails: subject, plain-text body and threading headers. Pure.
+"""Notifications to messages for people: subject and plain text, per thread. Pure.
 
 Templates are ``string.Template`` texts, one subject and one body per kind (open, update,
 resolved), replaceable by an operator; ``DEFAULT_TEMPLATES`` are the English ones. Every
-mail of an incident is one thread: Message-IDs are derived from the incident's id and the
-mail's number (so a retry carries the same id), In-Reply-To names the previous mail and
-References the first and the previous one. The subject begins with a stable stem,
-``Incident <id>``, so that clients grouping by subject keep the thread too.
+message of an incident or a maintenance window belongs to that one thread and carries its
+number in it (0 opens it), so a channel can thread them (the SMTP channel derives
+Message-ID, In-Reply-To and References from thread and number). The subject begins with a
+stable stem, ``Incident <id>``, so that clients grouping by subject keep the thread too.
 """
 
 from __future__ import annotations
 
+import enum
 import string
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -91,14 +92,39 @@ class Observed:
     phase: str | None = None
 
 
+class ThreadKind(enum.StrEnum):
+    INCIDENT = "incident"
+    MAINTENANCE = "maintenance"
+
+
 @dataclass(frozen=True, slots=True)
-class Mail:
+class Thread:
+    """What a message is about: an incident or a maintenance window, by its id. The kind
+    is part of the identity: a window may be named like an incident."""
+
+    kind: ThreadKind
+    id: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind.value}:{self.id}"
+
+    @classmethod
+    def parse(cls, key: str) -> Thread:
+        kind, _, ident = key.partition(":")
+        return cls(ThreadKind(kind), ident)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message of a thread, rendered for people, before any channel."""
+
+    thread: Thread
+    number: int  # 0 opens the thread, then 1, 2, ...
+    kind: str  # open, update, resolved; announcement, updated, started, ...
     to: tuple[str, ...]
     subject: str
     body: str
-    message_id: str
-    in_reply_to: str | None
-    references: tuple[str, ...]
 
 
 def when(ts: float) -> str:
@@ -120,21 +146,16 @@ def span(seconds: float) -> str:
     return " ".join(p for p in parts if p)
 
 
-def message_id(incident_id: str, number: int, domain: str) -> str:
-    return f"<{incident_id.lower()}.{number}@{domain}>"
-
-
 def render(
-    note: Notification,
+    notice: Notification,
     platform: Platform,
     *,
     recipients: Sequence[str],
-    domain: str,
     observations: Sequence[Observed] = (),
     templates: Mapping[str, str] = DEFAULT_TEMPLATES,
-) -> Mail:
-    incident = note.incident
-    services = sorted(incident.affected) if note.kind is not Kind.RESOLVED else sorted(
+) -> Message:
+    incident = notice.incident
+    services = sorted(incident.affected) if notice.kind is not Kind.RESOLVED else sorted(
         incident.outage_starts)
     impacts = "\n".join(
         f"- {name}: {platform.service(name).impact or 'service unavailable or too slow'}"
@@ -143,10 +164,10 @@ def render(
     ) or "- none"
     back = [n for n in sorted(incident.restored) if n not in incident.affected]
     recovered = "".join(f"Restored: {n} at {when(incident.restored[n])}\n" for n in back)
-    end = incident.restored_at if incident.restored_at is not None else note.at
+    end = incident.restored_at if incident.restored_at is not None else notice.at
     values = {
         "id": incident.id,
-        "state": note.kind.value.upper(),
+        "state": notice.kind.value.upper(),
         "severity": str(incident.severity),
         "severity_text": SEVERITY_TEXT[incident.severity],
         "platform": platform.name,
@@ -158,27 +179,17 @@ def render(
         "restored": when(incident.restored_at) if incident.restored_at is not None else "-",
         "etr": when(incident.etr) if incident.etr is not None else "unknown",
         "update_every": span(incident.update_interval),
-        "reasons": "; ".join(note.reasons),
+        "reasons": "; ".join(notice.reasons),
         "observations": _observations(observations) or "- none recorded",
         "notes": "".join(f"\nNote ({datetime.fromtimestamp(at, UTC):%H:%M}Z): {text}\n"
                          for at, text in incident.notes),
     }
-    return _threaded(
-        incident.id, note.number, domain, recipients,
+    return Message(
+        thread=Thread(ThreadKind.INCIDENT, incident.id), number=notice.number,
+        kind=notice.kind.value, to=tuple(recipients),
         subject=string.Template(templates["subject"]).safe_substitute(values),
-        body=string.Template(templates[note.kind.value]).safe_substitute(values),
+        body=string.Template(templates[notice.kind.value]).safe_substitute(values),
     )
-
-
-def _threaded(thread: str, number: int, domain: str, recipients: Sequence[str], *,
-              subject: str, body: str) -> Mail:
-    """Mail ``number`` of a thread: answers the previous one, references the first."""
-    root = message_id(thread, 0, domain)
-    parent = message_id(thread, number - 1, domain) if number else None
-    references = () if parent is None else tuple(dict.fromkeys((root, parent)))
-    return Mail(to=tuple(recipients), subject=subject, body=body,
-                message_id=message_id(thread, number, domain), in_reply_to=parent,
-                references=references)
 
 
 MAINTENANCE_TEMPLATES: Mapping[str, str] = {
@@ -234,9 +245,8 @@ def render_maintenance(
     mail: MaintenanceMail,
     *,
     recipients: Sequence[str],
-    domain: str,
     templates: Mapping[str, str] = MAINTENANCE_TEMPLATES,
-) -> Mail:
+) -> Message:
     window = mail.window
     problems = window.problems
     outcome = ("successful, every affected service answers normally" if not problems else
@@ -257,8 +267,9 @@ def render_maintenance(
         "history": "; ".join(window.history[-1:]),
         "outcome": outcome,
     }
-    return _threaded(
-        window.id, mail.number, domain, recipients,
+    return Message(
+        thread=Thread(ThreadKind.MAINTENANCE, window.id), number=mail.number,
+        kind=mail.kind.value, to=tuple(recipients),
         subject=string.Template(templates["subject"]).safe_substitute(values),
         body=string.Template(templates[mail.kind.value]).safe_substitute(values),
     )

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, TextIO
 from outagewatch.app import Daemon
 from outagewatch.config import Settings
 from outagewatch.demo.services import MailSink, Service
-from outagewatch.model import PHASES, ProbeType, Result
+from outagewatch.model import ProbeType, Result
+from outagewatch.probes import phases_of
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -86,7 +87,7 @@ class Timeline:
         verdict = sample.result.value if not sample.ok else (
             "SLOW" if sample.is_bad(rule.threshold) else "ok")
         phases = " ".join(f"{p.value}={sample.phases[p] * 1000:.0f}ms"
-                          for p in PHASES[ProbeType(target.type)] if p in sample.phases)
+                          for p in phases_of(ProbeType(target.type)) if p in sample.phases)
         where = f" in {sample.phase.value}" if sample.phase else ""
         print(f"  {at:5.1f}s  {target.name:10} {verdict:8} {sample.duration * 1000:6.0f}ms"
               f"{where}  {phases}", file=self.out, flush=True)

@@ -1,0 +1,58 @@
+"""The seam where a notification channel goes: render a message for the channel, deliver it.
+
+A channel is stateless about retries: the drainer (``drainer.py``) owns order, backoff,
+retries and giving up, for every channel alike. A channel says what became of one attempt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from outagewatch.core.render import Message
+    from outagewatch.store import OutboxItem
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """The channel took the message (for every recipient that was not refused for good)."""
+
+    refused: tuple[str, ...] = ()  # recipients refused permanently, logged by the channel
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """Try again later; ``payload``, when given, replaces the stored one (e.g. narrowed to
+    the recipients that were deferred)."""
+
+    error: str
+    payload: Mapping[str, Any] | None = field(default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The message cannot go as it is (a permanent refusal, a rejected login)."""
+
+    error: str
+
+
+Delivery = Delivered | Deferred | Refused
+
+
+class Channel(Protocol):
+    @property
+    def name(self) -> str:
+        """The channel's name in the outbox (``smtp``)."""
+        ...
+
+    def payload(self, message: Message, *, created: float) -> dict[str, Any]:
+        """What this channel will deliver for ``message``, as JSON-ready data. Computed once
+        when the message is written to the outbox, so every attempt sends the same thing."""
+        ...
+
+    async def deliver(self, item: OutboxItem) -> Delivery:
+        """One attempt; never raises for what the other side did."""
+        ...
