@@ -210,8 +210,10 @@ class Daemon:
         signals = self._install_signals(loop)
         runtime.metrics.reloads.labels("success").inc()
         runtime.metrics.last_reload.set(clock.now().timestamp())
-        runtime.engine.start()
+        # the holds of windows that started or ended while we were down come first, then
+        # the deadlines that passed meanwhile are acted on
         runtime.maintenance.start()
+        runtime.engine.start()
         tasks = [asyncio.create_task(runtime.writer.run(), name="writer"),
                  asyncio.create_task(runtime.scheduler.run(), name="scheduler"),
                  asyncio.create_task(runtime.drainer.run(), name="drainer")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -16,6 +17,7 @@ from outagewatch.core.evaluator import (
     OutageRule,
     Restored,
     Verdict,
+    abandon,
     begin,
     hold,
     next_deadline,
@@ -30,6 +32,8 @@ class Run:
     start: int
     duration: int
     failed: bool
+    crash: int | None = None  # the probe crashed this long after its start (abandoned)
+    silent: bool = False  # its report is lost: never heard of after its start
 
 
 def is_bad(run: Run, rule: OutageRule) -> bool:
@@ -46,16 +50,43 @@ def known_at(run: Run, rule: OutageRule) -> float:
 Holds = tuple[tuple[int, int | None], ...]  # (from when, floor) in time order
 
 
-def drive(runs: list[Run], rule: OutageRule, end: int, holds: Holds = ()) -> list[tuple]:
-    """The daemon's way: each run reported when it starts and when its outcome is known, in
-    time order; a timer at each next deadline; maintenance holds set as windows change."""
-    # (time, order, action): holds first, then starts, then outcomes, at the same moment
-    timeline: list[tuple[float, int, object]] = [(at, 0, ("hold", floor)) for at, floor in holds]
+def until(gone: float | None) -> float:
+    return math.inf if gone is None else gone
+
+
+def gone_at(run: Run, rule: OutageRule, restarts: tuple[int, ...]) -> float | None:
+    """When a run that never reports is given up: a restart while it was in flight, its
+    crash (reported as abandoned), or 2 x interval + timeout after its start (report lost)."""
+    if run.crash is not None:
+        until: float = run.start + run.crash
+    elif run.silent:
+        until = run.start + rule.coverage_gap
+    else:
+        until = known_at(run, rule)
+    restart = next((r for r in restarts if run.start <= r < until), None)
+    if restart is not None:
+        return restart
+    return until if run.crash is not None or run.silent else None
+
+
+def drive(runs: list[Run], rule: OutageRule, end: int, holds: Holds = (),
+          restarts: tuple[int, ...] = ()) -> list[tuple]:
+    """The daemon's way: each run reported when it starts and when its outcome is known (or
+    that it crashed), in time order; a timer at each next deadline; maintenance holds set as
+    windows change; restarts forgetting the runs in flight."""
+    # (time, order, action): holds, starts, outcomes, crashes, restarts at the same moment
+    timeline: list[tuple[float, int, Any]] = [(at, 0, ("hold", floor)) for at, floor in holds]
+    timeline += [(at, 4, ("restart", None)) for at in restarts]
     for run in runs:
         timeline.append((run.start, 1, ("begin", run.start)))
+        gone = gone_at(run, rule, restarts)
+        if gone is not None:
+            if run.crash is not None and gone == run.start + run.crash:
+                timeline.append((gone, 3, ("abandon", run.start)))
+            continue
         if run.duration > rule.threshold:
-            timeline.append((run.start + rule.threshold, 2, Observation(run.start, True, False)))
-            timeline.append((run.start + run.duration, 2, Observation(run.start, True, True)))
+            timeline.append((run.start + rule.threshold, 2, Observation(run.start, True)))
+            timeline.append((run.start + run.duration, 2, Observation(run.start, True)))
         else:
             outcome = Observation(run.start, is_bad(run, rule))
             timeline.append((run.start + run.duration, 2, outcome))
@@ -63,15 +94,22 @@ def drive(runs: list[Run], rule: OutageRule, end: int, holds: Holds = ()) -> lis
     state, out = Verdict(), []
     for at, _, action in [*timeline, (math.inf, 9, None)]:
         deadline = next_deadline(state, rule)
-        if deadline is not None and deadline < at and deadline <= end:
+        while deadline is not None and deadline < at and deadline <= end:
             state, events = tick(state, deadline, rule)
             out += events
+            later = next_deadline(state, rule)
+            assert later is None or later > deadline, "a deadline tick passed without acting"
+            deadline = later
         if action is None or at > end:
             break
         if isinstance(action, Observation):
             state, events = observe(state, action, arrived=at, rule=rule)
         elif action[0] == "begin":
             state, events = begin(state, action[1], now=at, rule=rule)
+        elif action[0] == "abandon":
+            state, events = abandon(state, action[1], now=at, rule=rule)
+        elif action[0] == "restart":
+            state, events = tick(resume(state, rule), at, rule)
         else:
             state = hold(state, action[1])
             state, events = tick(state, at, rule)
@@ -87,8 +125,11 @@ def _fields(event) -> tuple:
     return (event.outage_start, event.restored_at, event.at)
 
 
-def oracle(runs: list[Run], rule: OutageRule, end: int, holds: Holds = ()) -> list[tuple]:
-    """The definitions (DESIGN 4.3-4.4, 4.7), re-evaluated from scratch at every second."""
+def oracle(runs: list[Run], rule: OutageRule, end: int, holds: Holds = (),
+           restarts: tuple[int, ...] = ()) -> list[tuple]:
+    """The definitions (DESIGN 4.3-4.4, 4.7), re-evaluated from scratch at every second. A
+    run that never reports counts from the moment it is given up as never having run."""
+    gone = {run: gone_at(run, rule, restarts) for run in runs}
     out: list[tuple] = []
     outage_start = None
     base = -math.inf  # runs before this belong to an outage already over or declared
@@ -99,6 +140,8 @@ def oracle(runs: list[Run], rule: OutageRule, end: int, holds: Holds = ()) -> li
                 floor = value
 
         def status(run, t=t):
+            if gone[run] is not None:  # given up before its outcome was known
+                return "pending"
             if known_at(run, rule) <= t:
                 return "bad" if is_bad(run, rule) else "good"
             return "pending"
@@ -106,7 +149,8 @@ def oracle(runs: list[Run], rule: OutageRule, end: int, holds: Holds = ()) -> li
         changed = True
         while changed:
             changed = False
-            started = sorted((r for r in runs if base <= r.start <= t), key=lambda r: r.start)
+            started = sorted((r for r in runs if base <= r.start <= t < until(gone[r])),
+                             key=lambda r: r.start)
             if outage_start is None:
                 for first, stop in streaks(started, rule, status):
                     streak = started[first:stop]
@@ -146,7 +190,7 @@ def streaks(started, rule, status):
 
 
 @st.composite
-def scenarios(draw, *, overlapping=False, with_holds=False):
+def scenarios(draw, *, overlapping=False, with_holds=False, with_losses=False):
     threshold = draw(st.integers(1, 6))
     timeout = draw(st.integers(threshold + 1, 12))
     interval = draw(st.integers(1, 8))
@@ -155,7 +199,10 @@ def scenarios(draw, *, overlapping=False, with_holds=False):
     runs, start = [], draw(st.integers(0, 5))
     for _ in range(draw(st.integers(0, 30))):
         duration = draw(st.integers(1, timeout))
-        runs.append(Run(start, duration, draw(st.booleans())))
+        loss = draw(st.sampled_from(["none"] * 6 + ["crash", "silent"])) if with_losses \
+            else "none"
+        crash = draw(st.integers(0, min(duration, threshold) - 1)) if loss == "crash" else None
+        runs.append(Run(start, duration, draw(st.booleans()), crash, loss == "silent"))
         if overlapping:  # the next run may start while this one is still in flight
             start += draw(st.one_of(st.integers(1, interval), st.integers(1, 60)))
         else:
@@ -168,15 +215,17 @@ def scenarios(draw, *, overlapping=False, with_holds=False):
         if draw(st.booleans()):  # cancelled (now) or moved (a new end), while it runs
             later = draw(st.integers(at, end))
             holds.append((later, later + draw(st.sampled_from([0, 0, 1, 5, 30]))))
-    return rule, runs, end, tuple(holds)
+    restarts = tuple(sorted(draw(st.lists(st.integers(0, end), max_size=3, unique=True)))) \
+        if with_losses else ()
+    return rule, runs, end, tuple(holds), restarts
 
 
 @settings(max_examples=1500, deadline=None)
 @given(scenarios())
 def test_matches_oracle(scenario):
     """Declarations and recoveries, with their times, are those the definitions give."""
-    rule, runs, end, holds = scenario
-    assert oracle(runs, rule, end, holds) == drive(runs, rule, end, holds)
+    rule, runs, end, holds, restarts = scenario
+    assert oracle(runs, rule, end, holds, restarts) == drive(runs, rule, end, holds, restarts)
 
 
 @settings(max_examples=1500, deadline=None)
@@ -184,8 +233,8 @@ def test_matches_oracle(scenario):
 def test_matches_oracle_with_overlapping_runs(scenario):
     """Runs in flight together, outcomes arriving out of start order, runs undecided at the
     deadline: still exactly the definitions, in start order."""
-    rule, runs, end, holds = scenario
-    assert oracle(runs, rule, end, holds) == drive(runs, rule, end, holds)
+    rule, runs, end, holds, restarts = scenario
+    assert oracle(runs, rule, end, holds, restarts) == drive(runs, rule, end, holds, restarts)
 
 
 @settings(max_examples=1500, deadline=None)
@@ -193,15 +242,24 @@ def test_matches_oracle_with_overlapping_runs(scenario):
 def test_matches_oracle_with_maintenance_holds(scenario):
     """A hold set when a window starts, then moved or released: the streak counts from the
     window's current end."""
-    rule, runs, end, holds = scenario
-    assert oracle(runs, rule, end, holds) == drive(runs, rule, end, holds)
+    rule, runs, end, holds, restarts = scenario
+    assert oracle(runs, rule, end, holds, restarts) == drive(runs, rule, end, holds, restarts)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(scenarios(overlapping=True, with_holds=True, with_losses=True))
+def test_matches_oracle_with_runs_that_never_report(scenario):
+    """Probes that crash, reports that are lost, restarts that forget the runs in flight:
+    such a run was never seen and nobody was watching, neither BAD nor GOOD nor coverage."""
+    rule, runs, end, holds, restarts = scenario
+    assert oracle(runs, rule, end, holds, restarts) == drive(runs, rule, end, holds, restarts)
 
 
 @settings(max_examples=300, deadline=None)
 @given(scenarios(overlapping=True, with_holds=True))
 def test_state_stays_small(scenario):
     """Whatever the history, the state keeps only what can still matter."""
-    rule, runs, _, _ = scenario
+    rule, runs, *_ = scenario
     state = Verdict()
     for run in runs:
         state, _ = begin(state, run.start, now=run.start, rule=rule)
@@ -359,9 +417,71 @@ class TestPastDeadline:
     def test_runs_in_flight_at_the_restart_are_forgotten(self):
         state = bad_every_minute(Verdict(), range(0, 300, 60))
         state, _ = begin(state, 300, now=300, rule=RULE)
-        assert next_deadline(state, RULE) is None  # waiting for the run at 300
+        # no declaration while it runs; the only moment is when it would be given up
+        assert 300 + 155 == next_deadline(state, RULE)
         state = resume(state, RULE)
-        assert [0, 240] == [r.start for r in state.runs]
+        assert ([0, 240], 240) == ([r.start for r in state.runs], state.last_start)
+
+
+class TestRunsThatNeverReport:
+    """A crashed probe, a lost report, a restart: the run was never seen, and nobody was
+    watching (found by an independent attack on the verdict)."""
+
+    def test_crashed_runs_are_no_coverage(self):
+        """BAD until 540, then every probe crashes until 840: at 900 nobody watched near the
+        deadline, and a run at 905 comes after a gap (it used to declare an outage from 0
+        at 905)."""
+        state = bad_every_minute(Verdict(), range(0, 600, 60))
+        for start in range(600, 900, 60):
+            state, _ = begin(state, start, now=start, rule=RULE)
+            state, _ = abandon(state, start, now=start + 1, rule=RULE)
+        state, events = tick(state, 900, RULE)
+        assert ([], None) == (events, next_deadline(state, RULE))
+        state, events = begin(state, 905, now=905, rule=RULE)
+        assert [] == events
+        assert [905] == [r.start for r in state.runs]
+
+    def test_a_gap_left_by_crashes_restarts_the_streak(self):
+        """BAD at 0, crashes at 60 and 120, BAD every minute from 180: 180 - 0 > 155 is a
+        gap, so the outage starts at 180 (it used to start at 0)."""
+        state = bad_every_minute(Verdict(), [0])
+        for start in (60, 120):
+            state, _ = begin(state, start, now=start, rule=RULE)
+            state, _ = abandon(state, start, now=start + 1, rule=RULE)
+        events = []
+        for start in range(180, 1200, 60):
+            deadline = next_deadline(state, RULE)
+            if deadline is not None and deadline < start:
+                state, more = tick(state, deadline, RULE)
+                events += more
+            state, more = begin(state, start, now=start, rule=RULE)
+            events += more
+            state, more = observe(state, Observation(start, True), arrived=start + 31,
+                                  rule=RULE)
+            events += more
+        assert [Declared(180, 1080)] == events
+
+    def test_a_lost_report_is_given_up(self):
+        """A run whose report never comes blocks the deadline only until 2 x interval +
+        timeout after its start; then the verdict goes on without it (it used to wait for
+        ever: no declaration however long the service was BAD)."""
+        state = bad_every_minute(Verdict(), range(0, 840, 60))
+        state, _ = begin(state, 870, now=870, rule=RULE)  # never heard of again
+        state, events = tick(state, 900, RULE)
+        assert ([], 870 + 155) == (events, next_deadline(state, RULE))
+        state, events = tick(state, 1025, RULE)
+        assert [Declared(0, 1025)] == events
+
+    def test_an_outcome_never_reported_as_started_is_not_guessed(self):
+        """The scheduler reports every start; an older outcome without one has no known
+        place among the runs and changes nothing."""
+        rule = OutageRule.of(interval=5, timeout=10, threshold=5, window=30, recover_after=1)
+        state = Verdict()
+        for start in (0, 10, 20):
+            state, _ = begin(state, start, now=start, rule=rule)
+            state, _ = observe(state, Observation(start, True), arrived=start + 1, rule=rule)
+        state, events = observe(state, Observation(5, False), arrived=22, rule=rule)
+        assert ([], 0) == (events, state.streak_start)
 
 
 class TestMaintenanceHold:

@@ -253,6 +253,22 @@ class TestMaintenance:
                 await clock.advance(60)
             assert (30, 45) == await h.opened()
 
+    async def test_a_window_that_started_while_down_holds_at_the_restart(self, tmp_path):
+        """BAD from 09:00:35 (deadline 09:15:35), a window from 09:14:40; the daemon is down
+        from 09:14:35 to 09:16:40. At the restart the window's hold comes first: no incident
+        inside the window (the targets used to be ticked first, declaring at once)."""
+        clock = FakeClock()
+        cfg = settings(tmp_path, maintenance=self.window(clock, 14 + 2 / 3, 60))
+        async with EngineHarness(cfg, clock) as h:
+            h.start()
+            await every_minute(h, 14)
+        await clock.advance(2 * 60 + 5)
+        async with EngineHarness(cfg, clock) as again:
+            again.start()
+            await clock.advance(1)
+            assert [] == await again.outbox()
+            assert ["announcement", "started"] == await self.kinds(again)
+
     async def test_a_window_of_a_platform_gone_can_be_cancelled_not_moved(self, tmp_path):
         """After a reload dropped its platform, a window is still found: moving it is refused
         with the reason (it used to answer 'no maintenance'), cancelling works."""

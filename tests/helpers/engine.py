@@ -61,8 +61,9 @@ class EngineHarness:
         await self.store.close()
 
     def start(self) -> None:
-        self.engine.start()
+        """As the daemon starts them: maintenance (its holds) first, then the engine."""
         self.maintenance.start()
+        self.engine.start()
 
     # -- reporting runs, as the scheduler does ------------------------------------------------
 

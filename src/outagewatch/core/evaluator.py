@@ -30,6 +30,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class Health(enum.StrEnum):
@@ -61,9 +65,10 @@ class OutageRule:
 
 @dataclass(frozen=True, slots=True)
 class Observation:
+    """A run's outcome: its final sample, or BAD because it is in flight past its threshold."""
+
     start: float
     bad: bool
-    final: bool = True  # False: still in flight, known BAD because its threshold passed
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +98,12 @@ class Verdict:
 
     @property
     def streak_start(self) -> float | None:
-        """While BAD: when the current streak counts from (the floor included)."""
+        """While BAD: when the current streak counts from, as far as is known now (its first
+        known BAD run, or the maintenance floor if later)."""
         if self.health is not Health.BAD:
             return None
-        return _counted_from(_current(self.runs)[0].start, self.floor)
+        first = next(r for r in _current(self.runs) if r.status is Status.BAD)
+        return _counted_from(first.start, self.floor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,31 +163,31 @@ def hold(state: Verdict, floor: float | None) -> Verdict:
 
 def abandon(state: Verdict, start: float, *, now: float, rule: OutageRule) -> Step:
     """The run from ``start`` will never report (it crashed): the monitor did not see the
-    service then, which is neither BAD nor GOOD; forget the run."""
-    runs = tuple(r for r in state.runs if r.start != start or r.status is not Status.PENDING)
+    service then, which is neither BAD nor GOOD, nor anybody watching; forget the run."""
     events: list[Event] = []
-    return _settle(replace(state, runs=runs), now, rule, events), events
+    state = _unseen(state, lambda run: run.start == start, rule)
+    return _settle(state, now, rule, events), events
 
 
 def resume(state: Verdict, rule: OutageRule) -> Verdict:
     """After a restart: runs that were in flight then will never report; forget them."""
-    del rule
-    runs = tuple(r for r in state.runs if r.status is not Status.PENDING)
-    return replace(state, runs=runs) if len(runs) != len(state.runs) else state
+    return _unseen(state, lambda _run: True, rule)
 
 
 def next_deadline(state: Verdict, rule: OutageRule) -> float | None:
-    """When ``tick`` will declare an outage, if nothing else happens first: the daemon's timer
-    for this target. Never a moment ``tick`` has passed without acting: while a run is
-    undecided, or nobody watched near the moment, there is no deadline (an observation
-    decides)."""
-    if state.outage_start is not None:
-        return None
-    for first, end in _segments(state.runs):
-        due = _ready(state.runs, first, end, state.floor, rule)
-        if due is not None:
-            return due
-    return None
+    """When ``tick`` will act, if nothing else happens first: declare an outage, or give up
+    on a run that never reported (``2 * interval + timeout`` after its start: the scheduler's
+    report was lost). The daemon's timer for this target. Never a moment ``tick`` has passed
+    without acting: while a run is undecided, or nobody watched near the moment, there is no
+    declaration deadline (an observation decides)."""
+    moments = [r.start + rule.coverage_gap for r in state.runs if r.status is Status.PENDING]
+    if state.outage_start is None:
+        for first, end in _segments(state.runs):
+            due = _ready(state.runs, first, end, state.floor, rule)
+            if due is not None:
+                moments.append(due)
+                break
+    return min(moments, default=None)
 
 
 # -- the rules ----------------------------------------------------------------------------
@@ -241,6 +248,7 @@ def _settle(state: Verdict, now: float, rule: OutageRule, events: list[Event], *
             before: bool = False) -> Verdict:
     """Declare and restore until nothing more happens at ``now`` (``before``: only what was
     due strictly before ``now``)."""
+    state = _unseen(state, lambda run: run.start + rule.coverage_gap <= now, rule)
     while True:
         step = (_declare(state, now, rule, before=before) if state.outage_start is None
                 else _restore(state, now, rule))
@@ -295,19 +303,34 @@ def _place(state: Verdict, run: Run, rule: OutageRule) -> Verdict:
         gap = state.last_start is not None and run.start - state.last_start > rule.coverage_gap
         runs.append(replace(run, after_gap=gap))
         return replace(state, runs=tuple(runs), last_start=run.start)
-    if run.status is not Status.GOOD:
-        # A BAD outcome older than the latest start for a run not held: the final sample of
-        # a run known BAD since its threshold passed (dropped as saying nothing new), or of
-        # a run never reported as started. In start order it changes nothing.
+    # Older than the latest start and not held: the final sample of a run known BAD since
+    # its threshold passed (dropped as saying nothing new), a run already forgotten, or one
+    # never reported as started. The scheduler reports every run when it starts; without
+    # that, its place among the runs is not known, so it is not guessed.
+    return state
+
+
+def _unseen(state: Verdict, which: Callable[[Run], bool], rule: OutageRule) -> Verdict:
+    """Forget undecided runs that will never report (``which`` of them): nobody saw the
+    service then, and nobody was watching. The run after each one is judged again against
+    the run before it for a coverage gap, and so is the next run to start."""
+    kept: list[Run] = []
+    dropped = False
+    for run in state.runs:
+        if run.status is Status.PENDING and which(run):
+            dropped = True
+            continue
+        if dropped:
+            previous = kept[-1].start if kept else state.horizon
+            gap = previous is not None and run.start - previous > rule.coverage_gap
+            kept.append(replace(run, after_gap=gap))
+            dropped = False
+            continue
+        kept.append(run)
+    if len(kept) == len(state.runs):
         return state
-    # A GOOD outcome of a run never reported as started (the scheduler reports every start;
-    # this keeps other callers sound) takes its place; a gap is judged against the
-    # neighbour kept, which may be later than the real one.
-    at = next((i for i, r in enumerate(runs) if r.start > run.start), len(runs))
-    previous = runs[at - 1].start if at else state.horizon
-    gap = previous is not None and run.start - previous > rule.coverage_gap
-    runs.insert(at, replace(run, after_gap=gap))
-    return replace(state, runs=tuple(runs))
+    last = kept[-1].start if kept else state.horizon
+    return replace(state, runs=tuple(kept), last_start=last)
 
 
 def _compact(state: Verdict) -> Verdict:
