@@ -86,3 +86,60 @@ class TestPop3Probe:
         samples = await asyncio.gather(*(run_probe(t, probe_ctx, timeout=10) for t in targets))
         assert all(s.ok for s in samples), [s.detail for s in samples if not s.ok]
         assert probe_ctx.pop3_limiter.borrowed_tokens == 0
+
+
+def _scripted_target(port, **fields):
+    fields.setdefault("tls", "none")
+    return make_target(type="pop3", host="127.0.0.1", port=port, username="probe",
+                       password="s3cret-pw", **fields)
+
+
+def _login_server(answer_user: bytes, answer_pass: bytes | None):
+    """A POP3 server that greets, answers USER and PASS as told (None: hangs up at PASS)."""
+
+    async def handler(reader, writer):
+        writer.write(b"+OK ready\r\n")
+        while request := await line(reader):
+            if request.startswith(b"USER"):
+                writer.write(answer_user)
+            elif request.startswith(b"PASS"):
+                if answer_pass is None:
+                    return
+                writer.write(answer_pass)
+            else:
+                writer.write(b"-ERR unknown\r\n")
+            await writer.drain()
+
+    return handler
+
+
+class TestPop3Replies:
+    """Only the server's ``-`` reply to USER or PASS is a refusal (``auth``); what poplib says
+    itself, or a reply that is no POP3 reply, is ``protocol``."""
+
+    @pytest.mark.parametrize(
+        ("answer_user", "answer_pass"),
+        [
+            (b"+OK " + b"u" * 3000 + b"\r\n", b"+OK\r\n"),
+            (b"+OK\r\n", b"+OK " + b"p" * 3000 + b"\r\n"),
+            (b"+OK\r\n", b"-ERR " + b"p" * 3000 + b"\r\n"),
+            (b"+OK\r\n", None),
+            (b"+OK\r\n", b"HTTP/1.1 400 Bad Request\r\n"),
+        ],
+        ids=["long-line-at-user", "long-line-at-pass", "long-err-at-pass", "eof-at-pass",
+             "not-pop3-at-pass"],
+    )
+    async def test_not_a_refusal(self, probe_ctx, answer_user, answer_pass):
+        """An over-long line, a hang-up or a foreign reply at login is a protocol failure in
+        the login phase (all were ``auth`` before: poplib raises error_proto for them too)."""
+        async with Scripted(_login_server(answer_user, answer_pass)) as server:
+            sample = await run_probe(_scripted_target(server.port), probe_ctx, timeout=3)
+        assert (Result.PROTOCOL, Phase.LOGIN) == (sample.result, sample.phase), sample.detail
+
+    async def test_refusal_is_auth(self, probe_ctx):
+        """``-ERR`` to PASS stays a refusal, with the server's words (printable)."""
+        answer = b"-ERR [AUTH] bad \x1b[31mpassword\r\n"
+        async with Scripted(_login_server(b"+OK\r\n", answer)) as server:
+            sample = await run_probe(_scripted_target(server.port), probe_ctx, timeout=3)
+        assert (Result.AUTH, Phase.LOGIN) == (sample.result, sample.phase)
+        assert "login refused: -ERR [AUTH] bad \\x1b[31mpassword" == sample.detail

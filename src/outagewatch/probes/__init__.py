@@ -17,14 +17,13 @@ from outagewatch.config import HttpTarget, ImapTarget, Pop3Target, SmtpTarget, T
 from outagewatch.model import Phase, ProbeType, Result, Sample
 from outagewatch.probes import http, imap, pop3, smtp
 from outagewatch.probes._common import PhaseTimer, ProbeFailure, classify, describe
+from outagewatch.probes._scrub import scrub, secret_forms
 from outagewatch.tls import RecordingContext, make_tls_context
 
 if TYPE_CHECKING:
     import anyio
 
     from outagewatch.clock import Clock
-
-MIN_SCRUBBED = 4  # shorter secrets would mangle ordinary words in messages
 
 __all__ = [
     "ProbeContext", "ProbeRun", "ThreadTracker", "new_http_session", "phases_of", "run_probe",
@@ -140,9 +139,10 @@ async def run_probe(target: Target, ctx: ProbeContext, *, timeout: float) -> Sam
     duration = ctx.clock.monotonic() - t0
     timer.finish()
     secret = getattr(target, "password", None)
-    if secret is not None and len(secret.get_secret_value()) >= MIN_SCRUBBED and detail:
-        # belt and braces: no library puts the password into an error, but if one did
-        detail = detail.replace(secret.get_secret_value(), "***")
+    if secret is not None and detail:
+        # a server may echo the password, in any form its client sent it
+        forms = secret_forms(secret.get_secret_value(), username=getattr(target, "username", None))
+        detail = scrub(detail, forms)
     return Sample(
         target=target.name,
         started_at=started_at,

@@ -5,7 +5,9 @@ STAT, QUIT) runs in a thread from a dedicated limiter. poplib's socket timeout i
 cannot stop a server that drips a byte a second, so at the deadline the loop shuts the
 connection down under the thread (through a dup of its descriptor, valid even after TLS
 wrapping), which makes the blocked recv return and the thread end. Threads that outlive their
-probe anyway are counted.
+probe anyway are counted. poplib bounds each line but not the lines of a multi-line answer, so
+the whole dialogue has a byte budget; only a server's ``-`` reply is a refusal, what poplib
+says itself (a line too long, the connection closed) is a protocol failure.
 """
 
 from __future__ import annotations
@@ -33,12 +35,17 @@ PHASES: tuple[Phase, ...] = (
     Phase.LOGIN, Phase.STAT, Phase.LOGOUT,
 )
 
+# A probe's whole conversation is well under a KiB (CAPA lists a dozen short lines). Without a
+# budget a server flooding CAPA lines grew memory by some 15 MB/s until the deadline.
+MAX_RECEIVED = 64 * 1024
+
 
 class _Pop3(poplib.POP3):
     """poplib on a socket we connected ourselves (the stdlib hook ``_create_socket``)."""
 
     def __init__(self, sock: socket.socket, host: str, timeout: float) -> None:
         self._given = sock
+        self._received = 0  # bytes read so far, the greeting's included
         try:
             super().__init__(host, 0, timeout=timeout)  # reads the greeting
         except BaseException:
@@ -53,6 +60,30 @@ class _Pop3(poplib.POP3):
         del timeout
         return self._given
 
+    def _getline(self) -> tuple[bytes, int]:
+        """poplib's one read of a line, within the dialogue's byte budget."""
+        try:
+            line, octets = super()._getline()  # type: ignore[misc]  # private, not in typeshed
+        except poplib.error_proto as exc:  # poplib's own words, not the server's
+            eof = _reply(exc) == "-ERR EOF"
+            reason = "server closed the connection" if eof else "server sent an over-long line"
+            raise ProbeFailure(Result.PROTOCOL, reason) from None
+        self._received += octets
+        if self._received > MAX_RECEIVED:
+            raise ProbeFailure(Result.PROTOCOL, f"server sent more than {MAX_RECEIVED} bytes")
+        return line, octets
+
+    def _getresp(self) -> bytes:
+        """A one-line reply; a ``-`` reply raises error_proto (a refusal), anything else that
+        is not ``+`` is no POP3 reply at all."""
+        try:
+            reply: bytes = super()._getresp()  # type: ignore[misc]  # private, not in typeshed
+        except poplib.error_proto as exc:
+            if not _reply(exc).startswith("-"):
+                raise ProbeFailure(Result.PROTOCOL, f"not a POP3 reply: {_reply(exc)}") from None
+            raise
+        return reply
+
 
 def _capabilities(pop: poplib.POP3) -> dict[str, list[str]]:
     try:
@@ -62,8 +93,10 @@ def _capabilities(pop: poplib.POP3) -> dict[str, list[str]]:
 
 
 def _reply(exc: poplib.error_proto) -> str:
+    """The server's words, printable (no terminal escapes into logs) and short."""
     arg = exc.args[0] if exc.args else b""
-    return (arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg))[:200]
+    text = arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:200])
 
 
 def _wrap(tls: RecordingContext, sock: socket.socket, host: str) -> ssl.SSLSocket:
