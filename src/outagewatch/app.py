@@ -24,27 +24,32 @@ from outagewatch.config import Settings, load_settings
 from outagewatch.engine import Composer, Engine, Maintenance, Timers, Writer
 from outagewatch.engine.engine import OBSERVATIONS_IN_MAIL
 from outagewatch.errors import ConfigError, ListenError
+from outagewatch.faults import Faults, supervise
 from outagewatch.metrics import Metrics, TargetLabels, build_metrics, duration_buckets
 from outagewatch.model import ProbeType
 from outagewatch.notify import Channel, Drainer, SmtpChannel
+from outagewatch.notify.queue import Queue
 from outagewatch.probes import ProbeContext, new_http_session, phases_of, run_probe
 from outagewatch.recorder import SampleRecorder
 from outagewatch.scheduler import MAX_NAP, Scheduler
-from outagewatch.store import StoreError
+from outagewatch.store import Changes, StoreError
 from outagewatch.store.sqlite import SqliteStore
 from outagewatch.topology import build_topology
 from outagewatch.web import WebServer, build_app
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
     from pathlib import Path
 
     from outagewatch.config import NotifyConfig, Target
     from outagewatch.model import Rule, Sample
     from outagewatch.scheduler import Recorder
+    from outagewatch.store import State, StateStore
     from outagewatch.topology import Topology
 
 log = structlog.get_logger("outagewatch.app")
+
+DRAIN_GRACE = 15.0  # seconds a stopping daemon gives the mail in progress
 
 
 def metrics_for(settings: Settings, registry: CollectorRegistry, ctx: ProbeContext) -> Metrics:
@@ -86,6 +91,55 @@ def backoff_of(notify: NotifyConfig | None) -> tuple[float, float]:
 
 
 @dataclass(frozen=True, slots=True)
+class Core:
+    """The deciding and mailing parts, wired: what a running daemon and the engine's tests
+    share."""
+
+    faults: Faults
+    queue: Queue
+    writer: Writer
+    drainer: Drainer
+    composer: Composer
+    engine: Engine
+    maintenance: Maintenance
+
+
+def wire(settings: Settings, *, state: State, store: StateStore, clock: Clock,
+         metrics: Metrics) -> Core:
+    """The engine, maintenance, writer, outbox queue and drainer on ``store``, from
+    ``state`` as loaded."""
+    topology = build_topology(settings, today=clock.now().date())
+    channels = channels_of(settings.notify)
+    faults = Faults(metrics, clock)
+    queue = Queue()
+    queue.load(state.outbox)
+
+    def submitted(changes: Changes) -> None:
+        queue.add(changes.envelopes)
+        if changes.envelopes and writer.failing is not None:
+            drainer.poke()  # the store cannot take them: they go out anyway
+
+    def written(changes: Changes) -> None:
+        queue.written(changes.envelopes, changes.deliveries.values())
+        if changes.envelopes:
+            drainer.poke()
+        drainer.update_gauges()
+
+    writer = Writer(store, clock=clock, faults=faults, metrics=metrics,
+                    on_submitted=submitted, on_written=written)
+    drainer = Drainer(queue=queue, writer=writer, channels=channels, clock=clock,
+                      metrics=metrics, backoff=backoff_of(settings.notify))
+    timers = Timers(clock)
+    composer = Composer(topology, channels)
+    engine = Engine(topology=topology, state=state, writer=writer, composer=composer,
+                    timers=timers, clock=clock, metrics=metrics)
+    maintenance = Maintenance(topology=topology, windows=state.windows, engine=engine,
+                              writer=writer, composer=composer, timers=timers, clock=clock,
+                              metrics=metrics)
+    return Core(faults, queue, writer, drainer, composer, engine, maintenance)
+
+
+@dataclass(frozen=True, slots=True)
 class Runtime:
     """Every long-lived part of a running daemon, built and wired."""
 
@@ -95,11 +149,7 @@ class Runtime:
     metrics: Metrics
     ctx: ProbeContext
     store: SqliteStore
-    writer: Writer
-    composer: Composer
-    engine: Engine
-    maintenance: Maintenance
-    drainer: Drainer
+    core: Core
     recorder: SampleRecorder
     scheduler: Scheduler
     api: Api
@@ -115,21 +165,9 @@ async def build(settings: Settings, *, clock: Clock, registry: CollectorRegistry
             ctx = ProbeContext(clock=clock, session=session,
                                pop3_limiter=anyio.CapacityLimiter(settings.engine.pop3_threads))
             metrics = metrics_for(settings, registry, ctx)
-            topology = build_topology(settings, today=clock.now().date())
             state = await store.load(recent=OBSERVATIONS_IN_MAIL)
-            channels = channels_of(settings.notify)
-            drainer = Drainer(outbox=store, channels=channels, clock=clock, metrics=metrics,
-                              backoff=backoff_of(settings.notify))
-            writer = Writer(store, clock=clock,
-                            on_written=lambda changes: drainer.poke() if changes.envelopes
-                            else None)
-            timers = Timers(clock)
-            composer = Composer(topology, channels)
-            engine = Engine(topology=topology, state=state, writer=writer, composer=composer,
-                            timers=timers, clock=clock, metrics=metrics)
-            maintenance = Maintenance(topology=topology, windows=state.windows, engine=engine,
-                                      writer=writer, composer=composer, timers=timers,
-                                      clock=clock, metrics=metrics)
+            core = wire(settings, state=state, store=store, clock=clock, metrics=metrics)
+            engine = core.engine
             recorder = SampleRecorder(metrics, listeners=[engine, *listeners])
 
             async def probe(target: Target, rule: Rule) -> Sample:
@@ -138,13 +176,12 @@ async def build(settings: Settings, *, clock: Clock, registry: CollectorRegistry
             scheduler = Scheduler(clock=clock, probe=probe, recorder=recorder, metrics=metrics,
                                   max_in_flight=settings.engine.max_in_flight)
             token = settings.server.token.get_secret_value() if settings.server.token else None
-            api = Api(engine=engine, maintenance=maintenance, writer=writer, store=store,
-                      last=recorder.last, clock=clock, token=token)
+            api = Api(engine=engine, maintenance=core.maintenance, writer=core.writer,
+                      store=store, last=recorder.last, clock=clock, token=token)
             try:
                 yield Runtime(settings=settings, clock=clock, registry=registry,
-                              metrics=metrics, ctx=ctx, store=store, writer=writer,
-                              composer=composer, engine=engine, maintenance=maintenance,
-                              drainer=drainer, recorder=recorder, scheduler=scheduler, api=api)
+                              metrics=metrics, ctx=ctx, store=store, core=core,
+                              recorder=recorder, scheduler=scheduler, api=api)
             finally:
                 engine.close()
     finally:
@@ -183,7 +220,13 @@ class Daemon:
             return "starting or stopping"
         if self.clock.monotonic() - runtime.scheduler.heartbeat > 10 * MAX_NAP:
             return "scheduler heartbeat is stale"
-        return None
+        return runtime.core.faults.blocking()
+
+    def faults(self) -> dict[str, str]:
+        """Every fault of the daemon's own, blocking or not, for /readyz."""
+        if self.runtime is None:
+            return {}
+        return {name: fault.cause for name, fault in self.runtime.core.faults.active().items()}
 
     async def run(self) -> None:
         async with build(self.settings, clock=self.clock, registry=self.registry,
@@ -199,7 +242,7 @@ class Daemon:
         settings, clock = runtime.settings, runtime.clock
         self._apply(runtime, settings)
         web = WebServer(build_app(registry=runtime.registry, readiness=self.readiness,
-                                  routes=runtime.api.routes()))
+                                  faults=self.faults, routes=runtime.api.routes()))
         try:
             await web.start(settings.server.host, settings.server.port)
         except OSError as exc:
@@ -212,20 +255,25 @@ class Daemon:
         runtime.metrics.last_reload.set(clock.now().timestamp())
         # the holds of windows that started or ended while we were down come first, then
         # the deadlines that passed meanwhile are acted on
-        runtime.maintenance.start()
-        runtime.engine.start()
-        tasks = [asyncio.create_task(runtime.writer.run(), name="writer"),
-                 asyncio.create_task(runtime.scheduler.run(), name="scheduler"),
-                 asyncio.create_task(runtime.drainer.run(), name="drainer")]
+        runtime.core.maintenance.start()
+        runtime.core.engine.start()
+        def supervised(name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+            return asyncio.create_task(supervise(
+                name, run, faults=runtime.core.faults, metrics=runtime.metrics, clock=clock),
+                name=name)
+
+        tasks = [supervised("writer", runtime.core.writer.run),
+                 supervised("scheduler", runtime.scheduler.run),
+                 supervised("drainer", runtime.core.drainer.run)]
         self._ready = True
         log.info("daemon_started", listen=f"{settings.server.host}:{web.port}",
                  targets=len(settings.targets))
         systemd.notify(f"READY=1\nSTATUS={self.summary()}")
         period = systemd.watchdog_period()
         if period is not None:
-            tasks.append(asyncio.create_task(systemd.watchdog(
+            tasks.append(supervised("watchdog", lambda: systemd.watchdog(
                 period, lambda: clock.monotonic() - runtime.scheduler.heartbeat,
-                status=self.summary), name="watchdog"))
+                status=self.summary)))
         try:
             await self._stop.wait()
         finally:
@@ -234,17 +282,19 @@ class Daemon:
             systemd.notify("STOPPING=1")
             for sig in signals:
                 loop.remove_signal_handler(sig)
+            # a mail in the middle of its SMTP dialogue is finished, not cut in half
+            await runtime.core.drainer.stop(grace=DRAIN_GRACE)
             for task in reversed(tasks[1:]):  # the writer last, after what feeds it
                 await _cancel(task)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(runtime.writer.flush(), timeout=5)
+                await asyncio.wait_for(runtime.core.writer.flush(), timeout=5)
             await _cancel(tasks[0])
             await web.stop()
         log.info("daemon_stopped")
 
     def summary(self) -> str:
         """One line for systemctl status."""
-        engine = self.runtime.engine if self.runtime is not None else None
+        engine = self.runtime.core.engine if self.runtime is not None else None
         books = [engine.book(p) for p in self.settings.platforms] if engine else []
         open_incidents = [b.open.id for b in books if b.open is not None]
         return (f"{len(self.settings.targets)} targets; open incidents: "
@@ -263,15 +313,15 @@ class Daemon:
 
     def _apply(self, runtime: Runtime, settings: Settings) -> None:
         topology: Topology = build_topology(settings, today=runtime.clock.now().date())
-        runtime.engine.configure(topology)
+        runtime.core.engine.configure(topology)
         wanted = {t.name for t in settings.targets}
         for name in runtime.scheduler.targets():
             if name not in wanted:
                 runtime.metrics.remove_target(name)
                 runtime.ctx.forget(name)
                 runtime.recorder.forget(name)
-                runtime.engine.forget(name)
-        runtime.maintenance.configure(topology)
+                runtime.core.engine.forget(name)
+        runtime.core.maintenance.configure(topology)
         for target in settings.targets:
             runtime.metrics.add_target(labels_of(target))
         runtime.scheduler.apply([(t, settings.rule_for(t)) for t in settings.targets])
@@ -294,8 +344,8 @@ class Daemon:
                 log.warning("config_needs_restart", section=section,
                             note="this section takes effect at the next start")
         channels = channels_of(new.notify)
-        runtime.drainer.reconfigure(channels, backoff_of(new.notify))
-        runtime.composer.channels = channels
+        runtime.core.drainer.reconfigure(channels, backoff_of(new.notify))
+        runtime.core.composer.channels = channels
         self._apply(runtime, new)
         self.settings = new
         runtime.metrics.reloads.labels("success").inc()

@@ -69,9 +69,14 @@ class Metrics:
     notifications: Counter
     outbox_pending: Gauge
     outbox_oldest_age: Gauge
+    outbox_unrecorded: Gauge
     target_outage: Gauge
     incidents_open: Gauge
     maintenance_active: Gauge
+    fault: Gauge
+    faults: Counter
+    task_restarts: Counter
+    state_pending: Gauge
     _known: dict[str, TargetLabels] = field(default_factory=dict)
 
     def add_target(self, labels: TargetLabels) -> None:
@@ -204,6 +209,9 @@ def build_metrics(
         outbox_oldest_age=Gauge(f"{ns}_outbox_oldest_pending_age_seconds",
                                 "Age of the oldest mail waiting in the outbox (0 if none).",
                                 registry=registry),
+        outbox_unrecorded=Gauge(f"{ns}_outbox_unrecorded",
+                                "Mails whose state (queued, sent, failed) is not yet written "
+                                "to the state store.", registry=registry),
         target_outage=Gauge(f"{ns}_target_outage",
                             "1 while the target is in OUTAGE by the agreement's definition.",
                             _LABELS, registry=registry),
@@ -212,4 +220,14 @@ def build_metrics(
         maintenance_active=Gauge(f"{ns}_maintenance_active",
                                  "1 while a maintenance window covers the target.", _LABELS,
                                  registry=registry),
+        fault=Gauge(f"{ns}_fault", "1 while the daemon's own machinery has this fault "
+                    "(see fault_raised in the logs).", ("fault",), registry=registry),
+        faults=Counter(f"{ns}_faults", "Faults of the daemon's own machinery, by kind, as "
+                       "they started.", ("fault",), registry=registry),
+        task_restarts=Counter(f"{ns}_task_restarts", "Long-running tasks restarted after "
+                              "they crashed (see task_crashed in the logs).", ("task",),
+                              registry=registry),
+        state_pending=Gauge(f"{ns}_state_pending_writes",
+                            "Changes decided but not yet written to the state store.",
+                            registry=registry),
     )

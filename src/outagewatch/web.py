@@ -14,18 +14,24 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 Readiness = Callable[[], str | None]  # None when ready, else the reason
+Faults = Callable[[], dict[str, str]]  # every fault of the daemon's own: name -> cause
 
 
 def build_app(*, registry: CollectorRegistry, readiness: Readiness,
-              routes: list[web.RouteDef] | None = None) -> web.Application:
+              faults: Faults = dict, routes: list[web.RouteDef] | None = None
+              ) -> web.Application:
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(_request: web.Request) -> web.Response:
-        reason = readiness()
+        """503 while the daemon cannot do its job; faults that only degrade it are listed
+        with a 200."""
+        reason, active = readiness(), faults()
         if reason is None:
-            return web.json_response({"status": "ready"})
-        return web.json_response({"status": "not ready", "reason": reason}, status=503)
+            return web.json_response({"status": "degraded" if active else "ready",
+                                      "faults": active})
+        return web.json_response({"status": "not ready", "reason": reason, "faults": active},
+                                 status=503)
 
     app = web.Application()
     app.router.add_get("/metrics", make_aiohttp_handler(registry))

@@ -9,14 +9,12 @@ from typing import Any, Self
 
 from prometheus_client import CollectorRegistry
 
-from outagewatch.app import channels_of, labels_of
+from outagewatch.app import labels_of, wire
 from outagewatch.core.render import Thread, ThreadKind
-from outagewatch.engine import Composer, Engine, Maintenance, Timers, Writer
 from outagewatch.engine.engine import OBSERVATIONS_IN_MAIL
 from outagewatch.metrics import build_metrics
 from outagewatch.model import Result, Sample
 from outagewatch.store.sqlite import SqliteStore
-from outagewatch.topology import build_topology
 
 
 class EngineHarness:
@@ -37,17 +35,10 @@ class EngineHarness:
             self.metrics.add_target(labels_of(target))
         self.store = await SqliteStore.open(settings.state.path, threaded=False)
         state = await self.store.load(recent=OBSERVATIONS_IN_MAIL)
-        topology = build_topology(settings, today=clock.now().date())
-        self.writer = Writer(self.store, clock=clock)
-        self.composer = Composer(topology, channels_of(settings.notify))
-        timers = Timers(clock)
-        self.engine = Engine(topology=topology, state=state, writer=self.writer,
-                             composer=self.composer, timers=timers, clock=clock,
-                             metrics=self.metrics)
-        self.maintenance = Maintenance(topology=topology, windows=state.windows,
-                                       engine=self.engine, writer=self.writer,
-                                       composer=self.composer, timers=timers, clock=clock,
-                                       metrics=self.metrics)
+        self.core = wire(settings, state=state, store=self.store, clock=clock,
+                         metrics=self.metrics)
+        self.writer, self.engine = self.core.writer, self.core.engine
+        self.maintenance, self.composer = self.core.maintenance, self.core.composer
         self._writing = asyncio.create_task(self.writer.run())
         return self
 

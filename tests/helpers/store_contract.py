@@ -10,16 +10,21 @@ import pytest
 from outagewatch.core.evaluator import Run, Status, Verdict
 from outagewatch.core.incidents import Book, Platform, Service, declared
 from outagewatch.core.maintenance import Window, WindowKind
-from outagewatch.store import Changes, Envelope, StoredSample, StoreError
+from outagewatch.store import Changes, Delivery, Envelope, EnvelopeKey, StoredSample, StoreError
 
 EU = Platform("eu", (Service("imap-eu"), Service("smtp-eu")))
 
 
 def envelope(thread: str, number: int, *, created: float = 10.0, kind: str = "update",
-             channel: str = "smtp") -> Envelope:
-    return Envelope(thread=thread, number=number, kind=kind, channel=channel,
-                    payload={"to": ["a@example.com"], "subject": f"{thread} #{number}"},
-                    created=created)
+             channel: str = "smtp", lane: str = "a@example.com") -> Envelope:
+    return Envelope(EnvelopeKey(channel, thread, lane, number), kind,
+                    {"to": ["a@example.com"], "subject": f"{thread} #{number}"}, created)
+
+
+def delivered(item: Envelope, status: str, *, at: float = 20.0, error: str | None = None,
+              attempts: int = 1) -> Delivery:
+    return Delivery(item.key, status, attempts, at, error, item.payload,
+                    at if status == "sent" else None)
 
 
 def sample(target: str, start: float, *, bad: bool = False) -> StoredSample:
@@ -83,42 +88,47 @@ class StoreContract:
     async def test_a_thread_id_may_be_used_by_an_incident_and_a_window(self, store):
         await store.apply(Changes(envelopes=[envelope("incident:eu-1", 0),
                                              envelope("maintenance:eu-1", 0)]))
-        assert 2 == (await store.stats(20.0))[0]
+        assert 2 == len((await store.load(recent=1)).outbox)
 
-    async def test_outbox_keeps_each_thread_in_order(self, store):
-        """Only the oldest pending envelope of a thread and channel is due."""
-        await store.apply(Changes(envelopes=[envelope("incident:EU-1", n) for n in range(3)]
-                                  + [envelope("incident:US-1", 0, created=11.0, kind="open")]))
-        due = await store.due(20.0)
-        assert [("incident:EU-1", 0), ("incident:US-1", 0)] == [(i.thread, i.number)
-                                                                for i in due]
-        await store.mark_retry(due[0].id, payload={"to": ["b@example.com"]}, at=30.0,
-                               error="451 later")
-        assert ["incident:US-1"] == [i.thread for i in await store.due(20.0)]
-        assert 11.0 == await store.next_attempt()  # US-1 is due since 11, EU-1 again at 30
-        retry = (await store.due(30.0))[0]
-        assert (0, {"to": ["b@example.com"]}, 1) == (retry.number, dict(retry.payload),
-                                                      retry.attempts)
-        await store.mark_sent(retry.id, 31.0)
-        assert [("incident:EU-1", 1), ("incident:US-1", 0)] == [
-            (i.thread, i.number) for i in await store.due(31.0)]
-        assert (3, 21.0) == await store.stats(31.0)
+    async def test_each_lane_is_its_own_envelope(self, store):
+        """One message, two recipients: two envelopes, each with its own state."""
+        first, second = (envelope("incident:A", 0, lane=lane) for lane in ("a@x", "b@x"))
+        await store.apply(Changes(envelopes=[first, second]))
+        await store.apply(Changes(deliveries={first.key: delivered(first, "sent")}))
+        stored = await store.thread("incident:A")
+        assert [("a@x", "sent"), ("b@x", "pending")] == [(m.lane, m.status) for m in stored]
 
-    async def test_next_attempt_is_the_earliest_head(self, store):
-        await store.apply(Changes(envelopes=[envelope("incident:A", 0, created=50.0),
-                                             envelope("incident:A", 1, created=5.0)]))
-        assert 50.0 == await store.next_attempt()  # the second waits for the first
-        assert [] == await store.due(40.0)
+    async def test_the_outbox_comes_back_with_its_deliveries(self, store):
+        """At start the drainer gets back every envelope not sent, as it left it, in the
+        order they were made; sent ones stay in their thread only."""
+        sent, retry, failed, new = (envelope("incident:A", n, created=10.0 + n)
+                                    for n in range(4))
+        await store.apply(Changes(envelopes=[sent, retry, failed, new]))
+        await store.apply(Changes(deliveries={
+            sent.key: delivered(sent, "sent"),
+            retry.key: Delivery(retry.key, "pending", 2, 99.0, "451 later",
+                                {"to": ["a@example.com"], "rcpt": ["a@example.com"]}),
+            failed.key: delivered(failed, "failed", error="554 rejected")}))
+        outbox = (await store.load(recent=1)).outbox
+        assert [1, 2, 3] == [e.key.number for e, _ in outbox]
+        (_, pending), (_, gave_up), (_, fresh) = outbox
+        assert ("pending", 2, 99.0, "451 later") == (pending.status, pending.attempts,
+                                                    pending.next_attempt, pending.last_error)
+        assert {"to": ["a@example.com"], "rcpt": ["a@example.com"]} == dict(pending.payload)
+        assert ("failed", "554 rejected") == (gave_up.status, gave_up.last_error)
+        assert ("pending", 0, 13.0) == (fresh.status, fresh.attempts, fresh.next_attempt)
+        listed = await store.thread("incident:A")
+        assert ["sent", "pending", "failed", "pending"] == [m.status for m in listed]
+        assert 20.0 == listed[0].sent_at
 
-    async def test_a_failed_envelope_is_kept_and_listed(self, store):
-        await store.apply(Changes(envelopes=[envelope("incident:A", 0)]))
-        (item,) = await store.due(20.0)
-        await store.mark_failed(item.id, "554 rejected")
-        (listed,) = await store.thread("incident:A")
-        assert ("failed", "554 rejected", 1) == (listed.status, listed.last_error,
-                                                 listed.attempts)
-        assert (0, 0.0) == await store.stats(20.0)
-        assert await store.next_attempt() is None
+    async def test_a_delivery_in_the_unit_of_its_envelope(self, store):
+        """Written while the store could not: the envelope and its delivery arrive together,
+        and the delivery wins."""
+        item = envelope("incident:A", 0)
+        await store.apply(Changes(envelopes=[item],
+                                  deliveries={item.key: delivered(item, "sent")}))
+        assert [] == (await store.load(recent=1)).outbox
+        assert ["sent"] == [m.status for m in await store.thread("incident:A")]
 
     async def test_incidents_newest_first(self, store):
         book = Book()

@@ -1,26 +1,25 @@
-"""The drainer and the SMTP channel against a real aiosmtpd relay: order, threading headers,
-retries, refusals."""
+"""The drainer and the SMTP channel against a real aiosmtpd relay: order per recipient,
+threading headers, retries, refusals, and a drainer that nothing stops."""
 
 from __future__ import annotations
 
 import asyncio
-import random
 from email import message_from_bytes
 
 import pytest
 from aiosmtpd.smtp import SMTP
-from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
+from tests.helpers.engine import EngineHarness
 from tests.helpers.fakeclock import FakeClock
 from tests.helpers.ports import free_port
 from tests.helpers.smtpd import PASSWORD, USER, start_smtpd
 
-from outagewatch.config import NotifyConfig
+from outagewatch.config import Settings
 from outagewatch.core.render import Message, Thread, ThreadKind
-from outagewatch.metrics import build_metrics
-from outagewatch.notify import Drainer, SmtpChannel
-from outagewatch.store import Changes, Envelope
-from outagewatch.store.sqlite import SqliteStore
+from outagewatch.notify import SmtpChannel
+from outagewatch.store import Changes, Envelope, EnvelopeKey
+
+ONCALL = "oncall@example.com"
 
 
 class Relay:
@@ -30,6 +29,7 @@ class Relay:
         self.received = []
         self.rcpt = {}  # address -> reply such as "451 try later"
         self.data = "250 OK"
+        self.quit_delay = 0.0
         self.port = 0
 
     async def handle_RCPT(self, server, session, envelope, address, options):  # noqa: N802
@@ -45,11 +45,19 @@ class Relay:
         return self.data
 
 
+class SlowQuit(SMTP):
+    """A relay that takes its time to answer QUIT."""
+
+    async def smtp_QUIT(self, arg):  # noqa: N802
+        await asyncio.sleep(self.event_handler.quit_delay)
+        await super().smtp_QUIT(arg)
+
+
 @pytest.fixture(name="relay")
 async def _relay():
     relay = Relay()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: SMTP(relay, hostname="relay.test"),
+    server = await loop.create_server(lambda: SlowQuit(relay, hostname="relay.test"),
                                       "127.0.0.1", 0)
     relay.port = server.sockets[0].getsockname()[1]
     yield relay
@@ -57,63 +65,52 @@ async def _relay():
     await server.wait_closed()
 
 
-def notify(port, **smtp):
-    return NotifyConfig(smtp={"host": "127.0.0.1", "port": port, "tls": "none",
-                              "timeout": 5, **smtp},
-                        sender="Monitoring <noc@example.com>")
+def settings(tmp_path, port, **smtp):
+    return Settings(
+        platforms={"eu": {"incident_recipients": [ONCALL]}},
+        targets=[{"name": "web", "platform": "eu", "type": "http", "url": "http://x/"}],
+        notify={"smtp": {"host": "127.0.0.1", "port": port, "tls": "none", "timeout": 5,
+                         **smtp},
+                "sender": "Monitoring <noc@example.com>", "retry_backoff": 10,
+                "retry_max": 60},
+        state={"path": tmp_path / "state.db"})
 
 
-def message(incident, number, to=("oncall@example.com",)):
+def message(incident, number, to=(ONCALL,)):
     return Message(thread=Thread(ThreadKind.INCIDENT, incident), number=number,
                    kind="open" if number == 0 else "update", to=to,
                    subject=f"Incident {incident} #{number}", body=f"mail {number}")
 
 
-async def setup(tmp_path, port, **smtp):
-    clock = FakeClock()
-    store = await SqliteStore.open(tmp_path / "state.db", threaded=False)
-    registry = CollectorRegistry()
-    metrics = build_metrics(registry, buckets=(1.0,))
-    channel = SmtpChannel(notify(port, **smtp))
-    drainer = Drainer(outbox=store, channels={"smtp": channel}, clock=clock, metrics=metrics,
-                      backoff=(10.0, 60.0), rng=random.Random(1))
-    return clock, store, registry, drainer, channel
+async def queue(h, *messages):
+    """Into the outbox as the engine puts them: through the writer, durable at once."""
+    now = h.clock.now().timestamp()
+    channel = h.composer.channels["smtp"]
+    h.writer.submit(Changes(envelopes=[
+        Envelope(EnvelopeKey("smtp", m.thread.key, lane, m.number), m.kind, payload, now)
+        for m in messages for lane, payload in channel.payloads(m, created=now).items()]))
+    await h.writer.flush()
 
 
-async def queue(store, clock, channel, *messages):
-    now = clock.now().timestamp()
-    await store.apply(Changes(envelopes=[
-        Envelope(thread=m.thread.key, number=m.number, kind=m.kind, channel="smtp",
-                 payload=channel.payload(m, created=now), created=now) for m in messages]))
+def states(stored):
+    return [(m.lane, m.number, m.status) for m in stored]
 
 
-@pytest.fixture(name="opened")
-async def _opened(tmp_path):
-    stores: list[SqliteStore] = []
-
-    async def open_one(port, **smtp):
-        made = await setup(tmp_path / str(len(stores)), port, **smtp)
-        stores.append(made[1])
-        return made
-
-    (tmp_path / "0").mkdir()
-    (tmp_path / "1").mkdir()
-    yield open_one
-    for store in stores:
-        await store.close()
-
-
-def status(messages):
-    return [m.status for m in messages]
+def metric(h, kind, result):
+    return h.registry.get_sample_value("outagewatch_notifications_total",
+                                       {"kind": kind, "result": result}) or 0
 
 
 class TestDrainer:
-    async def test_delivers_in_order_with_thread_headers(self, relay, opened):
+    async def test_delivers_in_order_with_thread_headers(self, tmp_path, relay):
         """Every mail answers the previous one and references the first; the ids derive
         from the thread and the number, so a retry carries the same one."""
-        clock, store, registry, drainer, channel = await opened(relay.port)
-        await queue(store, clock, channel, *(message("EU-1", n) for n in range(3)))
-        assert 3 == await drainer.send_due()
+        async with EngineHarness(settings(tmp_path, relay.port), FakeClock()) as h:
+            await queue(h, *(message("EU-1", n) for n in range(3)))
+            assert 3 == await h.core.drainer.send_due()
+            await h.writer.flush()
+            assert [(ONCALL, n, "sent") for n in range(3)] == states(
+                await h.store.thread("incident:EU-1"))
         subjects = [m["Subject"] for _, m in relay.received]
         assert ["Incident EU-1 #0", "Incident EU-1 #1", "Incident EU-1 #2"] == subjects
         first, second, last = (m for _, m in relay.received)
@@ -126,77 +123,157 @@ class TestDrainer:
         assert "<eu-1.0@example.com> <eu-1.1@example.com>" == last["References"]
         assert "Monitoring <noc@example.com>" == last["From"]
         assert "auto-generated" == last["Auto-Submitted"]
-        assert last["Date"]
-        assert 2 == registry.get_sample_value("outagewatch_notifications_total",
-                                              {"kind": "update", "result": "sent"})
-        assert 0 == registry.get_sample_value("outagewatch_outbox_pending")
+        assert 2 == metric(h, "update", "sent")
+        assert 0 == h.registry.get_sample_value("outagewatch_outbox_pending")
 
-    async def test_dead_relay_retries_with_backoff_then_delivers_in_order(self, relay, opened):
+    async def test_dead_relay_retries_with_backoff_then_delivers_in_order(self, tmp_path,
+                                                                          relay):
         """Nothing is lost while the relay is down, and the thread arrives in order after."""
-        clock, store, registry, drainer, channel = await opened(free_port())
-        await queue(store, clock, channel, message("EU-1", 0), message("EU-1", 1))
-        assert 0 == await drainer.send_due()
-        first_retry = await store.next_attempt() - clock.now().timestamp()
-        assert 5.0 <= first_retry <= 10.0  # 10 s base, jitter 0.5..1
-        await clock.advance(first_retry)
-        assert 0 == await drainer.send_due()
-        assert 10.0 <= await store.next_attempt() - clock.now().timestamp() <= 20.0  # doubled
-        assert (2, pytest.approx(first_retry)) == await store.stats(clock.now().timestamp())
-        # the relay is back (at the configured address)
-        drainer.reconfigure({"smtp": SmtpChannel(notify(relay.port))}, (10.0, 60.0))
-        await clock.advance(60)
-        assert 2 == await drainer.send_due()
+        async with EngineHarness(settings(tmp_path, free_port()), FakeClock()) as h:
+            drainer = h.core.drainer
+            await queue(h, message("EU-1", 0), message("EU-1", 1))
+            assert 0 == await drainer.send_due()
+            now = h.clock.now().timestamp()
+            first_retry = h.core.queue.next_attempt(undurable=False) - now
+            assert 5.0 <= first_retry <= 10.0  # 10 s base, jitter 0.5..1
+            await h.clock.advance(first_retry + 0.001)  # datetimes are microsecond-precise
+            assert 0 == await drainer.send_due()
+            retry = h.core.queue.next_attempt(undurable=False) - h.clock.now().timestamp()
+            assert 10.0 <= retry <= 20.0  # doubled
+            drainer.reconfigure({"smtp": SmtpChannel(settings(tmp_path, relay.port).notify)},
+                                (10.0, 60.0))  # the relay is back
+            await h.clock.advance(60)
+            assert 2 == await drainer.send_due()
+            assert 2 == metric(h, "open", "retry")
         assert ["Incident EU-1 #0", "Incident EU-1 #1"] == [
             m["Subject"] for _, m in relay.received]
-        assert 2 == registry.get_sample_value("outagewatch_notifications_total",
-                                              {"kind": "open", "result": "retry"})
 
-    async def test_permanent_refusal_is_not_retried(self, relay, opened):
-        relay.data = "554 rejected by policy"
-        clock, store, registry, drainer, channel = await opened(relay.port)
-        await queue(store, clock, channel, message("EU-1", 0))
-        with capture_logs() as logs:
-            await drainer.send_due()
-        assert (0, 0.0) == await store.stats(clock.now().timestamp())
-        assert ["failed"] == status(await store.thread("incident:EU-1"))
-        assert 1 == registry.get_sample_value("outagewatch_notifications_total",
-                                              {"kind": "open", "result": "failed"})
-        (failed,) = [e for e in logs if e["event"] == "mail_failed"]
-        assert "relay refused the mail: 554 rejected by policy" == failed["error"]
-
-    async def test_partial_deferral_retries_only_those_recipients(self, relay, opened):
-        """451 for one recipient: the others get it now, that one later, same Message-ID."""
+    async def test_a_deferring_recipient_holds_back_only_itself(self, tmp_path, relay):
+        """Issue 10.8: one recipient answering 451 for a while; the other gets the whole
+        thread at once, in order, and the first gets it in order once it accepts again (it
+        used to hold back every later mail for every recipient)."""
         relay.rcpt["busy@example.com"] = "451 4.3.0 try later"
-        relay.rcpt["gone@example.com"] = "550 5.1.1 no such user"
-        clock, store, _, drainer, channel = await opened(relay.port)
-        to = ("oncall@example.com", "busy@example.com", "gone@example.com")
-        await queue(store, clock, channel, message("EU-1", 0, to=to))
-        await drainer.send_due()
-        assert [("oncall@example.com",)] == [rcpt for rcpt, _ in relay.received]
-        del relay.rcpt["busy@example.com"]
-        await clock.advance(60)
-        await drainer.send_due()
-        assert ("busy@example.com",) == relay.received[1][0]
-        assert relay.received[0][1]["Message-ID"] == relay.received[1][1]["Message-ID"]
-        assert ["sent"] == status(await store.thread("incident:EU-1"))
+        to = (ONCALL, "busy@example.com")
+        async with EngineHarness(settings(tmp_path, relay.port), FakeClock()) as h:
+            await queue(h, *(message("EU-1", n, to=to) for n in range(3)))
+            await h.core.drainer.send_due()
+            assert [((ONCALL,), f"Incident EU-1 #{n}") for n in range(3)] == [
+                (rcpt, m["Subject"]) for rcpt, m in relay.received]
+            del relay.rcpt["busy@example.com"]
+            await h.clock.advance(60)
+            await h.core.drainer.send_due()
+        late = [m for rcpt, m in relay.received if rcpt == ("busy@example.com",)]
+        assert [f"Incident EU-1 #{n}" for n in range(3)] == [m["Subject"] for m in late]
+        assert all("oncall@example.com, busy@example.com" == m["To"] for m in late)
 
-    async def test_bad_relay_login_is_a_configuration_error(self, server_tls, tls_files,
-                                                            opened):
+    async def test_permanent_refusal_is_kept_as_failed_and_not_counted_sent(self, tmp_path,
+                                                                           relay):
+        """Issue 10.18: a recipient refused for good is a failure of its own lane, kept
+        and counted as failed, never as sent; the other recipient gets the mail."""
+        relay.rcpt["gone@example.com"] = "550 5.1.1 no such user"
+        async with EngineHarness(settings(tmp_path, relay.port), FakeClock()) as h:
+            await queue(h, message("EU-1", 0, to=(ONCALL, "gone@example.com")))
+            with capture_logs() as logs:
+                await h.core.drainer.send_due()
+            await h.writer.flush()
+            assert [(ONCALL, 0, "sent"), ("gone@example.com", 0, "failed")] == sorted(
+                states(await h.store.thread("incident:EU-1")), key=lambda s: s[2], reverse=True)
+            assert (1, 1) == (metric(h, "open", "sent"), metric(h, "open", "failed"))
+        (failed,) = [e for e in logs if e["event"] == "mail_failed"]
+        assert "gone@example.com: 550 5.1.1 no such user" in failed["error"]
+
+    async def test_a_relay_answering_garbage_is_deferred_not_refused(self, tmp_path):
+        """Issue 10.10: bytes that are no SMTP reply are a reason to try again, not a
+        permanent refusal (an OPEN and two UPDATEs were lost to 8 s of garbage)."""
+        async def garbage(reader, writer):
+            writer.write(b"\x00\xff garbage \x1b[0m\r\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with EngineHarness(settings(tmp_path, port), FakeClock()) as h:
+                await queue(h, message("EU-1", 0))
+                await h.core.drainer.send_due()
+                await h.writer.flush()
+                (stored,) = await h.store.thread("incident:EU-1")
+        finally:
+            server.close()
+            await server.wait_closed()
+        assert ("pending", 1) == (stored.status, stored.attempts)
+        assert 0 == metric(h, "open", "failed")
+
+    async def test_recorded_as_sent_before_quit(self, tmp_path, relay):
+        """Issue 10.7: the delivery is recorded the moment the relay accepted the DATA, not
+        after QUIT: with a relay slow to answer QUIT, the record is in the store while the
+        QUIT is still waiting."""
+        relay.quit_delay = 3.0
+        async with EngineHarness(settings(tmp_path, relay.port), FakeClock()) as h:
+            await queue(h, message("EU-1", 0))
+            sending = asyncio.create_task(h.core.drainer.send_due())
+            for _ in range(200):
+                await asyncio.sleep(0.01)
+                if relay.received:
+                    break
+            await asyncio.sleep(0.05)
+            await h.writer.flush()
+            assert [(ONCALL, 0, "sent")] == states(await h.store.thread("incident:EU-1"))
+            assert not sending.done()  # QUIT still unanswered
+            assert 1 == await sending
+
+    async def test_a_crashing_channel_does_not_stop_the_drainer(self, tmp_path, relay):
+        """Issue 10.1: whatever a channel throws, the mail is kept (deferred, logged with
+        its traceback) and the other mails go on."""
+        async with EngineHarness(settings(tmp_path, relay.port), FakeClock()) as h:
+            channel = h.composer.channels["smtp"]
+            real = channel.deliver
+
+            async def crash_on_eu(letter):
+                if letter.key.thread == "incident:EU-1":
+                    raise RuntimeError("a bug")
+                return await real(letter)
+
+            channel.deliver = crash_on_eu  # type: ignore[method-assign]
+            await queue(h, message("EU-1", 0), message("US-1", 0))
+            with capture_logs() as logs:
+                assert 1 == await h.core.drainer.send_due()
+            await h.writer.flush()
+            (eu,) = await h.store.thread("incident:EU-1")
+        assert ("pending", "the smtp channel crashed: RuntimeError: a bug") == (
+            eu.status, eu.last_error)
+        assert ["Incident US-1 #0"] == [m["Subject"] for _, m in relay.received]
+        assert any(e["event"] == "channel_crashed" and "exc_info" in e for e in logs)
+
+    async def test_a_subject_with_line_breaks_still_goes_out(self, tmp_path, relay):
+        """Issue 10.1: a line break that reaches a subject (an operator template) is folded
+        into the line; the mail goes out and the drainer lives (it used to die for good)."""
+        async with EngineHarness(settings(tmp_path, relay.port), FakeClock()) as h:
+            broken = Message(Thread(ThreadKind.INCIDENT, "EU-1"), 0, "open", (ONCALL,),
+                             "Incident EU-1\nDOWN:\r\n imap-eu", "body")
+            await queue(h, broken)
+            assert 1 == await h.core.drainer.send_due()
+        assert "Incident EU-1 DOWN: imap-eu" == relay.received[0][1]["Subject"]
+
+    async def test_bad_relay_login_is_a_configuration_error(self, tmp_path, server_tls,
+                                                            tls_files):
         server = await start_smtpd(server_tls)
         try:
-            clock, store, _, drainer, channel = await opened(
-                server.port, tls="starttls", ca_file=str(tls_files["ca"]), username=USER,
-                password="wrong")
-            await queue(store, clock, channel, message("EU-1", 0))
-            await drainer.send_due()
-            (failed,) = await store.thread("incident:EU-1")
+            wrong = settings(tmp_path, server.port, tls="starttls",
+                             ca_file=str(tls_files["ca"]), username=USER, password="wrong")
+            async with EngineHarness(wrong, FakeClock()) as h:
+                await queue(h, message("EU-1", 0))
+                await h.core.drainer.send_due()
+                await h.writer.flush()
+                (failed,) = await h.store.thread("incident:EU-1")
             assert "failed" == failed.status
-            assert "login" in failed.last_error
-            clock2, store2, _, good, channel2 = await opened(
-                server.port, tls="starttls", ca_file=str(tls_files["ca"]), username=USER,
-                password=PASSWORD)
-            await queue(store2, clock2, channel2, message("EU-2", 0))
-            assert 1 == await good.send_due()
+            assert "login" in (failed.last_error or "")
+            (tmp_path / "ok").mkdir()
+            right = settings(tmp_path / "ok", server.port, tls="starttls",
+                             ca_file=str(tls_files["ca"]), username=USER, password=PASSWORD)
+            async with EngineHarness(right, FakeClock()) as h:
+                await queue(h, message("EU-2", 0))
+                assert 1 == await h.core.drainer.send_due()
             assert 1 == len(server.sink.messages)
         finally:
             await server.stop()

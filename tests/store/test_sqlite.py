@@ -149,6 +149,8 @@ class TestUpgrade:
         assert "<eu-2026-0001.0@example.com>" == mail.payload["message_id"]
         assert ["oncall@example.com"] == mail.payload["to"]
         assert ["db-upgrade"] == list(state.windows)
-        (pending,) = await old.due(2e9)
-        assert ("maintenance:db-upgrade", "announcement") == (pending.thread, pending.kind)
+        ((pending, delivery),) = state.outbox
+        assert ("maintenance:db-upgrade", "", "announcement", "pending") == (
+            pending.key.thread, pending.key.lane, pending.kind, delivery.status)
+        assert ["info@example.com"] == pending.payload["to"]
         assert 1 == len(state.recent["imap-eu"])

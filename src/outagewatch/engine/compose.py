@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from outagewatch.core.render import Observed, render, render_maintenance
-from outagewatch.store import Envelope
+from outagewatch.store import Envelope, EnvelopeKey
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -55,7 +55,7 @@ class Composer:
         return False
 
     def _envelopes(self, message: Message, now: float) -> list[Envelope]:
-        return [Envelope(thread=message.thread.key, number=message.number, kind=message.kind,
-                         channel=name, payload=channel.payload(message, created=now),
-                         created=now)
-                for name, channel in self.channels.items()]
+        return [Envelope(EnvelopeKey(name, message.thread.key, lane, message.number),
+                         message.kind, payload, now)
+                for name, channel in self.channels.items()
+                for lane, payload in channel.payloads(message, created=now).items()]

@@ -3,8 +3,9 @@
 The engine decides in memory and hands each change here (``submit``, never blocking); a
 task writes what has accumulated as one unit of work, so a slow or networked store costs
 latency, not throughput, and never blocks the event loop. When the store cannot write, the
-changes stay queued, in order, and are retried with backoff; the engine keeps deciding.
-``flush`` waits until what was submitted before it is durable.
+changes stay queued, in order, and are retried with backoff; the engine keeps deciding, and
+the fault is loud (``state_write``: logged, ``outagewatch_fault``, /readyz 503) until a
+write succeeds again. ``flush`` waits until what was submitted before it is durable.
 """
 
 from __future__ import annotations
@@ -20,17 +21,23 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from outagewatch.clock import Clock
+    from outagewatch.faults import Faults
+    from outagewatch.metrics import Metrics
     from outagewatch.store import StateStore
 
 log = structlog.get_logger("outagewatch.writer")
 
 
 class Writer:
-    def __init__(self, store: StateStore, *, clock: Clock,
+    def __init__(self, store: StateStore, *, clock: Clock, faults: Faults, metrics: Metrics,
+                 on_submitted: Callable[[Changes], None] = lambda _: None,
                  on_written: Callable[[Changes], None] = lambda _: None,
                  backoff: tuple[float, float] = (0.1, 5.0)) -> None:
         self._store = store
         self._clock = clock
+        self._faults = faults
+        self._metrics = metrics
+        self._on_submitted = on_submitted
         self._on_written = on_written
         self._backoff = backoff
         self._pending = Changes()
@@ -45,7 +52,9 @@ class Writer:
             return
         self._pending.merge(changes)
         self._submitted += 1
+        self._metrics.state_pending.set(self._submitted - self._written)
         self._wake.set()
+        self._on_submitted(changes)
 
     async def flush(self) -> None:
         """Return once everything submitted so far is written."""
@@ -66,23 +75,21 @@ class Writer:
                 failures += 1
                 batch.merge(self._pending)  # what came later wins over the failed batch
                 self._pending = batch
-                self._note_failure(str(exc), failures)
+                self._note_failure(str(exc))
                 base, ceiling = self._backoff
                 await self._clock.sleep_until(self._clock.monotonic()
                                               + min(ceiling, base * 2 ** (failures - 1)))
                 self._wake.set()
                 continue
             if failures:
-                log.info("state_write_recovered", after_failures=failures)
+                self._faults.clear("state_write")
             failures, self.failing = 0, None
             async with self._progress:
                 self._written = upto
                 self._progress.notify_all()
+            self._metrics.state_pending.set(self._submitted - self._written)
             self._on_written(batch)
 
-    def _note_failure(self, reason: str, failures: int) -> None:
-        if self.failing is None:
-            log.error("state_write_failed", error=reason,
-                      note="decisions continue in memory and are written when it works again")
+    def _note_failure(self, reason: str) -> None:
         self.failing = reason
-        del failures
+        self._faults.report("state_write", reason, blocking=True)

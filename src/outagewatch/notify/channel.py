@@ -10,17 +10,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Awaitable, Callable, Mapping
 
     from outagewatch.core.render import Message
-    from outagewatch.store import OutboxItem
+    from outagewatch.notify.queue import Letter
 
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
-    """The channel took the message (for every recipient that was not refused for good)."""
+    """The other side took the message. ``close`` finishes the conversation politely (e.g.
+    SMTP QUIT); the drainer calls it after recording the delivery, so that nothing between
+    the other side's acceptance and that record can make it send the message again."""
 
-    refused: tuple[str, ...] = ()  # recipients refused permanently, logged by the channel
+    close: Callable[[], Awaitable[None]] | None = field(default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +50,12 @@ class Channel(Protocol):
         """The channel's name in the outbox (``smtp``)."""
         ...
 
-    def payload(self, message: Message, *, created: float) -> dict[str, Any]:
-        """What this channel will deliver for ``message``, as JSON-ready data. Computed once
-        when the message is written to the outbox, so every attempt sends the same thing."""
+    def payloads(self, message: Message, *, created: float) -> dict[str, dict[str, Any]]:
+        """What this channel will deliver for ``message``, per lane (a recipient, for SMTP),
+        as JSON-ready data. Computed once, when the message enters the outbox, so every
+        attempt sends the same thing."""
         ...
 
-    async def deliver(self, item: OutboxItem) -> Delivery:
+    async def deliver(self, letter: Letter) -> Delivery:
         """One attempt; never raises for what the other side did."""
         ...

@@ -1,66 +1,88 @@
-"""Drains the outbox through the channels: in order per thread, with backoff and jitter.
+"""Drains the outbox through the channels: in order per lane, with backoff and jitter.
 
-Only the oldest pending envelope of a thread and channel is tried, so a thread arrives in
-order. A deferred attempt is retried after ``base * 2 ** attempts`` (capped, with jitter); a
-refused one is marked failed and logged as a configuration error, never retried blindly.
+Only the next letter of a lane (channel, thread, recipient) is tried, so a thread arrives
+in order for everybody, and a recipient that defers holds back only itself. A deferred
+attempt is retried after ``base * 2 ** attempts`` (capped, with jitter); a refused one is
+marked failed (kept, listed, and counted: a configuration error to fix), never retried
+blindly. A delivery is recorded the moment the other side accepted it, before the polite
+end of the conversation. The drainer survives whatever a channel throws; on shutdown it
+finishes the attempt in progress rather than cutting a mail in half.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from typing import TYPE_CHECKING
 
 import structlog
 
-from outagewatch.notify.channel import Deferred, Delivered
+from outagewatch.notify.channel import Deferred, Delivered, Refused
+from outagewatch.store import Changes
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from outagewatch.clock import Clock
+    from outagewatch.engine.writer import Writer
     from outagewatch.metrics import Metrics
-    from outagewatch.notify.channel import Channel
-    from outagewatch.store import Outbox, OutboxItem
+    from outagewatch.notify.channel import Channel, Delivery
+    from outagewatch.notify.queue import Letter, Queue
 
 log = structlog.get_logger("outagewatch.notify")
 
 IDLE_NAP = 5.0  # look at the outbox at least this often
+CLOSE_TIMEOUT = 10.0
 
 
 class Drainer:
     def __init__(
         self,
         *,
-        outbox: Outbox,
+        queue: Queue,
+        writer: Writer,
         channels: Mapping[str, Channel],
         clock: Clock,
         metrics: Metrics,
         backoff: tuple[float, float] = (5.0, 300.0),
         rng: random.Random | None = None,
     ) -> None:
-        self._outbox = outbox
+        self._queue = queue
+        self._writer = writer
         self._channels = dict(channels)
         self._clock = clock
         self._metrics = metrics
         self._backoff = backoff
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._wake = asyncio.Event()
+        self._stopping = False
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def reconfigure(self, channels: Mapping[str, Channel], backoff: tuple[float, float]) -> None:
         self._channels = dict(channels)
         self._backoff = backoff
 
     def poke(self) -> None:
-        """New envelopes in the outbox: look now rather than at the next nap's end."""
+        """New letters: look now rather than at the next nap's end."""
         self._wake.set()
+
+    async def stop(self, grace: float) -> None:
+        """Start no new attempt, and wait (at most ``grace``) for the one in progress."""
+        self._stopping = True
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
 
     async def run(self) -> None:
         while True:
             self._wake.clear()
+            if self._stopping:
+                await asyncio.Event().wait()  # parked until cancelled
             await self.send_due()
+            upcoming = self._queue.next_attempt(undurable=self._undurable())
             now = self._clock.now().timestamp()
-            upcoming = await self._outbox.next_attempt()
             nap = IDLE_NAP if upcoming is None else min(IDLE_NAP, max(0.0, upcoming - now))
             waiter = asyncio.ensure_future(self._wake.wait())
             sleeper = asyncio.ensure_future(self._clock.sleep_until(
@@ -71,50 +93,91 @@ class Drainer:
                 waiter.cancel()
                 sleeper.cancel()
 
+    def _undurable(self) -> bool:
+        """Send letters not yet in the store? Only while the store cannot take them."""
+        return self._writer.failing is not None
+
     async def send_due(self) -> int:
-        """Try every envelope that is due now; return how many were delivered."""
+        """Try every letter that is due now; return how many were delivered."""
         sent = 0
-        while due := await self._outbox.due(self._clock.now().timestamp()):
+        while not self._stopping:
+            due = self._queue.due(self._clock.now().timestamp(), undurable=self._undurable())
+            if not due:
+                break
             progress = False
-            for item in due:
-                if await self._attempt(item):
+            for letter in due:
+                if self._stopping:
+                    break
+                if await self._attempt(letter):
                     sent += 1
                     progress = True
             if not progress:
                 break
-        pending, oldest = await self._outbox.stats(self._clock.now().timestamp())
-        self._metrics.outbox_pending.set(pending)
-        self._metrics.outbox_oldest_age.set(oldest)
+        self.update_gauges()
         return sent
 
-    async def _attempt(self, item: OutboxItem) -> bool:
-        channel = self._channels.get(item.channel)
-        if channel is None:
-            await self._fail(item, f"no channel {item.channel!r} is configured")
-            return False
-        outcome = await channel.deliver(item)
-        now = self._clock.now().timestamp()
-        if isinstance(outcome, Delivered):
-            await self._outbox.mark_sent(item.id, now)
-            self._metrics.notifications.labels(item.kind, "sent").inc()
-            log.info("mail_sent", thread=item.thread, kind=item.kind, number=item.number,
-                     channel=item.channel, refused=list(outcome.refused))
-            return True
-        if isinstance(outcome, Deferred):
-            base, ceiling = self._backoff
-            delay = min(ceiling, base * 2 ** item.attempts) * self._rng.uniform(0.5, 1.0)
-            await self._outbox.mark_retry(item.id, payload=outcome.payload or item.payload,
-                                          at=now + delay, error=outcome.error)
-            self._metrics.notifications.labels(item.kind, "retry").inc()
-            log.warning("mail_deferred", thread=item.thread, kind=item.kind,
-                        error=outcome.error, retry_in=round(delay, 1),
-                        attempt=item.attempts + 1)
-            return False
-        await self._fail(item, outcome.error)
-        return False
+    def update_gauges(self) -> None:
+        pending, oldest, unrecorded = self._queue.stats(self._clock.now().timestamp())
+        self._metrics.outbox_pending.set(pending)
+        self._metrics.outbox_oldest_age.set(oldest)
+        self._metrics.outbox_unrecorded.set(unrecorded)
 
-    async def _fail(self, item: OutboxItem, error: str) -> None:
-        await self._outbox.mark_failed(item.id, error)
-        self._metrics.notifications.labels(item.kind, "failed").inc()
-        log.error("mail_failed", thread=item.thread, kind=item.kind, error=error,
-                  note="a configuration error: fix the relay settings; not retried")
+    async def _attempt(self, letter: Letter) -> bool:
+        self._idle.clear()
+        try:
+            outcome = await self._deliver(letter)
+            now = self._clock.now().timestamp()
+            if isinstance(outcome, Delivered):
+                letter.status, letter.sent_at = "sent", now
+                letter.attempts += 1
+                letter.last_error = None
+                self._record(letter)
+                self._metrics.notifications.labels(letter.kind, "sent").inc()
+                log.info("mail_sent", thread=letter.key.thread, kind=letter.kind,
+                         number=letter.key.number, channel=letter.key.channel,
+                         lane=letter.key.lane)
+                if outcome.close is not None:
+                    with contextlib.suppress(Exception, TimeoutError):
+                        await asyncio.wait_for(outcome.close(), CLOSE_TIMEOUT)
+                return True
+            if isinstance(outcome, Deferred):
+                base, ceiling = self._backoff
+                delay = min(ceiling, base * 2 ** letter.attempts) * self._rng.uniform(0.5, 1.0)
+                letter.attempts += 1
+                letter.next_attempt, letter.last_error = now + delay, outcome.error
+                letter.payload = outcome.payload or letter.payload
+                self._record(letter)
+                self._metrics.notifications.labels(letter.kind, "retry").inc()
+                log.warning("mail_deferred", thread=letter.key.thread, kind=letter.kind,
+                            lane=letter.key.lane, error=outcome.error,
+                            retry_in=round(delay, 1), attempt=letter.attempts)
+                return False
+            self._fail(letter, outcome.error)
+            return False
+        finally:
+            self._idle.set()
+
+    async def _deliver(self, letter: Letter) -> Delivery:
+        channel = self._channels.get(letter.key.channel)
+        if channel is None:
+            return Refused(f"no channel {letter.key.channel!r} is configured")
+        try:
+            return await channel.deliver(letter)
+        except Exception as exc:  # a bug in a channel: the mail stays, the drainer goes on
+            log.exception("channel_crashed", channel=letter.key.channel,
+                          thread=letter.key.thread)
+            return Deferred(f"the {letter.key.channel} channel crashed: "
+                            f"{type(exc).__name__}: {exc}")
+
+    def _fail(self, letter: Letter, error: str) -> None:
+        letter.status, letter.last_error = "failed", error
+        letter.attempts += 1
+        self._record(letter)
+        self._metrics.notifications.labels(letter.kind, "failed").inc()
+        log.error("mail_failed", thread=letter.key.thread, kind=letter.kind,
+                  lane=letter.key.lane, error=error,
+                  note="kept as failed: fix the cause, then resend it")
+
+    def _record(self, letter: Letter) -> None:
+        delivery = self._queue.changed(letter)
+        self._writer.submit(Changes(deliveries={letter.key: delivery}))

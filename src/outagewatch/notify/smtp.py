@@ -3,14 +3,18 @@
 Every message of a thread is one mail thread: the Message-ID derives from the thread and
 the message's number (computed once, when the message enters the outbox, so a retry carries
 the same id), In-Reply-To names the previous message and References the first and the
-previous one. Connection errors, timeouts and 4xx answers defer; 5xx answers and a refused
-relay login refuse. When only some recipients are refused, the 4xx ones are deferred alone
-and the 5xx ones dropped (and logged).
+previous one. Each recipient is a lane of its own: one mail per recipient, with every
+recipient in its To: header, so a recipient that defers holds back only its own mails.
+A delivery counts from the relay's 250 to DATA; QUIT comes after it is recorded.
+Connection errors, timeouts, 4xx answers and anything that is no SMTP reply defer; only a
+real 5xx reply or a refused relay login refuses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import re
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
@@ -24,13 +28,21 @@ from outagewatch.tls import make_tls_context
 if TYPE_CHECKING:
     from outagewatch.config import NotifyConfig
     from outagewatch.core.render import Message, Thread
-    from outagewatch.store import OutboxItem
+    from outagewatch.notify.queue import Letter
 
 log = structlog.get_logger("outagewatch.notify")
+
+QUIT_TIMEOUT = 5.0
+_LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
 
 
 def message_id(thread: Thread, number: int, domain: str) -> str:
     return f"<{thread.id.lower()}.{number}@{domain}>"
+
+
+def header_safe(value: str) -> str:
+    """A header value on one line: a line break in a subject would end the header."""
+    return _LINE_BREAKS.sub(" ", value).strip()
 
 
 class SmtpChannel:
@@ -43,25 +55,27 @@ class SmtpChannel:
                      if relay.tls != "none" else None)
         self._domain = email.utils.parseaddr(notify.sender)[1].rpartition("@")[2] or "localhost"
 
-    def payload(self, message: Message, *, created: float) -> dict[str, Any]:
+    def payloads(self, message: Message, *, created: float) -> dict[str, dict[str, Any]]:
         del created  # the Date header is the envelope's creation time, stored beside it
         root = message_id(message.thread, 0, self._domain)
         parent = message_id(message.thread, message.number - 1, self._domain) \
             if message.number else None
-        return {
-            "to": list(message.to), "subject": message.subject, "body": message.body,
+        common = {
+            "to": list(message.to), "subject": header_safe(message.subject),
+            "body": message.body,
             "message_id": message_id(message.thread, message.number, self._domain),
             "in_reply_to": parent,
             "references": [] if parent is None else list(dict.fromkeys((root, parent))),
         }
+        return {recipient: {**common, "rcpt": [recipient]} for recipient in message.to}
 
-    def email(self, item: OutboxItem) -> EmailMessage:
-        payload = item.payload
+    def email(self, letter: Letter) -> EmailMessage:
+        payload = letter.payload
         mail = EmailMessage()
         mail["From"] = self._notify.sender
         mail["To"] = ", ".join(payload["to"])
-        mail["Subject"] = payload["subject"]
-        mail["Date"] = email.utils.format_datetime(datetime.fromtimestamp(item.created, UTC))
+        mail["Subject"] = header_safe(payload["subject"])
+        mail["Date"] = email.utils.format_datetime(datetime.fromtimestamp(letter.created, UTC))
         mail["Message-ID"] = payload["message_id"]
         if payload.get("in_reply_to"):
             mail["In-Reply-To"] = payload["in_reply_to"]
@@ -71,49 +85,79 @@ class SmtpChannel:
         mail.set_content(payload["body"])
         return mail
 
-    async def deliver(self, item: OutboxItem) -> Delivery:  # noqa: PLR0911 - one per outcome
-        recipients = list(item.payload["to"])
+    async def deliver(self, letter: Letter) -> Delivery:
+        recipients = list(letter.payload.get("rcpt") or letter.payload["to"])
         try:
-            refused = await self._send(item, recipients)
-        except aiosmtplib.SMTPAuthenticationError as exc:
-            return Refused(f"relay refused our login: {exc.code} {exc.message}")
-        except aiosmtplib.SMTPResponseException as exc:
-            if 400 <= exc.code < 500:
-                return Deferred(f"{exc.code} {exc.message}")
-            return Refused(f"relay refused the mail: {exc.code} {exc.message}")
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            return Deferred(f"{type(exc).__name__}: {exc}")
-        for recipient, (code, reply) in refused.items():
-            if code >= 500:
-                log.error("recipient_refused", thread=item.thread, recipient=recipient,
-                          code=code, reply=reply)
-        deferred = [r for r, (code, _) in refused.items() if 400 <= code < 500]
-        if deferred:
-            return Deferred("some recipients deferred", {**item.payload, "to": deferred})
-        if refused and len(refused) == len(recipients):
-            return Refused("every recipient was refused permanently")
-        return Delivered(refused=tuple(refused))
-
-    async def _send(self, item: OutboxItem, recipients: list[str]) -> dict[str, tuple[int, str]]:
-        """Hand the mail to the relay; return the recipients it refused, with its answer."""
+            mail = self.email(letter)
+        except (ValueError, TypeError, KeyError) as exc:  # a payload no mail can be made of
+            return Refused(f"cannot make a mail of it: {type(exc).__name__}: {exc}")
         relay = self._notify.smtp
+        client = aiosmtplib.SMTP(
+            hostname=relay.host, port=relay.effective_port, use_tls=relay.tls == "implicit",
+            start_tls=relay.tls == "starttls", tls_context=self._tls,
+            username=relay.username, password=relay.secret(),
+            timeout=relay.timeout.total_seconds(), local_hostname="outagewatch")
         try:
-            refused, _ = await aiosmtplib.send(
-                self.email(item),
-                recipients=recipients,
-                hostname=relay.host,
-                port=relay.effective_port,
-                use_tls=relay.tls == "implicit",
-                start_tls=relay.tls == "starttls",
-                tls_context=self._tls,
-                username=relay.username,
-                password=relay.secret(),
-                timeout=relay.timeout.total_seconds(),
-                local_hostname="outagewatch",
-            )
-        except aiosmtplib.SMTPRecipientsRefused as exc:  # every recipient refused
-            return {r.recipient: (r.code, r.message) for r in exc.recipients}
-        return {r: (reply.code, reply.message) for r, reply in refused.items()}
+            outcome = await _send(client, mail, recipients, letter)
+        except BaseException:
+            client.close()
+            raise
+        if not isinstance(outcome, Delivered):
+            client.close()
+            return outcome
+
+        async def close() -> None:
+            try:
+                with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+                    await client.quit(timeout=QUIT_TIMEOUT)
+            finally:
+                client.close()
+
+        return Delivered(close=close)
+
+
+async def _send(client: aiosmtplib.SMTP, mail: EmailMessage, recipients: list[str],  # noqa: PLR0911 - one return per outcome
+                letter: Letter) -> Delivery:
+    """Connect (TLS and login as configured) and hand the mail over, up to the 250 to DATA."""
+    try:
+        await client.connect()
+        refused, _ = await client.send_message(mail, recipients=recipients)
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        return Refused(f"relay refused our login: {exc.code} {exc.message}")
+    except aiosmtplib.SMTPRecipientsRefused as exc:  # every recipient refused
+        return _by_recipient(letter, {r.recipient: (r.code, r.message)
+                                      for r in exc.recipients}, recipients)
+    except aiosmtplib.SMTPResponseException as exc:
+        if _permanent(exc.code):
+            return Refused(f"relay refused the mail: {exc.code} {exc.message}")
+        return Deferred(f"{exc.code} {exc.message}")
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        return Deferred(f"{type(exc).__name__}: {exc}")
+    if refused:
+        return _by_recipient(letter, {r: (reply.code, reply.message)
+                                      for r, reply in refused.items()}, recipients)
+    return Delivered()
+
+
+def _permanent(code: int) -> bool:
+    """Only a real 5xx reply is a refusal; anything else (garbage, a dropped line, a reply
+    code no SMTP server sends) is worth another try."""
+    return 500 <= code < 600
+
+
+def _by_recipient(letter: Letter, refused: dict[str, tuple[int, str]],
+                  recipients: list[str]) -> Delivery:
+    for recipient, (code, reply) in refused.items():
+        if _permanent(code):
+            log.error("recipient_refused", thread=letter.key.thread, recipient=recipient,
+                      code=code, reply=reply)
+    deferred = [r for r, (code, _) in refused.items() if not _permanent(code)]
+    if deferred:
+        return Deferred("some recipients deferred", {**letter.payload, "rcpt": deferred})
+    if len(refused) == len(recipients):
+        return Refused("every recipient was refused permanently: "
+                       + "; ".join(f"{r}: {c} {m}" for r, (c, m) in refused.items()))
+    return Delivered()
 
 
 _: type[Channel] = SmtpChannel

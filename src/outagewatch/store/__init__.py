@@ -1,8 +1,9 @@
 """Durable state: the protocols every storage backend implements, and what they exchange.
 
-Two clients, two protocols: the engine loads its state at start and writes each change as
-one unit of work (``StateStore.apply``: one transaction), and the drainer works the outbox
-(``Outbox``). Both are async, so a backend across a network never blocks the event loop.
+The engine and the drainer decide in memory; they load their state at start
+(``StateStore.load``) and write each change, the outbox's deliveries included, as one unit
+of work (``StateStore.apply``: one transaction) through the writer. The API is async, so a
+backend across a network never blocks the event loop.
 A backend is a module of its own (``sqlite.py`` today) that passes the contract suite in
 ``tests/helpers/store_contract.py``; records are encoded by the versioned codecs in ``codecs.py``.
 """
@@ -23,9 +24,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Changes",
+    "Delivery",
     "Envelope",
-    "Outbox",
-    "OutboxItem",
+    "EnvelopeKey",
     "State",
     "StateLocked",
     "StateStore",
@@ -33,6 +34,10 @@ __all__ = [
     "StoredMessage",
     "StoredSample",
 ]
+
+
+KEEP_UNWRITTEN_SAMPLES = 10_000  # beyond this, unwritten samples are thinned...
+SAMPLES_PER_TARGET = 3  # ...to the latest few of each target
 
 
 class StoreError(OutagewatchError, OSError):
@@ -53,31 +58,40 @@ class StoredSample:
     bad: bool
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class EnvelopeKey:
+    """One message of a thread, for one channel and one lane (for SMTP: one recipient, so
+    that a recipient that defers holds back only its own mails)."""
+
+    channel: str
+    thread: str  # a Thread key: incident:EU-2026-0001, maintenance:db-upgrade
+    lane: str
+    number: int
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """A message for one channel, to be written to the outbox with the change that caused
-    it. ``payload`` is what the channel rendered and will deliver, as JSON-ready data."""
+    """A message for one channel and lane, written to the outbox with the change that
+    caused it. ``payload`` is what the channel rendered and will deliver, as JSON-ready
+    data."""
 
-    thread: str  # a Thread key: incident:EU-2026-0001, maintenance:db-upgrade
-    number: int
+    key: EnvelopeKey
     kind: str
-    channel: str
     payload: Mapping[str, Any]
     created: float
 
 
 @dataclass(frozen=True, slots=True)
-class OutboxItem:
-    """An envelope waiting in the outbox."""
+class Delivery:
+    """What became of an envelope so far: its state in the outbox, as the drainer left it."""
 
-    id: int
-    thread: str
-    number: int
-    kind: str
-    channel: str
-    payload: Mapping[str, Any]
-    created: float
+    key: EnvelopeKey
+    status: str  # pending, sent, failed
     attempts: int
+    next_attempt: float
+    last_error: str | None
+    payload: Mapping[str, Any]
+    sent_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +101,7 @@ class StoredMessage:
     number: int
     kind: str
     channel: str
+    lane: str
     status: str  # pending, sent, failed
     created: float
     sent_at: float | None
@@ -106,13 +121,14 @@ class Changes:
     incidents: dict[str, Incident] = field(default_factory=dict)
     windows: dict[str, Window] = field(default_factory=dict)
     envelopes: list[Envelope] = field(default_factory=list)
+    deliveries: dict[EnvelopeKey, Delivery] = field(default_factory=dict)
     samples: list[StoredSample] = field(default_factory=list)
     keep_after: dict[str, float] = field(default_factory=dict)  # per target: prune older
     forgotten: set[str] = field(default_factory=set)  # targets whose state goes
 
     def __bool__(self) -> bool:
         return any((self.verdicts, self.books, self.incidents, self.windows, self.envelopes,
-                    self.samples, self.forgotten))
+                    self.deliveries, self.samples, self.forgotten))
 
     def merge(self, later: Changes) -> None:
         for name in later.forgotten:
@@ -125,8 +141,16 @@ class Changes:
         self.incidents.update(later.incidents)
         self.windows.update(later.windows)
         self.envelopes += later.envelopes
+        self.deliveries.update(later.deliveries)
         self.samples += later.samples
         self.keep_after.update(later.keep_after)
+        # while the store cannot write, changes pile up here: of the samples (kept for the
+        # mails' observations and the API) only the latest few per target are worth keeping
+        if len(self.samples) > KEEP_UNWRITTEN_SAMPLES:
+            latest: dict[str, list[StoredSample]] = {}
+            for sample in self.samples:
+                latest.setdefault(sample.target, []).append(sample)
+            self.samples = [s for kept in latest.values() for s in kept[-SAMPLES_PER_TARGET:]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +161,7 @@ class State:
     books: Mapping[str, Book]
     windows: Mapping[str, Window]
     recent: Mapping[str, list[StoredSample]]  # per target, the latest few, oldest first
+    outbox: list[tuple[Envelope, Delivery]]  # envelopes pending or failed, in creation order
 
 
 class StateStore(Protocol):
@@ -158,28 +183,3 @@ class StateStore(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-class Outbox(Protocol):
-    async def due(self, now: float) -> list[OutboxItem]:
-        """The oldest pending envelope of each thread and channel, if its time has come:
-        later ones wait for earlier ones, so every thread arrives in order."""
-        ...
-
-    async def next_attempt(self) -> float | None:
-        """When the next envelope can go (None when nothing is pending)."""
-        ...
-
-    async def mark_sent(self, item: int, now: float) -> None: ...
-
-    async def mark_retry(self, item: int, *, payload: Mapping[str, Any], at: float,
-                         error: str) -> None:
-        """Try again at ``at``, with ``payload`` (a channel may narrow it, e.g. to the
-        recipients that were deferred)."""
-        ...
-
-    async def mark_failed(self, item: int, error: str) -> None: ...
-
-    async def stats(self, now: float) -> tuple[int, float]:
-        """Pending envelopes, and the age of the oldest one (0 when none)."""
-        ...

@@ -14,15 +14,18 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from outagewatch.store import (
     Changes,
-    Outbox,
-    OutboxItem,
+    Delivery,
+    Envelope,
+    EnvelopeKey,
     State,
     StateLocked,
     StateStore,
@@ -42,11 +45,13 @@ from outagewatch.store.codecs import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable
 
     from outagewatch.core.incidents import Incident
 
 T = TypeVar("T")
+
+BUSY_TIMEOUT = 5.0  # seconds a write waits for another process's lock before it fails
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: the first schema
@@ -100,6 +105,31 @@ MIGRATIONS: tuple[str, ...] = (
     DROP TABLE outbox;
     CREATE INDEX envelopes_pending ON envelopes (status, thread, channel, id);
     """,
+    # 4: a lane per envelope (for SMTP: one recipient, so that a recipient that defers holds
+    # back only its own mails); older envelopes are one lane for all their recipients
+    """
+    CREATE TABLE envelopes4 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        channel TEXT NOT NULL, thread TEXT NOT NULL, lane TEXT NOT NULL,
+        number INTEGER NOT NULL, kind TEXT NOT NULL, payload TEXT NOT NULL,
+        created REAL NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL,
+        last_error TEXT, sent_at REAL,
+        UNIQUE (channel, thread, lane, number));
+    INSERT INTO envelopes4 (id, channel, thread, lane, number, kind, payload, created,
+                            status, attempts, next_attempt, last_error, sent_at)
+        SELECT id, channel, thread, '', number, kind, payload, created, status, attempts,
+               next_attempt, last_error, sent_at FROM envelopes;
+    DROP TABLE envelopes;
+    ALTER TABLE envelopes4 RENAME TO envelopes;
+    CREATE INDEX envelopes_by_status ON envelopes (status, id);
+    CREATE INDEX envelopes_by_thread ON envelopes (thread, number);
+    """,
+    # 5: facts about the state itself: the installation's token (part of every Message-ID,
+    # so a lost state never reuses one) and when a daemon last opened it
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
 )
 
 
@@ -113,16 +143,17 @@ class SqliteStore:
         self._lock = lock
 
     @classmethod
-    async def open(cls, path: Path | str, *, threaded: bool = True) -> SqliteStore:
+    async def open(cls, path: Path | str, *, threaded: bool = True,
+                   busy_timeout: float = BUSY_TIMEOUT) -> SqliteStore:
         """Lock, open and migrate the state file; StoreError (one line) if it cannot."""
         executor = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="outagewatch-sqlite")
                     if threaded else None)
         try:
             if executor is None:
-                lock, db = _open(path)
+                lock, db = _open(path, busy_timeout)
             else:
                 lock, db = await asyncio.get_running_loop().run_in_executor(
-                    executor, _open, path)
+                    executor, _open, path, busy_timeout)
         except BaseException:
             if executor is not None:
                 executor.shutdown(wait=False)
@@ -163,60 +194,13 @@ class SqliteStore:
 
     async def thread(self, key: str) -> list[StoredMessage]:
         rows = await self._call(lambda db: db.execute(
-            "SELECT number, kind, channel, status, created, sent_at, attempts, last_error,"
-            " payload FROM envelopes WHERE thread = ? ORDER BY number, id", (key,)).fetchall())
-        return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]))
-                for r in rows]
-
-    # -- Outbox -----------------------------------------------------------------------------
-
-    async def due(self, now: float) -> list[OutboxItem]:
-        rows = await self._call(lambda db: db.execute(
-            "SELECT e.id, e.thread, e.number, e.kind, e.channel, e.payload, e.created,"
-            " e.attempts FROM envelopes e WHERE e.status = 'pending' AND e.next_attempt <= ?"
-            " AND e.id = (SELECT MIN(id) FROM envelopes WHERE status = 'pending'"
-            " AND thread = e.thread AND channel = e.channel) ORDER BY e.id", (now,)).fetchall())
-        return [OutboxItem(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7])
-                for r in rows]
-
-    async def next_attempt(self) -> float | None:
-        row = await self._call(lambda db: db.execute(
-            "SELECT MIN(e.next_attempt) FROM envelopes e WHERE e.status = 'pending' AND e.id ="
-            " (SELECT MIN(id) FROM envelopes WHERE status = 'pending' AND thread = e.thread"
-            " AND channel = e.channel)").fetchone())
-        return None if row[0] is None else float(row[0])
-
-    async def mark_sent(self, item: int, now: float) -> None:
-        await self._write(
-            "UPDATE envelopes SET status = 'sent', sent_at = ?, attempts = attempts + 1,"
-            " last_error = NULL WHERE id = ?", (now, item))
-
-    async def mark_retry(self, item: int, *, payload: Mapping[str, Any], at: float,
-                         error: str) -> None:
-        await self._write(
-            "UPDATE envelopes SET attempts = attempts + 1, next_attempt = ?, last_error = ?,"
-            " payload = ? WHERE id = ?", (at, error, json.dumps(payload), item))
-
-    async def mark_failed(self, item: int, error: str) -> None:
-        await self._write(
-            "UPDATE envelopes SET status = 'failed', attempts = attempts + 1, last_error = ?"
-            " WHERE id = ?", (error, item))
-
-    async def stats(self, now: float) -> tuple[int, float]:
-        count, oldest = await self._call(lambda db: db.execute(
-            "SELECT COUNT(*), MIN(created) FROM envelopes WHERE status = 'pending'").fetchone())
-        return int(count), 0.0 if oldest is None else max(0.0, now - float(oldest))
-
-    async def _write(self, sql: str, args: tuple[Any, ...]) -> None:
-        def work(db: sqlite3.Connection) -> None:
-            with _transaction(db):
-                db.execute(sql, args)
-
-        await self._call(work)
-
+            "SELECT number, kind, channel, lane, status, created, sent_at, attempts,"
+            " last_error, payload FROM envelopes WHERE thread = ? ORDER BY number, lane",
+            (key,)).fetchall())
+        return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
+                              json.loads(r[9])) for r in rows]
 
 _: type[StateStore] = SqliteStore
-_outbox: type[Outbox] = SqliteStore
 
 
 # -- on the store's thread ----------------------------------------------------------------
@@ -240,14 +224,16 @@ def _transaction(db: sqlite3.Connection) -> Any:
     db.execute("COMMIT")
 
 
-def _open(path: Path | str) -> tuple[int | None, sqlite3.Connection]:
+def _open(path: Path | str, busy_timeout: float) -> tuple[int | None, sqlite3.Connection]:
     lock = None if str(path) == ":memory:" else _lock(Path(path))
     try:
-        db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
+                             timeout=busy_timeout)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             _migrate(db)
+            _opened(db)
         except BaseException:
             db.close()
             raise
@@ -277,9 +263,23 @@ def _lock(path: Path) -> int:
         who = f" (pid {holder})" if holder.isdigit() else ""
         raise StateLocked(f"state.path: {path} is in use by another outagewatch{who}; "
                           "one daemon per state file") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:
+        os.close(fd)
+        raise StoreError(f"state.path: cannot write {lock_path}: {exc.strerror}") from None
     return fd
+
+
+def _opened(db: sqlite3.Connection) -> None:
+    """Write once at start, so that a state the daemon could not write (a full disk, a
+    read-only file) stops it at once with one line rather than at its first incident;
+    and give the installation its token."""
+    with _transaction(db):
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('installation', ?)",
+                   (secrets.token_hex(4),))
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('opened_at', ?)", (str(time.time()),))
 
 
 def _version(db: sqlite3.Connection) -> int:
@@ -310,7 +310,16 @@ def _load(db: sqlite3.Connection, recent: int) -> State:
     for r in rows:
         samples.setdefault(r[0], []).append(StoredSample(r[0], r[1], r[2], r[3], r[4],
                                                          bool(r[5])))
-    return State(verdicts=verdicts, books=books, windows=windows, recent=samples)
+    outbox = []
+    for r in db.execute(
+            "SELECT channel, thread, lane, number, kind, payload, created, status, attempts,"
+            " next_attempt, last_error, sent_at FROM envelopes WHERE status != 'sent'"
+            " ORDER BY id"):
+        key, payload = EnvelopeKey(r[0], r[1], r[2], r[3]), json.loads(r[5])
+        outbox.append((Envelope(key, r[4], payload, r[6]),
+                       Delivery(key, r[7], r[8], r[9], r[10], payload, r[11])))
+    return State(verdicts=verdicts, books=books, windows=windows, recent=samples,
+                 outbox=outbox)
 
 
 def _apply(db: sqlite3.Connection, changes: Changes) -> None:
@@ -335,10 +344,17 @@ def _apply(db: sqlite3.Connection, changes: Changes) -> None:
                         for w in changes.windows.values()])
         try:
             db.executemany(
-                "INSERT INTO envelopes (thread, number, kind, channel, payload, created,"
-                " next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(e.thread, e.number, e.kind, e.channel, json.dumps(e.payload), e.created,
-                  e.created) for e in changes.envelopes])
+                "INSERT INTO envelopes (channel, thread, lane, number, kind, payload, created,"
+                " next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(e.key.channel, e.key.thread, e.key.lane, e.key.number, e.kind,
+                  json.dumps(e.payload), e.created, e.created) for e in changes.envelopes])
         except sqlite3.IntegrityError as exc:  # never drop a message silently
             raise StoreError(f"outbox: a message with the same thread and number exists "
                              f"already: {exc}") from exc
+        db.executemany(
+            "UPDATE envelopes SET status = ?, attempts = ?, next_attempt = ?, last_error = ?,"
+            " payload = ?, sent_at = ? WHERE channel = ? AND thread = ? AND lane = ?"
+            " AND number = ?",
+            [(d.status, d.attempts, d.next_attempt, d.last_error, json.dumps(d.payload),
+              d.sent_at, d.key.channel, d.key.thread, d.key.lane, d.key.number)
+             for d in changes.deliveries.values()])
