@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import anyio
 import trustme
 from prometheus_client import CollectorRegistry
 from pydantic import TypeAdapter
@@ -92,8 +91,7 @@ async def run_engine(targets: list, interval: float, seconds: float, *, warmup: 
     lags: list[float] = []
     measuring = False
     async with new_http_session() as session:
-        ctx = ProbeContext(clock=clock, session=session,
-                           pop3_limiter=anyio.CapacityLimiter(64))
+        ctx = ProbeContext(clock=clock, session=session)
         async def probe(target, rule):
             now = clock.monotonic()
             first = scheduler.epoch + stable_offset(target.name, interval)
@@ -225,8 +223,7 @@ async def accuracy(ports: dict, count: int, hold: float, *, spread: float) -> di
     """
     base = f"http://127.0.0.1:{ports['http']}"
     async with new_http_session() as session:
-        ctx = ProbeContext(clock=SystemClock(), session=session,
-                           pop3_limiter=anyio.CapacityLimiter(4))
+        ctx = ProbeContext(clock=SystemClock(), session=session)
         targets = [TARGET.validate_python({"name": f"hold-{i}", "platform": "bench",
                                            "type": "http", "url": f"{base}/hold?id={i}"})
                    for i in range(count)]

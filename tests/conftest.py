@@ -182,7 +182,7 @@ async def _http_server(server_tls: ssl.SSLContext):
 async def _probe_ctx():
     session = new_http_session()
     ctx = ProbeContext(
-        clock=SystemClock(), session=session, pop3_limiter=anyio.CapacityLimiter(8)
+        clock=SystemClock(), session=session
     )
     yield ctx
     await session.close()

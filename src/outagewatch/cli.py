@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-import anyio
+import structlog
 
-from outagewatch import __version__, client
+from outagewatch import __version__, capacity, client
 from outagewatch.clock import SystemClock
 from outagewatch.config import Settings, load_settings
 from outagewatch.errors import ConfigError, OutagewatchError
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from typing import Any
 
     from outagewatch.config import Target
+
+log = structlog.get_logger("outagewatch.cli")
 
 EXIT_OK, EXIT_BAD, EXIT_USAGE = 0, 1, 2
 
@@ -188,6 +190,9 @@ def _run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     path = _config_path(args)
     settings = load_settings(path)
+    before, after = capacity.raise_open_files()  # a hung probe run holds descriptors
+    if after != before:
+        log.info("open_files_raised", before=before, after=after)
 
     async def main() -> int:
         await Daemon(settings, config_path=path).run()
@@ -203,8 +208,7 @@ def _probe(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         async with new_http_session() as session:
-            ctx = ProbeContext(clock=SystemClock(), session=session,
-                               pop3_limiter=anyio.CapacityLimiter(settings.engine.pop3_threads))
+            ctx = ProbeContext(clock=SystemClock(), session=session)
             samples = await asyncio.gather(*(
                 _staggered(i, t, ctx, settings) for i, t in enumerate(targets)
             ))

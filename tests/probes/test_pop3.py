@@ -80,12 +80,61 @@ class TestPop3Probe:
         assert 0 == probe_ctx.threads.running
         assert 0 == probe_ctx.threads.stuck
 
-    async def test_limiter_bounds_threads(self, dovecot, probe_ctx, tls_files):
-        """Many concurrent probes share the dedicated limiter and all succeed."""
+    async def test_many_at_once(self, dovecot, probe_ctx, tls_files):
+        """Many concurrent probes all succeed, and their threads end."""
         targets = [pop3(dovecot.pop3, dovecot, tls_files["ca"], name=f"p{i}") for i in range(20)]
         samples = await asyncio.gather(*(run_probe(t, probe_ctx, timeout=10) for t in targets))
         assert all(s.ok for s in samples), [s.detail for s in samples if not s.ok]
-        assert probe_ctx.pop3_limiter.borrowed_tokens == 0
+        await _threads_settle(probe_ctx)
+        assert 0 == probe_ctx.threads.running
+
+
+async def _until(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met"
+        await asyncio.sleep(0.01)
+
+
+class TestPop3Workers:
+    """Issue 10, item 9: a POP3 probe never waits for a worker thread behind other targets'
+    probes, so that wait is never measured as its server's time."""
+
+    async def test_slow_servers_do_not_starve_a_healthy_one(self, dovecot, probe_ctx,
+                                                             tls_files):
+        """80 POP3 servers of one platform greet and then stall at login, holding their
+        threads until their deadline; a healthy Dovecot target of the same platform probed
+        meanwhile is OK (it waited behind them for one of the context's 8 threads and timed
+        out: a false BAD)."""
+        async with FaultProxy(dovecot.pop3, Fault("stall_after", after=1)) as proxy:
+            slow = [pop3(proxy.port, dovecot, tls="none", name=f"slow{i}") for i in range(80)]
+            tasks = [asyncio.create_task(run_probe(t, probe_ctx, timeout=30)) for t in slow]
+            try:
+                await _until(lambda: proxy.connections == 80 and probe_ctx.threads.running >= 8)
+                healthy = pop3(dovecot.pop3, dovecot, tls="none", name="healthy")
+                sample = await run_probe(healthy, probe_ctx, timeout=5)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            await _threads_settle(probe_ctx)
+        assert Result.OK == sample.result, sample.detail
+
+    @pytest.mark.parametrize("tls", ["none", "starttls"])
+    async def test_a_silent_server_holds_no_thread(self, dovecot, probe_ctx, tls_files, tls):
+        """A server that accepts and never greets (a blackhole behind a load balancer) is
+        waited for on the event loop: no worker thread is taken until it speaks."""
+        async with FaultProxy(dovecot.pop3, Fault("stall")) as proxy:
+            target = pop3(proxy.port, dovecot, tls_files["ca"], tls=tls)
+            task = asyncio.create_task(run_probe(target, probe_ctx, timeout=0.5))
+            most = 0
+            while not task.done():
+                most = max(most, probe_ctx.threads.running)
+                await asyncio.sleep(0.005)
+            sample = task.result()
+        assert (Result.TIMEOUT, Phase.GREETING) == (sample.result, sample.phase)
+        assert 1 == proxy.connections
+        assert 0 == most
 
 
 def _scripted_target(port, **fields):

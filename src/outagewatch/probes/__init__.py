@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, assert_never
 
 import aiohttp
+import anyio
 
 from outagewatch.config import HttpTarget, ImapTarget, Pop3Target, SmtpTarget, Target
 from outagewatch.model import Phase, ProbeType, Result, Sample
@@ -21,8 +22,6 @@ from outagewatch.probes._scrub import scrub, secret_forms
 from outagewatch.tls import RecordingContext, make_tls_context
 
 if TYPE_CHECKING:
-    import anyio
-
     from outagewatch.clock import Clock
 
 __all__ = [
@@ -83,13 +82,19 @@ def new_http_session(*, limit: int = 0) -> aiohttp.ClientSession:
 
 @dataclass
 class ProbeContext:
-    """What probes share: clock, HTTP session, POP3 thread pool, per-target TLS contexts."""
+    """What probes share: clock, HTTP session, POP3 worker tokens, per-target TLS contexts.
+
+    Each POP3 target has its own worker token (``pop3_worker``): a pool shared by all POP3
+    targets made a healthy server's probe wait behind slow ones, and that wait was measured as
+    its time. POP3 threads are bounded by the POP3 runs in flight past their greeting, which
+    the scheduler's capacity bounds.
+    """
 
     clock: Clock
     session: aiohttp.ClientSession
-    pop3_limiter: anyio.CapacityLimiter
     threads: ThreadTracker = field(default_factory=ThreadTracker)
     _tls: dict[str, tuple[object, RecordingContext]] = field(default_factory=dict)
+    _pop3_workers: dict[str, anyio.CapacityLimiter] = field(default_factory=dict)
 
     def tls_for(self, target: Target) -> RecordingContext:
         """The target's TLS context, built once and rebuilt only when its settings change."""
@@ -100,8 +105,16 @@ class ProbeContext:
             self._tls[target.name] = cached
         return cached[1]
 
+    def pop3_worker(self, name: str) -> anyio.CapacityLimiter:
+        """The POP3 target's own worker token: its probe never waits behind another's."""
+        limiter = self._pop3_workers.get(name)
+        if limiter is None:
+            limiter = self._pop3_workers[name] = anyio.CapacityLimiter(1)
+        return limiter
+
     def forget(self, name: str) -> None:
         self._tls.pop(name, None)
+        self._pop3_workers.pop(name, None)
 
 
 @dataclass(frozen=True, slots=True)

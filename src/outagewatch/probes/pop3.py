@@ -1,17 +1,22 @@
 """POP3 probe: stdlib poplib in a worker thread (anyio), as the user asked.
 
-DNS and TCP connect run on the event loop; the blocking dialogue (greeting, STLS, USER/PASS,
-STAT, QUIT) runs in a thread from a dedicated limiter. poplib's socket timeout is per recv and
-cannot stop a server that drips a byte a second, so at the deadline the loop shuts the
-connection down under the thread (through a dup of its descriptor, valid even after TLS
-wrapping), which makes the blocked recv return and the thread end. Threads that outlive their
-probe anyway are counted. poplib bounds each line but not the lines of a multi-line answer, so
-the whole dialogue has a byte budget; only a server's ``-`` reply is a refusal, what poplib
-says itself (a line too long, the connection closed) is a protocol failure.
+DNS and TCP connect run on the event loop, and so does the wait for the greeting (plain and
+STLS): a server that accepts and never speaks costs no thread. The blocking dialogue
+(greeting, STLS, USER/PASS, STAT, QUIT; the TLS handshake first for POP3S) then runs in a
+worker thread that is the target's own: a target never runs twice at once, so its probe never
+waits for a thread, and never behind another target's slow server; no waiting is ever
+measured as the server's time. poplib's socket timeout is per recv and cannot stop a server
+that drips a byte a second, so at the deadline the loop shuts the connection down under the
+thread (through a dup of its descriptor, valid even after TLS wrapping), which makes the
+blocked recv return and the thread end. Threads that outlive their probe anyway are counted.
+poplib bounds each line but not the lines of a multi-line answer, so the whole dialogue has a
+byte budget; only a server's ``-`` reply is a refusal, what poplib says itself (a line too
+long, the connection closed) is a protocol failure.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import poplib
 import socket
@@ -213,6 +218,23 @@ class _Worker:
             return never_started
 
 
+async def _greeted(sock: socket.socket) -> None:
+    """Return once the server has sent something (its greeting, or a hang-up)."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    fd = sock.fileno()
+
+    def readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
 async def probe(target: Pop3Target, run: ProbeRun) -> None:
     sock = await open_socket(target.host, target.effective_port, run.timer)
     # A second descriptor for the same connection: shutdown() through it unblocks the
@@ -220,9 +242,12 @@ async def probe(target: Pop3Target, run: ProbeRun) -> None:
     killer = sock.dup()
     worker = _Worker(run.ctx.threads)
     try:
+        if target.tls != "implicit":  # POP3S greets after the handshake, in the thread
+            run.timer.enter(Phase.GREETING)
+            await _greeted(sock)
         await anyio.to_thread.run_sync(
             worker.run, sock, target, run.tls, run.timer, run.timeout,
-            abandon_on_cancel=True, limiter=run.ctx.pop3_limiter,
+            abandon_on_cancel=True, limiter=run.ctx.pop3_worker(target.name),
         )
     except BaseException:
         if worker.abandon():
