@@ -90,7 +90,7 @@ async def one_run(platforms: int, relay: Relay, relay_port: int, dead_port: int,
     assert daemon.runtime is not None
     starts = {}
     for i in range(platforms):
-        book = daemon.runtime.engine.book(f"p{i}")
+        book = daemon.runtime.core.engine.book(f"p{i}")
         if book.open is not None:
             starts[book.open.id] = book.open.started_at
     daemon.stop()

@@ -55,6 +55,28 @@ class TestCheckConfig:
         assert (0, "ok\n") == (code, out)
 
 
+    async def test_a_broken_json_variable_is_one_line(self, tmp_path):
+        """Issue 10.17: a section given as broken JSON in the environment is one line that
+        names the variable, exit 2 (a traceback and exit 1 before)."""
+        path = write(tmp_path, config_text(9817, [("{name: w, platform: eu, type: http,"
+                                                  " url: 'http://x/'}")]))
+        code, out, err = await outagewatch("check-config", "-c", str(path),
+                                           env={"OUTAGEWATCH_SERVER": '{"listen": '})
+        assert 2 == code
+        expected = ("OUTAGEWATCH_SERVER (environment): not valid JSON for a section; set one key "
+                    "with OUTAGEWATCH_SERVER__KEY=value, or give the whole section as JSON")
+        assert [expected] == out.splitlines()
+        assert "Traceback" not in err
+
+    async def test_a_huge_file_is_refused_at_once(self, tmp_path):
+        """A 20 MB file froze the daemon for 9 s on reload: refused before it is parsed."""
+        path = tmp_path / "huge.yaml"
+        path.write_text("# padding\n" * 2_000_000)
+        code, out, _ = await outagewatch("check-config", "-c", str(path))
+        assert (2, [f"{path}: larger than 4 MiB: not a configuration"]) == (
+            code, out.splitlines())
+
+
 class TestUsageErrors:
     @pytest.mark.parametrize(("args", "needle"), [
         (["frobnicate"], "invalid choice: 'frobnicate'"),

@@ -91,3 +91,35 @@ class TestMetrics:
         text = generate_latest(registry).decode()
         assert 'platform="eu"' not in text
         assert 'platform="us"' in text
+
+
+class TestOverloadMetrics:
+    """Issue 10, items 3 and 15: the daemon's own blindness has series of its own."""
+
+    def test_skips_have_a_reason_and_discounts_a_series(self):
+        """Every target exports its skipped runs by reason and its discounted runs from the
+        start (0, not absent), and loses them when removed."""
+        registry, metrics = build()
+        metrics.add_target(labels("imap-eu", ProbeType.IMAP, "eu"))
+        get = registry.get_sample_value
+        for reason in ("previous_run_in_flight", "overload"):
+            assert 0.0 == get("outagewatch_probe_runs_skipped_total", {**LABELS, "reason": reason})
+        assert 0.0 == get("outagewatch_probe_runs_discounted_total", LABELS)
+        metrics.remove_target("imap-eu")
+        text = generate_latest(registry).decode()
+        assert 'target="imap-eu"' not in text
+
+    def test_lag_in_flight_and_waiting_per_platform(self):
+        registry, metrics = build()
+        metrics.schedule_lag.labels("eu").observe(2.0)
+        metrics.in_flight.labels("us").inc()
+        metrics.waiting.labels("eu").set(3)
+        metrics.capacity.set(9000)
+        metrics.loop_lag.observe(0.3)
+        get = registry.get_sample_value
+        assert 1 == get("outagewatch_schedule_lag_seconds_bucket", {"platform": "eu", "le": "2.5"})
+        assert 0 == get("outagewatch_schedule_lag_seconds_bucket", {"platform": "eu", "le": "1.0"})
+        assert 1 == get("outagewatch_probes_in_flight", {"platform": "us"})
+        assert 3 == get("outagewatch_probe_runs_waiting", {"platform": "eu"})
+        assert 9000 == get("outagewatch_probe_capacity")
+        assert 1 == get("outagewatch_event_loop_lag_seconds_bucket", {"le": "0.5"})

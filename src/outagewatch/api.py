@@ -1,10 +1,12 @@
 """The HTTP API under /api/v1/: status, incidents, maintenance windows, incident changes.
 
-Reads are open (the endpoint listens on loopback by default); every mutation needs
-``Authorization: Bearer <token>``, compared in constant time, and is answered once it is
-durable. Errors are JSON: ``{"error": "...", "field": "..."}`` with 400 (not JSON), 401 (no
-token), 403 (wrong token or API disabled), 404 (unknown id), 409 (refused by a rule) or
-422 (a field is wrong).
+Reads are open (the endpoint listens on loopback by default) unless ``server.read_token``
+is set, for a listen address others can reach: then every read needs it (or the operator
+token). Every mutation needs ``Authorization: Bearer <token>``, compared in constant time,
+and is answered once it is durable. Errors are JSON: ``{"error": "...", "field": "..."}``
+with 400 (not JSON, or nested too deeply), 401 (no token), 403 (wrong token or API
+disabled), 404 (unknown id), 409 (refused by a rule), 413 (too large) or 422 (a field is
+wrong, or out of range).
 """
 
 from __future__ import annotations
@@ -13,10 +15,20 @@ import hmac
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 
 from outagewatch.config import WindowConfig, WindowTimes
 from outagewatch.core.maintenance import Refused, Window, WindowKind
@@ -40,8 +52,16 @@ class IncidentRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     etr: AwareDatetime | None = None
-    update_interval: str | float | None = None
+    update_interval: StrictStr | StrictInt | StrictFloat | None = None  # never true or false
     note: str | None = Field(None, min_length=1, max_length=2000)
+
+# Dates an operator can mean: anything outside is a typo (0001, 9999) that would otherwise
+# travel into timers, mails and the state file.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+MIN_INTERVAL, MAX_INTERVAL = 60.0, 7 * 86400.0  # an operator's update interval
+MAX_BODY = 64 * 1024
+MAX_DEPTH = 20
 
 
 def error(status: int, message: str, field: str | None = None) -> web.Response:
@@ -88,7 +108,7 @@ def incident_json(incident: Incident, messages: list[StoredMessage]) -> dict[str
 class Api:
     def __init__(self, *, engine: Engine, maintenance: Maintenance, writer: Writer,
                  store: StateStore, last: Mapping[str, Sample], clock: Clock,
-                 token: str | None) -> None:
+                 token: str | None, read_token: str | None = None) -> None:
         self._engine = engine
         self._maintenance = maintenance
         self._writer = writer
@@ -96,29 +116,44 @@ class Api:
         self._last = last
         self._clock = clock
         self._token = token
+        self._read_token = read_token
 
     def routes(self) -> list[web.RouteDef]:
-        guard = self._guarded
+        guard, read = self._guarded, self._readable
         return [
-            web.get("/api/v1/status", self.status),
-            web.get("/api/v1/incidents", self.incidents),
-            web.get("/api/v1/maintenance", self.list_windows),
-            web.get("/api/v1/maintenance/{id}", self.get_window),
+            web.get("/api/v1/status", read(self.status)),
+            web.get("/api/v1/incidents", read(self.incidents)),
+            web.get("/api/v1/maintenance", read(self.list_windows)),
+            web.get("/api/v1/maintenance/{id}", read(self.get_window)),
             web.post("/api/v1/maintenance", guard(self.create_window)),
             web.patch("/api/v1/maintenance/{id}", guard(self.move_window)),
             web.delete("/api/v1/maintenance/{id}", guard(self.cancel_window)),
             web.patch("/api/v1/incidents/{id}", guard(self.change_incident)),
         ]
 
+    def _readable(self, handler: Handler) -> Handler:
+        async def check(request: web.Request) -> web.Response:
+            if self._read_token is not None:
+                given = _bearer(request)
+                if given is None:
+                    return error(401, "missing 'Authorization: Bearer <token>' (reads need "
+                                      "server.read_token here)")
+                if not any(token is not None and hmac.compare_digest(given, token.encode())
+                           for token in (self._read_token, self._token)):
+                    return error(403, "wrong token")
+            return await handler(request)
+
+        return check
+
     def _guarded(self, handler: Handler) -> Handler:
         async def check(request: web.Request) -> web.Response:
             if self._token is None:
                 return error(403, "the operator API is disabled: set server.token_file or "
                                   "server.token_env")
-            given = request.headers.get("Authorization", "")
-            if not given.startswith("Bearer "):
+            given = _bearer(request)
+            if given is None:
                 return error(401, "missing 'Authorization: Bearer <token>'")
-            if not hmac.compare_digest(given[7:].encode(), self._token.encode()):
+            if not hmac.compare_digest(given, self._token.encode()):
                 return error(403, "wrong token")
             try:
                 response = await handler(request)
@@ -176,6 +211,9 @@ class Api:
         body = await _parse(request, WindowConfig)
         if not isinstance(body, WindowConfig):
             return body
+        refused = _out_of_range(start=body.start, end=body.end)
+        if refused is not None:
+            return refused
         window = Window(id=body.id, platform=body.platform, targets=tuple(body.targets),
                         start=body.start.timestamp(), end=body.end.timestamp(),
                         kind=WindowKind(body.kind), description=body.description,
@@ -186,6 +224,9 @@ class Api:
         body = await _parse(request, WindowTimes)
         if not isinstance(body, WindowTimes):
             return body
+        refused = _out_of_range(start=body.start, end=body.end)
+        if refused is not None:
+            return refused
         moved = self._maintenance.move(request.match_info["id"], body.start.timestamp(),
                                        body.end.timestamp())
         return web.json_response(window_json(moved))
@@ -202,8 +243,14 @@ class Api:
         if body.update_interval is not None:
             try:
                 interval = parse_duration(body.update_interval).total_seconds()
-            except ValueError as exc:
+            except (ValueError, OverflowError) as exc:
                 return error(422, str(exc), "update_interval")
+            if not MIN_INTERVAL <= interval <= MAX_INTERVAL:
+                return error(422, "must be between 1m and 7d", "update_interval")
+        if body.etr is not None:
+            refused = _out_of_range(etr=body.etr)
+            if refused is not None:
+                return refused
         if body.etr is None and interval is None and body.note is None:
             return error(422, "give etr, update_interval and/or note")
         incident = self._engine.change_incident(
@@ -215,16 +262,68 @@ class Api:
 _KEY_PREFIX = re.compile(r"^(?:Value error, )?([a-z_]+): (.+)$", re.DOTALL)
 
 
-async def _parse(request: web.Request, model: type[BodyT]) -> BodyT | web.Response:
+def _bearer(request: web.Request) -> bytes | None:
+    given = request.headers.get("Authorization", "")
+    return given[7:].encode() if given.startswith("Bearer ") else None
+
+
+def _out_of_range(**dates: datetime) -> web.Response | None:
+    for name, value in dates.items():
+        if not EARLIEST <= value < LATEST:
+            return error(422, f"must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}",
+                         name)
+    return None
+
+
+def _depth(text: str) -> int:
+    """How deeply a JSON text nests (outside strings), without parsing it."""
+    deepest = depth = 0
+    quoted = escaped = False
+    for char in text:
+        if quoted:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                quoted = False
+        elif char == '"':
+            quoted = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+async def _read_json(request: web.Request) -> Any:
+    """The body as JSON data, or the error response: bounded in size and in depth."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        return error(413, f"the body is larger than {MAX_BODY} bytes")
     try:
-        data = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        text = (await request.read()).decode()
+    except UnicodeDecodeError:
         return error(400, "the body is not JSON")
+    if len(text) > MAX_BODY:
+        return error(413, f"the body is larger than {MAX_BODY} bytes")
+    if _depth(text) > MAX_DEPTH:
+        return error(400, f"the body nests deeper than {MAX_DEPTH} levels")
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return error(400, "the body is not JSON")
+
+
+async def _parse(request: web.Request, model: type[BodyT]) -> BodyT | web.Response:
+    data = await _read_json(request)
+    if isinstance(data, web.Response):
+        return data
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or None
+        field = str(first["loc"][0]) if first["loc"] else None  # the field, not its type
         message = first["msg"]
         named = _KEY_PREFIX.match(message)
         if field is None and named is not None:  # a model-level check naming its field

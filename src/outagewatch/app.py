@@ -12,7 +12,6 @@ import signal
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import anyio
 import prometheus_client
 import structlog
 from prometheus_client import CollectorRegistry
@@ -25,6 +24,7 @@ from outagewatch.engine import Composer, Engine, Maintenance, Timers, Writer
 from outagewatch.engine.engine import OBSERVATIONS_IN_MAIL
 from outagewatch.errors import ConfigError, ListenError
 from outagewatch.faults import Faults, supervise
+from outagewatch.looplag import LoopLag
 from outagewatch.metrics import Metrics, TargetLabels, build_metrics, duration_buckets
 from outagewatch.model import ProbeType
 from outagewatch.notify import Channel, Drainer, SmtpChannel
@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("outagewatch.app")
 
 DRAIN_GRACE = 15.0  # seconds a stopping daemon gives the mail in progress
+STATE_CHECK = 2.0  # seconds between looks at the state store's health
+HOUSEKEEPING = 3600.0  # seconds between prunings of the state file
 
 
 def metrics_for(settings: Settings, registry: CollectorRegistry, ctx: ProbeContext) -> Metrics:
@@ -77,11 +79,11 @@ def labels_of(target: Target) -> TargetLabels:
     return TargetLabels(target.name, kind, target.platform, phases_of(kind))
 
 
-def channels_of(notify: NotifyConfig | None) -> dict[str, Channel]:
+def channels_of(notify: NotifyConfig | None, *, installation: str) -> dict[str, Channel]:
     """The notification channels a configuration asks for (SMTP when ``notify`` is set)."""
     if notify is None:
         return {}
-    return {SmtpChannel.name: SmtpChannel(notify)}
+    return {SmtpChannel.name: SmtpChannel(notify, installation=installation)}
 
 
 def backoff_of(notify: NotifyConfig | None) -> tuple[float, float]:
@@ -95,6 +97,7 @@ class Core:
     """The deciding and mailing parts, wired: what a running daemon and the engine's tests
     share."""
 
+    installation: str
     faults: Faults
     queue: Queue
     writer: Writer
@@ -109,7 +112,7 @@ def wire(settings: Settings, *, state: State, store: StateStore, clock: Clock,
     """The engine, maintenance, writer, outbox queue and drainer on ``store``, from
     ``state`` as loaded."""
     topology = build_topology(settings, today=clock.now().date())
-    channels = channels_of(settings.notify)
+    channels = channels_of(settings.notify, installation=state.installation)
     faults = Faults(metrics, clock)
     queue = Queue()
     queue.load(state.outbox)
@@ -136,7 +139,8 @@ def wire(settings: Settings, *, state: State, store: StateStore, clock: Clock,
     maintenance = Maintenance(topology=topology, windows=state.windows, engine=engine,
                               writer=writer, composer=composer, timers=timers, clock=clock,
                               metrics=metrics)
-    return Core(faults, queue, writer, drainer, composer, engine, maintenance)
+    return Core(state.installation, faults, queue, writer, drainer, composer, engine,
+                maintenance)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +156,7 @@ class Runtime:
     core: Core
     recorder: SampleRecorder
     scheduler: Scheduler
+    looplag: LoopLag
     api: Api
 
 
@@ -162,8 +167,7 @@ async def build(settings: Settings, *, clock: Clock, registry: CollectorRegistry
     store = await open_store(settings.state.path)
     try:
         async with new_http_session() as session:
-            ctx = ProbeContext(clock=clock, session=session,
-                               pop3_limiter=anyio.CapacityLimiter(settings.engine.pop3_threads))
+            ctx = ProbeContext(clock=clock, session=session)
             metrics = metrics_for(settings, registry, ctx)
             state = await store.load(recent=OBSERVATIONS_IN_MAIL)
             core = wire(settings, state=state, store=store, clock=clock, metrics=metrics)
@@ -173,15 +177,21 @@ async def build(settings: Settings, *, clock: Clock, registry: CollectorRegistry
             async def probe(target: Target, rule: Rule) -> Sample:
                 return await run_probe(target, ctx, timeout=rule.timeout)
 
+            looplag = LoopLag(clock, metrics)
             scheduler = Scheduler(clock=clock, probe=probe, recorder=recorder, metrics=metrics,
-                                  max_in_flight=settings.engine.max_in_flight)
-            token = settings.server.token.get_secret_value() if settings.server.token else None
+                                  max_in_flight=settings.engine.max_in_flight,
+                                  faults=core.faults, stalls=looplag)
+            server = settings.server
             api = Api(engine=engine, maintenance=core.maintenance, writer=core.writer,
-                      store=store, last=recorder.last, clock=clock, token=token)
+                      store=store, last=recorder.last, clock=clock,
+                      token=server.token.get_secret_value() if server.token else None,
+                      read_token=server.read_token.get_secret_value() if server.read_token
+                      else None)
             try:
                 yield Runtime(settings=settings, clock=clock, registry=registry,
                               metrics=metrics, ctx=ctx, store=store, core=core,
-                              recorder=recorder, scheduler=scheduler, api=api)
+                              recorder=recorder, scheduler=scheduler, looplag=looplag,
+                              api=api)
             finally:
                 engine.close()
     finally:
@@ -210,6 +220,7 @@ class Daemon:
         self.port = 0
         self._stop = asyncio.Event()
         self._ready = False
+        self._reloading: asyncio.Future[bool] | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -264,7 +275,10 @@ class Daemon:
 
         tasks = [supervised("writer", runtime.core.writer.run),
                  supervised("scheduler", runtime.scheduler.run),
-                 supervised("drainer", runtime.core.drainer.run)]
+                 supervised("loop_lag", runtime.looplag.run),
+                 supervised("drainer", runtime.core.drainer.run),
+                 supervised("state_watch", lambda: watch_state(runtime)),
+                 supervised("housekeeping", lambda: keep_house(runtime))]
         self._ready = True
         log.info("daemon_started", listen=f"{settings.server.host}:{web.port}",
                  targets=len(settings.targets))
@@ -303,7 +317,7 @@ class Daemon:
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         installed: list[int] = []
         for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
-                             (signal.SIGHUP, self.reload)):
+                             (signal.SIGHUP, self._reload_soon)):
             try:
                 loop.add_signal_handler(sig, handler)
                 installed.append(sig)
@@ -326,13 +340,18 @@ class Daemon:
             runtime.metrics.add_target(labels_of(target))
         runtime.scheduler.apply([(t, settings.rule_for(t)) for t in settings.targets])
 
-    def reload(self) -> bool:
-        """Re-read the configuration file; keep the running one if the new one is bad."""
+    def _reload_soon(self) -> None:
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.ensure_future(self.reload())
+
+    async def reload(self) -> bool:
+        """Re-read the configuration file; keep the running one if the new one is bad. The
+        file is read and checked off the event loop: a huge one cannot stall the probes."""
         runtime = self.runtime
         if self.config_path is None or runtime is None:
             return False
         try:
-            new = load_settings(self.config_path)
+            new = await asyncio.to_thread(load_settings, self.config_path)
         except ConfigError as exc:
             runtime.metrics.reloads.labels("failure").inc()
             log.error("config_reload_failed", problems=exc.problems,  # noqa: TRY400 - no trace
@@ -343,7 +362,7 @@ class Daemon:
             if getattr(new, section) != getattr(old, section):
                 log.warning("config_needs_restart", section=section,
                             note="this section takes effect at the next start")
-        channels = channels_of(new.notify)
+        channels = channels_of(new.notify, installation=runtime.core.installation)
         runtime.core.drainer.reconfigure(channels, backoff_of(new.notify))
         runtime.core.composer.channels = channels
         self._apply(runtime, new)
@@ -352,6 +371,27 @@ class Daemon:
         runtime.metrics.last_reload.set(runtime.clock.now().timestamp())
         log.info("config_reloaded", targets=len(new.targets))
         return True
+
+
+async def watch_state(runtime: Runtime) -> None:
+    """The store's own health as a fault: e.g. a state file deleted under the daemon."""
+    clock = runtime.clock
+    while True:
+        problem = await runtime.store.health()
+        if problem is None:
+            runtime.core.faults.clear("state_file")
+        else:
+            runtime.core.faults.report("state_file", problem, blocking=True)
+        await clock.sleep_until(clock.monotonic() + STATE_CHECK)
+
+
+async def keep_house(runtime: Runtime) -> None:
+    """Every hour: mails sent longer ago than ``state.keep_mails`` leave the state file."""
+    clock = runtime.clock
+    while True:
+        keep = runtime.settings.state.keep_mails.total_seconds()
+        runtime.core.writer.submit(Changes(prune_mails_before=clock.now().timestamp() - keep))
+        await clock.sleep_until(clock.monotonic() + HOUSEKEEPING)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

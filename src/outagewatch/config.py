@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import holidays
 import yaml
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -31,16 +32,45 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
-from outagewatch.durations import parse_duration
+from outagewatch.core.render import MULTILINE_FIELDS, TEMPLATE_FIELDS
+from outagewatch.durations import format_duration, parse_duration
 from outagewatch.errors import ConfigError
 from outagewatch.model import DEFAULT_UPDATE_INTERVAL, ProbeType, Rule
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+def _between(low: float, high: float) -> Callable[[timedelta], timedelta]:
+    def check(value: timedelta) -> timedelta:
+        if not low <= value.total_seconds() <= high:
+            raise ValueError(f"must be between {format_duration(low)} and "
+                             f"{format_duration(high)}")
+        return value
+
+    return check
+
+
+# Durations (30s, 15m, 1h30m, ISO 8601, seconds; never a boolean) within sane bounds: a
+# typo of 10ms or 10000d would otherwise flood a list or stop a timer.
+DAY = 86400.0
+_Human = BeforeValidator(parse_duration)
+Interval = Annotated[timedelta, _Human, AfterValidator(_between(0.1, DAY))]
+Timeout = Annotated[timedelta, _Human, AfterValidator(_between(0.1, 3600))]
+Threshold = Annotated[timedelta, _Human, AfterValidator(_between(0.05, 3600))]
+Window = Annotated[timedelta, _Human, AfterValidator(_between(0.1, 7 * DAY))]
+UpdateInterval = Annotated[timedelta, _Human, AfterValidator(_between(1, 7 * DAY))]
+Coalesce = Annotated[timedelta, _Human, AfterValidator(_between(0.1, 300))]
+Backoff = Annotated[timedelta, _Human, AfterValidator(_between(0.1, DAY))]
+CommandTimeout = Annotated[timedelta, _Human, AfterValidator(_between(0.1, 300))]
+Retention = Annotated[timedelta, _Human, AfterValidator(_between(DAY, 100 * 365 * DAY))]
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 Port = Annotated[int, Field(ge=1, le=65535)]
 TlsMode = Literal["none", "starttls", "implicit"]
 
@@ -109,6 +139,11 @@ class ServerConfig(_Model):
     token_file: Path | None = Field(None, description="file holding the operator API token")
     token_env: str | None = Field(None, description="environment variable holding it")
     token: SecretStr | None = Field(None, exclude=True, description="resolved; not a key")
+    read_token_file: Path | None = Field(
+        None, description="file holding a token every read of /api/v1 needs (for a listen "
+                          "address others can reach); the operator token works too")
+    read_token_env: str | None = Field(None, description="environment variable holding it")
+    read_token: SecretStr | None = Field(None, exclude=True, description="resolved; not a key")
 
     @model_validator(mode="before")
     @classmethod
@@ -116,8 +151,10 @@ class ServerConfig(_Model):
         if not isinstance(data, dict):
             return data
         data = resolve_secret(data, "token", inline=False)
-        if data.get("token") is not None and len(str(data["token"])) < 16:
-            raise ValueError("token: too short (use at least 16 characters)")
+        data = resolve_secret(data, "read_token", inline=False)
+        for key in ("token", "read_token"):
+            if data.get(key) is not None and len(str(data[key])) < 16:
+                raise ValueError(f"{key}: too short (use at least 16 characters)")
         return data
 
     @field_validator("listen")
@@ -138,16 +175,20 @@ class ServerConfig(_Model):
 
 
 class RuleDefaults(_Model):
-    interval: Duration = Field(timedelta(seconds=60), description="time between probe starts")
-    timeout: Duration = Field(timedelta(seconds=35), description="total deadline of one probe run")
-    threshold: Duration = Field(timedelta(seconds=30), description="slower than this = BAD")
-    window: Duration = Field(timedelta(minutes=15), description="BAD for this long = OUTAGE")
+    interval: Interval = Field(timedelta(seconds=60), description="time between probe starts")
+    timeout: Timeout = Field(timedelta(seconds=35), description="total deadline of one probe run")
+    threshold: Threshold = Field(timedelta(seconds=30), description="slower than this = BAD")
+    window: Window = Field(timedelta(minutes=15), description="BAD for this long = OUTAGE")
     recover_after: int = Field(2, ge=1, description="consecutive GOOD samples that end an outage")
 
 
 class EngineConfig(_Model):
-    max_in_flight: int = Field(512, ge=1, description="probes running at once, all targets")
-    pop3_threads: int = Field(32, ge=1, description="worker threads for blocking POP3 probes")
+    max_in_flight: int | None = Field(
+        None, ge=1, description="probe runs in flight at once, all targets; never waited for "
+        "while a platform is within its fair share; default and ceiling: what the open-file "
+        "limit allows (two descriptors a run)")
+    pop3_threads: int = Field(32, ge=1, description="unused: each POP3 target has its own "
+                              "worker thread (kept so that older configurations load)")
     uvloop: bool = Field(default=False, description="run on uvloop instead of asyncio's loop")
 
 
@@ -220,10 +261,10 @@ class _TargetBase(_Model):
     platform: str = Field(description="key of the platform this service belongs to")
     impact: str = Field("", description="user impact, quoted in incident mails")
     critical: bool = Field(default=True, description="a business-critical component")
-    interval: Duration | None = None
-    timeout: Duration | None = None
-    threshold: Duration | None = None
-    window: Duration | None = None
+    interval: Interval | None = None
+    timeout: Timeout | None = None
+    threshold: Threshold | None = None
+    window: Window | None = None
     recover_after: int | None = Field(None, ge=1)
 
 
@@ -303,7 +344,7 @@ class SmtpRelay(_Tls, _Credentials):
     host: str = Field(min_length=1)
     port: Port | None = Field(None, description="default 25 / 587 / 465 by tls mode")
     tls: TlsMode = "starttls"
-    timeout: Duration = Field(timedelta(seconds=30), description="per SMTP command")
+    timeout: CommandTimeout = Field(timedelta(seconds=30), description="per SMTP command")
 
     @property
     def effective_port(self) -> int:
@@ -313,11 +354,14 @@ class SmtpRelay(_Tls, _Credentials):
 class NotifyConfig(_Model):
     smtp: SmtpRelay
     sender: str = Field(description='From: header, e.g. "NOC <noc@example.com>"')
-    update_interval: Duration = Field(timedelta(seconds=DEFAULT_UPDATE_INTERVAL),
-                                      description="time between UPDATE mails")
-    retry_backoff: Duration = Field(timedelta(seconds=5),
-                                    description="first retry delay; doubles per attempt")
-    retry_max: Duration = Field(timedelta(minutes=5), description="longest retry delay")
+    update_interval: UpdateInterval = Field(timedelta(seconds=DEFAULT_UPDATE_INTERVAL),
+                                            description="time between UPDATE mails")
+    coalesce: Coalesce = Field(timedelta(seconds=5),
+                               description="changes of an incident within this time of the "
+                                           "first make one UPDATE")
+    retry_backoff: Backoff = Field(timedelta(seconds=5),
+                                   description="first retry delay; doubles per attempt")
+    retry_max: Backoff = Field(timedelta(minutes=5), description="longest retry delay")
     templates: Path | None = Field(
         None, description="directory of subject.txt, open.txt, update.txt, resolved.txt")
 
@@ -354,13 +398,33 @@ def _read_templates(directory: Path) -> dict[str, str]:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ValueError(f"cannot read {path}: {exc}") from None
-        if not string.Template(text).is_valid():
-            raise ValueError(f"{path.name}: a '$' that is no placeholder (write $$ for $)")
-        texts[name] = text.strip() if name == "subject" else text
+        texts[name] = _checked_template(path.name, text, subject=name == "subject")
     if not texts:
         raise ValueError(f"no template in {directory} (expected any of "
                          f"{', '.join(n + '.txt' for n in TEMPLATE_NAMES)})")
     return texts
+
+
+def _checked_template(name: str, text: str, *, subject: bool) -> str:
+    """A template that renders: placeholders the renderer fills, and a subject that stays one
+    line whatever the values (a line break in a header stopped every mail)."""
+    template = string.Template(text)
+    if not template.is_valid():
+        raise ValueError(f"{name}: a '$' that is no placeholder (write $$ for $)")
+    used = set(template.get_identifiers())
+    unknown = sorted(used - TEMPLATE_FIELDS)
+    if unknown:
+        raise ValueError(f"{name}: unknown placeholder ${unknown[0]} (known: "
+                         f"{', '.join('$' + f for f in sorted(TEMPLATE_FIELDS))})")
+    if not subject:
+        return text
+    text = text.strip()
+    if "\n" in text or "\r" in text:
+        raise ValueError(f"{name}: a subject is one line")
+    spanning = sorted(used & MULTILINE_FIELDS)
+    if spanning:
+        raise ValueError(f"{name}: ${spanning[0]} spans lines and cannot be in a subject")
+    return text
 
 
 def _check_ordered(start: AwareDatetime, end: AwareDatetime) -> None:
@@ -405,6 +469,9 @@ class MaintenanceConfig(_Model):
 
 class StateConfig(_Model):
     path: Path = Field(Path("/var/lib/outagewatch/state.db"), description="SQLite state file")
+    keep_mails: Retention = Field(timedelta(days=400),
+                                  description="sent and failed mails older than this leave "
+                                              "the state file (pending ones never do)")
 
 
 class Settings(BaseSettings):
@@ -488,9 +555,33 @@ class Settings(BaseSettings):
 
 def load_settings(path: Path | str) -> Settings:
     """Load and validate the configuration file; raise ConfigError with one line per problem."""
-    path = Path(path)
+    data = _read(Path(path))
+    try:
+        return Settings(**data)
+    except SettingsError as exc:  # an OUTAGEWATCH_* variable that is not the JSON it must be
+        field = _SETTINGS_FIELD.search(str(exc))
+        name = f"OUTAGEWATCH_{field.group(1).upper()}" if field else "an OUTAGEWATCH_* variable"
+        raise ConfigError([(f"{name} (environment): not valid JSON for a section; set one key "
+                           f"with {name}__KEY=value, or give the whole section as JSON")]) \
+            from None
+    except ValidationError as exc:
+        problems: list[str] = []
+        for error in exc.errors():
+            nested = (error.get("ctx") or {}).get("error")
+            if isinstance(nested, ConfigError):  # the cross-checks: already one line each
+                problems.extend(nested.problems)
+            else:
+                problems.append(_format_error(error))
+        raise ConfigError(problems) from None
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """The file's sections, or ConfigError: missing, too large, unreadable, not YAML."""
     where = str(path)
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError([(f"{where}: larger than {MAX_CONFIG_BYTES // 2**20} MiB: "
+                               "not a configuration")])
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([f"{where}: file not found"]) from None
@@ -507,19 +598,10 @@ def load_settings(path: Path | str) -> Settings:
         raise ConfigError([f"{where}: file is empty"])
     if not isinstance(data, dict):
         raise ConfigError([f"{where}: expected a mapping of sections at the top level"])
-    try:
-        return Settings(**data)
-    except ValidationError as exc:
-        problems: list[str] = []
-        for error in exc.errors():
-            nested = (error.get("ctx") or {}).get("error")
-            if isinstance(nested, ConfigError):  # the cross-checks: already one line each
-                problems.extend(nested.problems)
-            else:
-                problems.append(_format_error(error))
-        raise ConfigError(problems) from None
+    return data
 
 
+_SETTINGS_FIELD = re.compile(r'field "([a-z_]+)"')
 _TAGS = frozenset(t.value for t in ProbeType)
 
 

@@ -45,6 +45,9 @@ class TargetLabels:
 
 
 _LABELS = ("target", "type", "platform")
+SKIP_REASONS = ("previous_run_in_flight", "overload")  # why a due run did not start
+_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0)
 
 
 @dataclass
@@ -58,8 +61,12 @@ class Metrics:
     cert_expiry: Gauge
     overdue: Gauge
     skipped: Counter
+    discounted: Counter
     schedule_lag: Histogram
     in_flight: Gauge
+    waiting: Gauge
+    capacity: Gauge
+    loop_lag: Histogram
     threads_running: Gauge
     threads_stuck: Gauge
     targets: Gauge
@@ -92,7 +99,9 @@ class Metrics:
         self.overdue.labels(*values).set(0)
         self.target_outage.labels(*values)
         self.maintenance_active.labels(*values)
-        self.skipped.labels(*values)
+        for reason in SKIP_REASONS:
+            self.skipped.labels(*values, reason)
+        self.discounted.labels(*values)
         for phase in labels.phases:
             self.phase.labels(*values, phase.value)
         for result in Result:
@@ -104,9 +113,12 @@ class Metrics:
         if labels is None:
             return
         values = labels.values()
-        for metric in (self.duration, self.success, self.last_run, self.overdue, self.skipped,
-                       self.cert_expiry, self.target_outage, self.maintenance_active):
+        for metric in (self.duration, self.success, self.last_run, self.overdue,
+                       self.discounted, self.cert_expiry, self.target_outage,
+                       self.maintenance_active):
             _discard(metric, values)
+        for reason in SKIP_REASONS:
+            _discard(self.skipped, (*values, reason))
         for phase in labels.phases:
             _discard(self.phase, (*values, phase.value))
         for result in Result:
@@ -185,13 +197,30 @@ def build_metrics(
                       "1 while a run is in flight past the threshold (already BAD).", _LABELS,
                       registry=registry),
         skipped=Counter(f"{ns}_probe_runs_skipped",
-                        "Runs skipped because the previous run of the target was still going.",
-                        _LABELS, registry=registry),
+                        "Due runs that did not start: the target's previous run was still "
+                        "going (previous_run_in_flight), or the daemon could not keep up "
+                        "(overload: the last run still waiting for probe capacity, or still "
+                        "going because it started late, or the loop an interval behind).",
+                        (*_LABELS, "reason"), registry=registry),
+        discounted=Counter(f"{ns}_probe_runs_discounted",
+                           "Runs that came out BAD only because the daemon itself stalled "
+                           "during them: counted neither BAD nor GOOD (see "
+                           "probe_run_discounted in the logs).", _LABELS, registry=registry),
         schedule_lag=Histogram(f"{ns}_schedule_lag_seconds",
-                               "Actual start of a run minus its planned start.",
-                               buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                                        2.5, 5.0), registry=registry),
-        in_flight=Gauge(f"{ns}_probes_in_flight", "Probe runs in flight now.", registry=registry),
+                               "Actual start of a run minus its planned start.", ("platform",),
+                               buckets=_LAG_BUCKETS, registry=registry),
+        in_flight=Gauge(f"{ns}_probes_in_flight", "Probe runs in flight now.", ("platform",),
+                        registry=registry),
+        waiting=Gauge(f"{ns}_probe_runs_waiting",
+                      "Due runs waiting for probe capacity (the daemon is overloaded).",
+                      ("platform",), registry=registry),
+        capacity=Gauge(f"{ns}_probe_capacity",
+                       "Probe runs that may be in flight at once, all platforms (from the "
+                       "open-file limit or engine.max_in_flight).", registry=registry),
+        loop_lag=Histogram(f"{ns}_event_loop_lag_seconds",
+                           "How late the event loop ran a timer: the daemon's own stalls, "
+                           "which are never charged to a probe.", buckets=_LAG_BUCKETS,
+                           registry=registry),
         threads_running=running,
         threads_stuck=stuck,
         targets=Gauge(f"{ns}_targets", "Configured targets.", registry=registry),

@@ -59,6 +59,7 @@ def outage_rule(rule: Rule) -> OutageRule:
 def build_topology(settings: Settings, *, today: date) -> Topology:
     interval = (settings.notify.update_interval.total_seconds() if settings.notify
                 else DEFAULT_UPDATE_INTERVAL)
+    coalesce = settings.notify.coalesce.total_seconds() if settings.notify else 0.0
     targets = {}
     for target in settings.targets:
         rule = settings.rule_for(target)
@@ -67,7 +68,7 @@ def build_topology(settings: Settings, *, today: date) -> Topology:
     platforms = {
         name: Platform(name, tuple(Service(t.name, t.critical, t.impact)
                                    for t in settings.targets if t.platform == name),
-                       update_interval=interval)
+                       update_interval=interval, coalesce=coalesce)
         for name in settings.platforms
     }
     custom = settings.notify.template_texts() if settings.notify else {}

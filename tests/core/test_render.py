@@ -24,7 +24,7 @@ def incident_story():
     book = Book()
     for step in (lambda b: declared(b, EU, "imap-eu", T0 - 900, T0),
                  lambda b: change(b, T0 + 600, etr=T0 + 7200),
-                 lambda b: tick(b, T0 + 600 + 3600),
+                 lambda b: tick(b, EU, T0 + 600 + 3600),
                  lambda b: restored(b, EU, "imap-eu", T0 + 5000, T0 + 5100)):
         book, notes = step(book)
         steps.append((book, notes))
@@ -36,7 +36,7 @@ class TestRender:
         """The first mail says what is down, the user impact, since when, the severity,
         that the ETR is unknown, and what the probes saw."""
         (first, *_rest) = incident_story()
-        assert "Incident EU-2026-0001 [OPEN] Sev 2 eu: imap-eu" == first.subject
+        assert "Incident EU-20260302-0900 [OPEN] Sev 2 eu: imap-eu" == first.subject
         assert ("oncall@example.com",) == first.to
         for text in ("Users cannot read mail with their mail programs.",
                      "2026-03-02T08:45:00Z (Mon 02 Mar 2026 08:45 UTC)",
@@ -51,11 +51,11 @@ class TestRender:
         """Every mail is one of the incident's thread, numbered in order, under one stable
         subject stem (clients grouping by subject keep the thread too)."""
         mails = incident_story()
-        assert {Thread(ThreadKind.INCIDENT, "EU-2026-0001")} == {m.thread for m in mails}
+        assert {Thread(ThreadKind.INCIDENT, "EU-20260302-0900")} == {m.thread for m in mails}
         assert [0, 1, 2, 3] == [m.number for m in mails]
         assert ["open", "update", "update", "resolved"] == [m.kind for m in mails]
         stems = {m.subject.split(" [")[0] for m in mails}
-        assert {"Incident EU-2026-0001"} == stems
+        assert {"Incident EU-20260302-0900"} == stems
 
     def test_update_and_resolved(self):
         _, etr, periodic, resolved_mail = incident_story()
@@ -71,7 +71,7 @@ class TestRender:
         mail = render(notice, EU, recipients=["a@example.com"],
                       templates={"subject": "DOWN $services ($id)",
                                  "open": "$platform: $impacts\nunknown: $nonsense"})
-        assert "DOWN smtp-eu (EU-2026-0001)" == mail.subject
+        assert "DOWN smtp-eu (EU-20260302-0900)" == mail.subject
         assert "eu: - smtp-eu: Users cannot send mail." in mail.body
         assert "$nonsense" in mail.body  # unknown placeholders stay visible, never crash
 

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from tests.helpers.daemon import TINY, DaemonProcess, config_text, free_port, wa
 from tests.helpers.faultproxy import Fault, FaultProxy
 
 NOTIFY = ("notify: {{smtp: {{host: 127.0.0.1, port: {port}, tls: none}},"
-          " sender: 'NOC <noc@example.com>', update_interval: {update},"
+          " sender: 'NOC <noc@example.com>', update_interval: {update}, coalesce: 0.3s,"
           " retry_backoff: 0.2s, retry_max: 1s}}\n")
 
 
@@ -170,3 +171,89 @@ class TestLockedState:
         ids = [m["Message-ID"] for _, m in relay.mails]
         assert len(set(ids)) == len(ids), "a mail was sent twice"
         assert "RESOLVED" == relay.kinds()[-1]
+
+
+class TestStateFileDeleted:
+    async def test_deleting_the_state_file_is_noticed_and_loud(self, tmp_path, http_server):
+        """Issue 10.5: the state file deleted under a running daemon is a blocking fault
+        within seconds (it went unnoticed: everything was written into a file gone)."""
+        port = free_port()
+        state = tmp_path / "state.db"
+        config = tmp_path / "c.yaml"
+        config.write_text(config_text(port, [
+            f"{{name: a, platform: eu, type: http, url: 'http://127.0.0.1:{http_server.port}/'}}"],
+            state=state))
+        daemon = await DaemonProcess(config).start(port)
+        try:
+            state.unlink()
+            await daemon.wait_for(lambda: daemon.has_event("fault_raised"), timeout=10,
+                                  what="the fault")
+            status, body = await daemon.get("/readyz")
+            text = await daemon.metrics()
+        finally:
+            await daemon.stop()
+        assert 503 == status
+        assert "was deleted while the daemon runs" in json.loads(body)["reason"]
+        assert 1.0 == metric(text, 'outagewatch_fault{fault="state_file"}')
+
+
+
+class TestStopWhileSending:
+    async def test_sigterm_while_the_relay_is_slow_to_quit_sends_nothing_twice(
+            self, tmp_path, http_server):
+        """Issue 10.7: the relay accepts the OPEN but takes 3 s to answer QUIT; a SIGTERM
+        then lets the dialogue end, the mail is on record, and the restarted daemon does not
+        send it again (1 duplicate in 1 try before)."""
+        relay = SlowQuitRelay(quit_delay=3.0)
+        await relay.start()
+        port = free_port()
+        try:
+            async with FaultProxy(http_server.port, Fault("stall")) as proxy:
+                config = configure(tmp_path, port, proxy.port, relay.port, tmp_path / "s.db")
+                daemon = await DaemonProcess(config).start(port)
+                await wait(lambda: relay.mails, 10, "the OPEN at the relay")
+                daemon.signal(signal.SIGTERM)
+                assert 0 == await daemon.stop()
+                again = await DaemonProcess(config).start(port)
+                await asyncio.sleep(3)
+                await again.stop()
+        finally:
+            await relay.stop()
+        assert 1 == len(relay.mails), [m["Subject"] for m in relay.mails]
+
+
+class SlowQuitRelay:
+    """An SMTP relay that accepts every mail and answers QUIT late."""
+
+    def __init__(self, quit_delay: float) -> None:
+        self.quit_delay = quit_delay
+        self.mails: list = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        from email import message_from_bytes
+
+        from aiosmtpd.smtp import SMTP
+
+        relay = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):  # noqa: N802
+                relay.mails.append(message_from_bytes(envelope.content))
+                return "250 OK"
+
+        class Slow(SMTP):
+            async def smtp_QUIT(self, arg):  # noqa: N802
+                await asyncio.sleep(relay.quit_delay)
+                await super().smtp_QUIT(arg)
+
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: Slow(Handler(), hostname="r.test"),
+                                                "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()

@@ -15,7 +15,7 @@ from tests.helpers.relay import Relay
 
 def configure(tmp_path, port, proxy_port, relay_port, update="1s", extra_targets=()):
     notify = (f"notify: {{smtp: {{host: 127.0.0.1, port: {relay_port}, tls: none}},"
-              f" sender: 'NOC <noc@example.com>', update_interval: {update},"
+              f" sender: 'NOC <noc@example.com>', update_interval: {update}, coalesce: 0.3s,"
               " retry_backoff: 0.2s, retry_max: 1s}\n")
     text = config_text(port, [
         (f"{{name: webmail-eu, platform: eu, type: http, url: 'http://127.0.0.1:{proxy_port}/',"
@@ -124,7 +124,7 @@ class TestIncidentMails:
         relay_port = free_port()
         sink = Relay()
         async with FaultProxy(http_server.port, Fault("stall")) as proxy:
-            config = configure(tmp_path, port, proxy.port, relay_port, update="0.5s")
+            config = configure(tmp_path, port, proxy.port, relay_port, update="1s")
             daemon = await DaemonProcess(config).start(port)
             try:
                 await asyncio.sleep(3.5)  # OPEN and some UPDATEs pile up, undeliverable
@@ -145,5 +145,5 @@ class TestIncidentMails:
         assert len(kinds) >= 3
         ids = [m["Message-ID"] for _, m in sink.mails]
         assert len(set(ids)) == len(ids)
-        numbers = [int(i.split(".")[1].split("@")[0]) for i in ids]
+        numbers = [int(i.split(".")[2]) for i in ids]  # <incident.ID.NUMBER.TOKEN@domain>
         assert sorted(numbers) == numbers

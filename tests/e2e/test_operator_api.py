@@ -15,7 +15,7 @@ TOKEN = "s3cret-operator-token-0123456789"
 async def start(tmp_path, http_port, relay_port, *, token=True):
     port = free_port()
     notify = (f"notify: {{smtp: {{host: 127.0.0.1, port: {relay_port}, tls: none}},"
-              " sender: 'NOC <noc@example.com>', update_interval: 1h,"
+              " sender: 'NOC <noc@example.com>', update_interval: 1h, coalesce: 0.3s,"
               " retry_backoff: 0.2s, retry_max: 1s}\n")
     text = config_text(port, [
         f"{{name: webmail-eu, platform: eu, type: http, url: 'http://127.0.0.1:{http_port}/'}}",
@@ -193,7 +193,7 @@ class TestMaintenanceHidesAnOutage:
         port = free_port()
         async with FaultProxy(dovecot.imap) as proxy:
             notify = (f"notify: {{smtp: {{host: 127.0.0.1, port: {relay.port}, tls: none}},"
-                      " sender: 'NOC <noc@example.com>', update_interval: 1h,"
+                      " sender: 'NOC <noc@example.com>', update_interval: 1h, coalesce: 0.3s,"
                       " retry_backoff: 0.2s, retry_max: 1s}\n")
             text = config_text(port, [
                 (f"{{name: imap-eu, platform: eu, type: imap, host: localhost,"

@@ -17,7 +17,7 @@ from outagewatch.scheduler import stable_offset
 
 TOKEN = "s3cret-operator-token-0123456789"
 NOTIFY = ("notify: {{smtp: {{host: 127.0.0.1, port: {port}, tls: none}},"
-          " sender: 'NOC <noc@example.com>', update_interval: 1h,"
+          " sender: 'NOC <noc@example.com>', update_interval: 1h, coalesce: 0.3s,"
           " retry_backoff: 0.2s, retry_max: 1s}}\n")
 
 

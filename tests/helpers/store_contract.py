@@ -130,9 +130,22 @@ class StoreContract:
         assert [] == (await store.load(recent=1)).outbox
         assert ["sent"] == [m.status for m in await store.thread("incident:A")]
 
+    async def test_old_mails_are_pruned_pending_ones_never(self, store):
+        """Issue 10.16: sent (and failed) mails older than the retention go; a pending one
+        stays whatever its age (it still has to leave)."""
+        old_sent, old_pending, new_sent = (envelope("incident:A", n, created=10.0 + n)
+                                           for n in range(3))
+        await store.apply(Changes(envelopes=[old_sent, old_pending, new_sent]))
+        await store.apply(Changes(deliveries={
+            old_sent.key: delivered(old_sent, "sent", at=100.0),
+            new_sent.key: delivered(new_sent, "sent", at=900.0)}))
+        await store.apply(Changes(prune_mails_before=500.0))
+        assert [(1, "pending"), (2, "sent")] == [
+            (m.number, m.status) for m in await store.thread("incident:A")]
+
     async def test_incidents_newest_first(self, store):
         book = Book()
         for at in (1000.0, 2000.0, 3000.0):
-            book, (notice,) = declared(Book(counters=book.counters), EU, "imap-eu", at, at)
+            book, (notice,) = declared(Book(last_id=book.last_id), EU, "imap-eu", at, at)
             await store.apply(Changes(incidents={notice.incident.id: notice.incident}))
         assert [3000.0, 2000.0] == [i.opened_at for i in await store.incidents(limit=2)]

@@ -114,13 +114,16 @@ class TestDrainer:
         subjects = [m["Subject"] for _, m in relay.received]
         assert ["Incident EU-1 #0", "Incident EU-1 #1", "Incident EU-1 #2"] == subjects
         first, second, last = (m for _, m in relay.received)
-        assert "<eu-1.0@example.com>" == first["Message-ID"]
+
+        def ident(n):
+            return f"<incident.eu-1.{n}.{h.core.installation}@example.com>"
+
+        assert ident(0) == first["Message-ID"]
         assert (None, None) == (first["In-Reply-To"], first["References"])
-        assert ("<eu-1.0@example.com>", "<eu-1.0@example.com>") == (second["In-Reply-To"],
-                                                                     second["References"])
-        assert "<eu-1.2@example.com>" == last["Message-ID"]
-        assert "<eu-1.1@example.com>" == last["In-Reply-To"]
-        assert "<eu-1.0@example.com> <eu-1.1@example.com>" == last["References"]
+        assert (ident(0), ident(0)) == (second["In-Reply-To"], second["References"])
+        assert ident(2) == last["Message-ID"]
+        assert ident(1) == last["In-Reply-To"]
+        assert f"{ident(0)} {ident(1)}" == " ".join(last["References"].split())  # unfolded
         assert "Monitoring <noc@example.com>" == last["From"]
         assert "auto-generated" == last["Auto-Submitted"]
         assert 2 == metric(h, "update", "sent")
@@ -140,7 +143,8 @@ class TestDrainer:
             assert 0 == await drainer.send_due()
             retry = h.core.queue.next_attempt(undurable=False) - h.clock.now().timestamp()
             assert 10.0 <= retry <= 20.0  # doubled
-            drainer.reconfigure({"smtp": SmtpChannel(settings(tmp_path, relay.port).notify)},
+            drainer.reconfigure({"smtp": SmtpChannel(settings(tmp_path, relay.port).notify,
+                                                     installation=h.core.installation)},
                                 (10.0, 60.0))  # the relay is back
             await h.clock.advance(60)
             assert 2 == await drainer.send_due()
@@ -277,3 +281,20 @@ class TestDrainer:
             assert 1 == len(server.sink.messages)
         finally:
             await server.stop()
+
+    async def test_message_ids_never_repeat(self, tmp_path, relay):
+        """Issue 10.4 and 10.5: an incident and a window of the same name, and the same
+        incident thread again after the state was lost, all get their own Message-IDs
+        (the outbox used to drop a second mail with an existing id, and a new state
+        started again at eu-2026-0001.0)."""
+        ids = []
+        for run in ("first", "state lost"):
+            (tmp_path / run).mkdir()
+            async with EngineHarness(settings(tmp_path / run, relay.port), FakeClock()) as h:
+                window = Message(Thread(ThreadKind.MAINTENANCE, "eu-1"), 0, "announcement",
+                                 (ONCALL,), "Maintenance eu-1", "body")
+                await queue(h, message("EU-1", 0), window)
+                assert 2 == await h.core.drainer.send_due()
+            ids += [m["Message-ID"] for _, m in relay.received[-2:]]
+        assert 4 == len(set(ids)), ids
+

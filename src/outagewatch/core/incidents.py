@@ -41,6 +41,7 @@ class Platform:
     name: str
     services: tuple[Service, ...]
     update_interval: float = DEFAULT_UPDATE_INTERVAL
+    coalesce: float = 0.0  # changes within this many seconds of the first make one UPDATE
 
     def service(self, name: str) -> Service:
         for service in self.services:
@@ -66,6 +67,8 @@ class Incident:
     resolved_at: float | None = None
     restored_at: float | None = None  # when service was back for the last one
     notes: tuple[tuple[float, str], ...] = ()  # operators' notes: (when, text)
+    pending: tuple[str, ...] = ()  # changes not mailed yet (coalescing)
+    pending_since: float | None = None
 
     @property
     def duration(self) -> float | None:
@@ -83,13 +86,24 @@ class Notification:
 
 @dataclass(frozen=True, slots=True)
 class Book:
-    """A platform's incident state: the open incident and the id counters per year."""
+    """A platform's incident state: the open incident and the last id given."""
 
     open: Incident | None = None
-    counters: Mapping[int, int] = field(default_factory=dict)
+    last_id: str | None = None
 
 
 Step = tuple[Book, list[Notification]]
+
+
+def incident_id(platform: str, now: float, *, after: str | None = None) -> str:
+    """A readable id that no lost state can hand out again: the platform and the minute of
+    the declaration in UTC (EU-20261129-1423), with -2, -3, ... for a second incident of
+    the platform declared in the same minute (``after`` is the last id given)."""
+    stem = f"{platform.upper()}-{datetime.fromtimestamp(now, UTC):%Y%m%d-%H%M}"
+    if after is None or not after.startswith(stem):
+        return stem
+    suffix = after[len(stem) + 1:]
+    return f"{stem}-{int(suffix) + 1 if suffix.isdigit() else 2}"
 
 
 def severity(platform: Platform, affected: frozenset[str]) -> int:
@@ -106,11 +120,9 @@ def declared(book: Book, platform: Platform, service: str, outage_start: float,
     """``service`` entered OUTAGE: open an incident, or join the open one."""
     incident = book.open
     if incident is None:
-        year = datetime.fromtimestamp(now, UTC).year
-        number = book.counters.get(year, 0) + 1
         affected = frozenset({service})
         incident = Incident(
-            id=f"{platform.name.upper()}-{year}-{number:04d}",
+            id=incident_id(platform.name, now, after=book.last_id),
             platform=platform.name,
             started_at=outage_start,
             opened_at=now,
@@ -121,7 +133,7 @@ def declared(book: Book, platform: Platform, service: str, outage_start: float,
             last_mail_at=now,
             mails=1,
         )
-        book = Book(open=incident, counters={**book.counters, year: number})
+        book = Book(open=incident, last_id=incident.id)
         return book, [Notification(Kind.OPEN, incident, now, 0, (f"{service} down",))]
     if service in incident.affected:
         return book, []
@@ -150,18 +162,24 @@ def restored(book: Book, platform: Platform, service: str, restored_at: float,
     # last (a service probed every 5 min is recognised later than one probed every minute).
     back = max(changed.restored.values())
     final = replace(changed, resolved_at=now, restored_at=back, last_mail_at=now,
-                    mails=incident.mails + 1)
-    notice = Notification(Kind.RESOLVED, final, now, incident.mails, (f"{service} restored",))
+                    mails=incident.mails + 1, pending=(), pending_since=None)
+    reasons = (*incident.pending, f"{service} restored")  # what was not mailed yet goes too
+    notice = Notification(Kind.RESOLVED, final, now, incident.mails, reasons)
     return replace(book, open=None), [notice]
 
 
-def tick(book: Book, now: float) -> Step:
-    """The periodic UPDATE: one mail when ``update_interval`` has passed since the last one
-    (a single one however late the call, never a burst of missed ones)."""
+def tick(book: Book, platform: Platform, now: float) -> Step:
+    """The UPDATE of changes collected for ``platform.coalesce`` seconds, or the periodic one
+    when ``update_interval`` has passed since the last mail (a single one however late the
+    call, never a burst of missed ones)."""
     incident = book.open
-    if incident is None or now < incident.last_mail_at + incident.update_interval:
+    if incident is None:
         return book, []
-    return _mail(book, incident, now, ("periodic update",))
+    if incident.pending_since is not None and now >= incident.pending_since + platform.coalesce:
+        return _mail(book, incident, now, ())
+    if now >= incident.last_mail_at + incident.update_interval:
+        return _mail(book, incident, now, ("periodic update",))
+    return book, []
 
 
 def change(book: Book, now: float, *, etr: float | None = None,
@@ -187,23 +205,38 @@ def change(book: Book, now: float, *, etr: float | None = None,
     return _mail(book, incident, now, tuple(reasons))
 
 
-def next_deadline(book: Book) -> float | None:
-    """When ``tick`` will send the next periodic UPDATE."""
+def next_deadline(book: Book, platform: Platform) -> float | None:
+    """When ``tick`` will send the next UPDATE: the collected changes, or the periodic one."""
     incident = book.open
-    return None if incident is None else incident.last_mail_at + incident.update_interval
+    if incident is None:
+        return None
+    periodic = incident.last_mail_at + incident.update_interval
+    if incident.pending_since is None:
+        return periodic
+    return min(periodic, incident.pending_since + platform.coalesce)
 
 
 def _update(book: Book, platform: Platform, incident: Incident, now: float,
             reason: str) -> Step:
+    """A change worth a mail: at once, or, with ``platform.coalesce``, in one UPDATE with the
+    changes that come within that many seconds (a platform going down at once is one mail,
+    not one per service)."""
     reasons = [reason]
     level = severity(platform, incident.affected)
     if level != incident.severity:
         reasons.append(f"severity {incident.severity} -> {level}")
         incident = replace(incident, severity=level)
-    return _mail(book, incident, now, tuple(reasons))
+    if platform.coalesce <= 0:
+        return _mail(book, incident, now, tuple(reasons))
+    collected = replace(incident, pending=(*incident.pending, *reasons),
+                        pending_since=incident.pending_since if incident.pending_since
+                        is not None else now)
+    return replace(book, open=collected), []
 
 
 def _mail(book: Book, incident: Incident, now: float, reasons: tuple[str, ...]) -> Step:
-    sent = replace(incident, last_mail_at=now, mails=incident.mails + 1)
-    notice = Notification(Kind.UPDATE, sent, now, incident.mails, reasons)
+    """An UPDATE now, with whatever changes were still collected."""
+    sent = replace(incident, last_mail_at=now, mails=incident.mails + 1, pending=(),
+                   pending_since=None)
+    notice = Notification(Kind.UPDATE, sent, now, incident.mails, (*incident.pending, *reasons))
     return replace(book, open=sent), [notice]

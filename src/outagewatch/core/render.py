@@ -81,6 +81,14 @@ Incident $id is closed.
 }
 
 
+# What an incident template may use ($name); the ones that span lines stay out of subjects.
+TEMPLATE_FIELDS = frozenset({
+    "id", "state", "severity", "severity_text", "platform", "services", "impacts",
+    "recovered", "since", "duration", "restored", "etr", "update_every", "reasons",
+    "observations", "notes"})
+MULTILINE_FIELDS = frozenset({"impacts", "recovered", "observations", "notes"})
+
+
 @dataclass(frozen=True, slots=True)
 class Observed:
     """One recent probe result of a service, for the mail."""
@@ -157,13 +165,14 @@ def render(
     incident = notice.incident
     services = sorted(incident.affected) if notice.kind is not Kind.RESOLVED else sorted(
         incident.outage_starts)
-    impacts = "\n".join(
-        f"- {name}: {platform.service(name).impact or 'service unavailable or too slow'}"
+    impacts = _lines([
+        f"- {name}: {_impact(platform, name) or 'service unavailable or too slow'}"
         f" (since {when(incident.outage_starts[name])})"
-        for name in services
-    ) or "- none"
+        for name in services], "- and {} more services") or "- none"
     back = [n for n in sorted(incident.restored) if n not in incident.affected]
-    recovered = "".join(f"Restored: {n} at {when(incident.restored[n])}\n" for n in back)
+    recovered = "".join(f"{line}\n" for line in _capped(
+        [f"Restored: {n} at {when(incident.restored[n])}" for n in back],
+        "Restored: {} more services"))
     end = incident.restored_at if incident.restored_at is not None else notice.at
     values = {
         "id": incident.id,
@@ -171,7 +180,7 @@ def render(
         "severity": str(incident.severity),
         "severity_text": SEVERITY_TEXT[incident.severity],
         "platform": platform.name,
-        "services": ", ".join(services) or "-",
+        "services": names(services) or "-",
         "impacts": impacts,
         "recovered": recovered,
         "since": when(incident.started_at),
@@ -179,8 +188,9 @@ def render(
         "restored": when(incident.restored_at) if incident.restored_at is not None else "-",
         "etr": when(incident.etr) if incident.etr is not None else "unknown",
         "update_every": span(incident.update_interval),
-        "reasons": "; ".join(notice.reasons),
-        "observations": _observations(observations) or "- none recorded",
+        "reasons": "; ".join(summarise(notice.reasons)),
+        "observations": _lines(_observations(observations), "- and {} more results")
+        or "- none recorded",
         "notes": "".join(f"\nNote ({datetime.fromtimestamp(at, UTC):%H:%M}Z): {text}\n"
                          for at, text in incident.notes),
     }
@@ -257,7 +267,7 @@ def render_maintenance(
         "state": mail.kind.value.upper(),
         "kind": window.kind.value,
         "platform": window.platform,
-        "services": ", ".join(window.targets) or "-",
+        "services": names(window.targets) or "-",
         "period": f"{datetime.fromtimestamp(window.start, UTC):%Y-%m-%d %H:%M}Z",
         "start": when(window.start),
         "end": when(window.end),
@@ -275,10 +285,62 @@ def render_maintenance(
     )
 
 
-def _observations(observed: Sequence[Observed]) -> str:
+def _observations(observed: Sequence[Observed]) -> list[str]:
     lines = []
     for o in observed:
         where = f" in {o.phase}" if o.phase else ""
         lines.append(f"- {datetime.fromtimestamp(o.start, UTC):%H:%M:%S}Z {o.service}: "
                      f"{o.result}{where} after {o.duration:.1f} s")
-    return "\n".join(lines)
+    return lines
+
+
+def _impact(platform: Platform, name: str) -> str:
+    try:
+        return platform.service(name).impact
+    except KeyError:  # a service no longer configured
+        return ""
+
+
+NAMES_IN_SUBJECT = 3
+LINES_IN_BODY = 20
+
+
+def names(services: Sequence[str], limit: int = NAMES_IN_SUBJECT) -> str:
+    """imap-eu, pop3-eu, smtp-eu and 997 more: a subject stays a subject."""
+    shown = ", ".join(services[:limit])
+    return shown if len(services) <= limit else f"{shown} and {len(services) - limit} more"
+
+
+def summarise(reasons: Sequence[str], limit: int = NAMES_IN_SUBJECT) -> list[str]:
+    """Many services joining or recovering at once read as one reason each way:
+    "998 services down: imap-eu, pop3-eu, smtp-eu and 995 more"."""
+    grouped: dict[str, list[str]] = {}
+    out: list[str] = []
+    for reason in reasons:
+        service, _, what = reason.rpartition(" ")
+        if what in {"down", "restored"} and service and " " not in service:
+            if what not in grouped:
+                out.append(what)  # a placeholder, where the group's first member was
+            grouped.setdefault(what, []).append(service)
+        else:
+            out.append(reason)
+    result = []
+    for item in out:
+        members = grouped.get(item)
+        if members is None:
+            result.append(item)
+        elif len(members) <= limit:
+            result += [f"{member} {item}" for member in members]
+        else:
+            result.append(f"{len(members)} services {item}: {names(members, limit)}")
+    return result
+
+
+def _capped(lines: list[str], more: str, limit: int = LINES_IN_BODY) -> list[str]:
+    if len(lines) <= limit:
+        return lines
+    return [*lines[:limit], more.format(len(lines) - limit)]
+
+
+def _lines(lines: list[str], more: str, limit: int = LINES_IN_BODY) -> str:
+    return "\n".join(_capped(lines, more, limit))

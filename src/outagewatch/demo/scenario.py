@@ -133,6 +133,7 @@ def _settings(services: dict[str, Service], listen_port: int, state: Path,
         state={"path": state},
         notify={"smtp": {"host": "127.0.0.1", "port": sink_port, "tls": "none"},
                 "sender": "outagewatch demo <noc@demo.invalid>", "update_interval": UPDATE,
+                "coalesce": 1.0,
                 "retry_backoff": 0.5, "retry_max": 2},
     )
 

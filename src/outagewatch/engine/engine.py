@@ -199,7 +199,8 @@ class Engine:
     def _tick_platform(self, platform: str) -> None:
         now = self._clock.now().timestamp()
         changes = Changes()
-        self._book_changed(platform, incidents.tick(self.book(platform), now), now, changes)
+        self._book_changed(platform, incidents.tick(self.book(platform), self._platform(platform),
+                                                    now), now, changes)
         self._writer.submit(changes)
 
     def _change(self, name: str, step: evaluator.Step, now: float,
@@ -241,10 +242,15 @@ class Engine:
                         for s in self._recent.get(name, ())]
             changes.envelopes += self._composer.incident(notice, observed, now)
         self._books[platform] = book
-        self._timers.arm(TimerKind.PLATFORM, platform, incidents.next_deadline(book), now=now,
+        deadline = incidents.next_deadline(book, self._platform(platform))
+        self._timers.arm(TimerKind.PLATFORM, platform, deadline, now=now,
                          callback=lambda: self._tick_platform(platform))
         if notices:
             self._refresh_gauges()
+
+    def _platform(self, name: str) -> Platform:
+        """A platform as configured (one dropped by a reload keeps its incident's cadence)."""
+        return self.topology.platforms.get(name, Platform(name, ()))
 
     def _arm_target(self, name: str, verdict: Verdict, now: float) -> None:
         deadline = evaluator.next_deadline(verdict, self.topology.targets[name].outage)

@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     from outagewatch.clock import Cancellable, Clock
 
 
+MAX_AHEAD = 30 * 86400.0  # a timer further ahead fires then, and is armed again for the rest
+
+
 class TimerKind(enum.StrEnum):
     TARGET = "target"  # the outage deadline of a target
     PLATFORM = "platform"  # the next periodic UPDATE of a platform's incident
@@ -25,7 +28,8 @@ class Timers:
 
     def arm(self, kind: TimerKind, name: str, deadline: float | None, *, now: float,
             callback: Callable[[], None]) -> None:
-        """Fire ``callback`` at wall-clock ``deadline`` (at once if it has passed); None
+        """Fire ``callback`` at wall-clock ``deadline`` (at once if it has passed; at most
+        MAX_AHEAD from now: a callback that finds nothing due arms its timer again); None
         disarms."""
         self.cancel(kind, name)
         if deadline is None:
@@ -36,7 +40,7 @@ class Timers:
             self._armed.pop(key, None)
             callback()
 
-        at = self._clock.monotonic() + max(0.0, deadline - now)
+        at = self._clock.monotonic() + min(MAX_AHEAD, max(0.0, deadline - now))
         self._armed[key] = self._clock.call_at(at, fire)
 
     def cancel(self, kind: TimerKind, name: str) -> None:

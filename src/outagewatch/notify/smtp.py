@@ -1,10 +1,12 @@
 """The SMTP channel: messages as e-mails through the relay (``notify.smtp``), aiosmtplib.
 
-Every message of a thread is one mail thread: the Message-ID derives from the thread and
-the message's number (computed once, when the message enters the outbox, so a retry carries
-the same id), In-Reply-To names the previous message and References the first and the
-previous one. Each recipient is a lane of its own: one mail per recipient, with every
-recipient in its To: header, so a recipient that defers holds back only its own mails.
+Every message of a thread is one mail thread: the Message-ID derives from the thread (its
+kind and id), the message's number and the installation's token (computed once, when the
+message enters the outbox, so a retry carries the same id; a window named like an incident,
+or a state lost and begun anew, never reuses one), In-Reply-To names the previous message
+and References the first and the previous one. Each recipient is a lane of its own: one
+mail per recipient, with every recipient in its To: header, so a recipient that defers
+holds back only its own mails.
 A delivery counts from the relay's 250 to DATA; QUIT comes after it is recorded.
 Connection errors, timeouts, 4xx answers and anything that is no SMTP reply defer; only a
 real 5xx reply or a refused relay login refuses.
@@ -36,8 +38,8 @@ QUIT_TIMEOUT = 5.0
 _LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
 
 
-def message_id(thread: Thread, number: int, domain: str) -> str:
-    return f"<{thread.id.lower()}.{number}@{domain}>"
+def message_id(thread: Thread, number: int, installation: str, domain: str) -> str:
+    return f"<{thread.kind.value}.{thread.id.lower()}.{number}.{installation}@{domain}>"
 
 
 def header_safe(value: str) -> str:
@@ -48,8 +50,9 @@ def header_safe(value: str) -> str:
 class SmtpChannel:
     name = "smtp"
 
-    def __init__(self, notify: NotifyConfig) -> None:
+    def __init__(self, notify: NotifyConfig, *, installation: str) -> None:
         self._notify = notify
+        self._installation = installation
         relay = notify.smtp
         self._tls = (make_tls_context(verify=relay.tls_verify, ca_file=relay.ca_file)
                      if relay.tls != "none" else None)
@@ -57,13 +60,15 @@ class SmtpChannel:
 
     def payloads(self, message: Message, *, created: float) -> dict[str, dict[str, Any]]:
         del created  # the Date header is the envelope's creation time, stored beside it
-        root = message_id(message.thread, 0, self._domain)
-        parent = message_id(message.thread, message.number - 1, self._domain) \
-            if message.number else None
+        def ident(number: int) -> str:
+            return message_id(message.thread, number, self._installation, self._domain)
+
+        root = ident(0)
+        parent = ident(message.number - 1) if message.number else None
         common = {
             "to": list(message.to), "subject": header_safe(message.subject),
             "body": message.body,
-            "message_id": message_id(message.thread, message.number, self._domain),
+            "message_id": ident(message.number),
             "in_reply_to": parent,
             "references": [] if parent is None else list(dict.fromkeys((root, parent))),
         }

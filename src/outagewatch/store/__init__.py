@@ -125,10 +125,12 @@ class Changes:
     samples: list[StoredSample] = field(default_factory=list)
     keep_after: dict[str, float] = field(default_factory=dict)  # per target: prune older
     forgotten: set[str] = field(default_factory=set)  # targets whose state goes
+    prune_mails_before: float | None = None  # sent and failed mails older than this go
 
     def __bool__(self) -> bool:
         return any((self.verdicts, self.books, self.incidents, self.windows, self.envelopes,
-                    self.deliveries, self.samples, self.forgotten))
+                    self.deliveries, self.samples, self.forgotten,
+                    self.prune_mails_before is not None))
 
     def merge(self, later: Changes) -> None:
         for name in later.forgotten:
@@ -144,6 +146,9 @@ class Changes:
         self.deliveries.update(later.deliveries)
         self.samples += later.samples
         self.keep_after.update(later.keep_after)
+        if later.prune_mails_before is not None:
+            self.prune_mails_before = max(self.prune_mails_before or 0.0,
+                                          later.prune_mails_before)
         # while the store cannot write, changes pile up here: of the samples (kept for the
         # mails' observations and the API) only the latest few per target are worth keeping
         if len(self.samples) > KEEP_UNWRITTEN_SAMPLES:
@@ -162,6 +167,7 @@ class State:
     windows: Mapping[str, Window]
     recent: Mapping[str, list[StoredSample]]  # per target, the latest few, oldest first
     outbox: list[tuple[Envelope, Delivery]]  # envelopes pending or failed, in creation order
+    installation: str  # this state's own token, for ids that must never repeat
 
 
 class StateStore(Protocol):
@@ -180,6 +186,11 @@ class StateStore(Protocol):
 
     async def thread(self, key: str) -> list[StoredMessage]:
         """The messages of a thread, in order."""
+        ...
+
+    async def health(self) -> str | None:
+        """None while the store is as it should be; else what is wrong with it (a state
+        file deleted under the daemon, a database out of reach)."""
         ...
 
     async def close(self) -> None: ...

@@ -17,8 +17,8 @@ from outagewatch.store import StoreError
 Json = dict[str, Any]
 
 VERDICT = 2
-INCIDENT = 1
-BOOK = 1
+INCIDENT = 2
+BOOK = 2
 WINDOW = 1
 
 
@@ -80,11 +80,12 @@ def incident_to_json(incident: Incident) -> Json:
         "restored": dict(incident.restored), "etr": incident.etr,
         "resolved_at": incident.resolved_at, "restored_at": incident.restored_at,
         "notes": [[at, text] for at, text in incident.notes],
+        "pending": list(incident.pending), "pending_since": incident.pending_since,
     }
 
 
 def incident_from_json(data: Json) -> Incident:
-    _version(data, INCIDENT, "incident")  # 0.1 wrote the same keys without "v"
+    _version(data, INCIDENT, "incident")  # 0.1 wrote the same keys without "v", 1 no pending
     return Incident(
         id=data["id"], platform=data["platform"], started_at=data["started_at"],
         opened_at=data["opened_at"], outage_starts=dict(data["outage_starts"]),
@@ -94,18 +95,22 @@ def incident_from_json(data: Json) -> Incident:
         etr=data.get("etr"), resolved_at=data.get("resolved_at"),
         restored_at=data.get("restored_at"),
         notes=tuple((at, text) for at, text in data.get("notes", ())),
+        pending=tuple(data.get("pending", ())), pending_since=data.get("pending_since"),
     )
 
 
 def book_to_json(book: Book) -> Json:
     return {"v": BOOK, "open": None if book.open is None else incident_to_json(book.open),
-            "counters": {str(year): n for year, n in book.counters.items()}}
+            "last_id": book.last_id}
 
 
 def book_from_json(data: Json) -> Book:
-    _version(data, BOOK, "incident book")
-    return Book(open=None if data["open"] is None else incident_from_json(data["open"]),
-                counters={int(year): int(n) for year, n in data["counters"].items()})
+    """Format 2 keeps the last id given; 1 and 0.1 kept counters per year (ids came from
+    them; they now come from the declaration time), so the open incident's id serves."""
+    version = _version(data, BOOK, "incident book")
+    incident = None if data["open"] is None else incident_from_json(data["open"])
+    last = data["last_id"] if version >= BOOK else (incident.id if incident else None)
+    return Book(open=incident, last_id=last)
 
 
 # -- maintenance windows ------------------------------------------------------------------

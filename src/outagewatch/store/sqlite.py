@@ -137,10 +137,12 @@ class SqliteStore:
     """The state in one SQLite file; open with ``await SqliteStore.open(path)``."""
 
     def __init__(self, db: sqlite3.Connection, *, executor: ThreadPoolExecutor | None,
-                 lock: int | None) -> None:
+                 lock: int | None, path: Path | str) -> None:
         self._db = db
         self._executor = executor
         self._lock = lock
+        self._path = Path(path)
+        self._identity = _identity(self._path)
 
     @classmethod
     async def open(cls, path: Path | str, *, threaded: bool = True,
@@ -158,13 +160,27 @@ class SqliteStore:
             if executor is not None:
                 executor.shutdown(wait=False)
             raise
-        return cls(db, executor=executor, lock=lock)
+        return cls(db, executor=executor, lock=lock, path=path)
 
     async def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
         if self._executor is None:
             return _guarded(work, self._db)
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, _guarded, work, self._db)
+
+    async def health(self) -> str | None:
+        """Is the file we write still the state file? One deleted or replaced under the
+        daemon takes every write into a file nobody will read again."""
+        if self._identity is None:
+            return None
+        now = _identity(self._path)
+        if now is None:
+            return (f"the state file {self._path} was deleted while the daemon runs: "
+                    "decisions are written into a file that is gone; restart the daemon")
+        if now != self._identity:
+            return (f"the state file {self._path} was replaced while the daemon runs; "
+                    "restart the daemon")
+        return None
 
     async def close(self) -> None:
         try:
@@ -204,6 +220,16 @@ _: type[StateStore] = SqliteStore
 
 
 # -- on the store's thread ----------------------------------------------------------------
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    if str(path) == ":memory:":
+        return None
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _guarded(work: Callable[[sqlite3.Connection], T], db: sqlite3.Connection) -> T:
@@ -318,8 +344,9 @@ def _load(db: sqlite3.Connection, recent: int) -> State:
         key, payload = EnvelopeKey(r[0], r[1], r[2], r[3]), json.loads(r[5])
         outbox.append((Envelope(key, r[4], payload, r[6]),
                        Delivery(key, r[7], r[8], r[9], r[10], payload, r[11])))
+    (installation,) = db.execute("SELECT value FROM meta WHERE key = 'installation'").fetchone()
     return State(verdicts=verdicts, books=books, windows=windows, recent=samples,
-                 outbox=outbox)
+                 outbox=outbox, installation=installation)
 
 
 def _apply(db: sqlite3.Connection, changes: Changes) -> None:
@@ -351,6 +378,10 @@ def _apply(db: sqlite3.Connection, changes: Changes) -> None:
         except sqlite3.IntegrityError as exc:  # never drop a message silently
             raise StoreError(f"outbox: a message with the same thread and number exists "
                              f"already: {exc}") from exc
+        if changes.prune_mails_before is not None:
+            db.execute("DELETE FROM envelopes WHERE (status = 'sent' AND sent_at < ?)"
+                       " OR (status = 'failed' AND created < ?)",
+                       (changes.prune_mails_before, changes.prune_mails_before))
         db.executemany(
             "UPDATE envelopes SET status = ?, attempts = ?, next_attempt = ?, last_error = ?,"
             " payload = ?, sent_at = ? WHERE channel = ? AND thread = ? AND lane = ?"

@@ -1,0 +1,123 @@
+"""The API in process, on the engine and a fake clock: hostile and mistaken input gets a
+400/413/422 naming the field, never a 500, and never half-applied state (issue 10.12, 10.13
+and the low items)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from tests.helpers.engine import EngineHarness
+from tests.helpers.fakeclock import FakeClock
+
+from outagewatch.api import Api
+from outagewatch.config import Settings
+
+TOKEN = "0123456789abcdef0123"
+
+
+def settings(tmp_path):
+    return Settings(
+        platforms={"eu": {"incident_recipients": ["oncall@example.com"],
+                          "info_recipients": ["info@example.com"]}},
+        targets=[{"name": "imap-eu", "platform": "eu", "type": "http", "url": "http://x/"}],
+        notify={"smtp": {"host": "127.0.0.1"}, "sender": "NOC <noc@example.com>"},
+        state={"path": tmp_path / "state.db"})
+
+
+@pytest.fixture(name="api")
+async def _api(tmp_path):
+    async with EngineHarness(settings(tmp_path), FakeClock()) as h:
+        api = Api(engine=h.engine, maintenance=h.maintenance, writer=h.writer, store=h.store,
+                  last={}, clock=h.clock, token=TOKEN)
+        app = web.Application()
+        app.router.add_routes(api.routes())
+        async with TestClient(TestServer(app)) as client:
+            client.harness = h  # type: ignore[attr-defined]
+            yield client
+
+
+async def call(client, method, path, body=None, *, raw=None):
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    data = raw if raw is not None else (None if body is None else json.dumps(body))
+    response = await client.request(method, path, data=data, headers=headers)
+    return response.status, await response.json()
+
+
+WINDOW = {"id": "db", "platform": "eu", "kind": "emergency",
+          "start": "2026-03-02T10:00:00+00:00", "end": "2026-03-02T11:00:00+00:00"}
+
+
+class TestHostileInput:
+    @pytest.mark.parametrize(("field", "value"), [
+        ("end", "9999-12-31T23:59:59-14:00"),
+        ("start", "0001-01-01T00:00:00+00:00"),
+        ("end", "2200-01-01T00:00:00+00:00"),
+    ])
+    async def test_a_window_out_of_range_is_refused_and_nothing_is_registered(
+            self, api, field, value):
+        """Issue 10.12: it answered 500 and stayed active, suppressing outages."""
+        status, body = await call(api, "POST", "/api/v1/maintenance", {**WINDOW, field: value})
+        assert (422, field) == (status, body["field"])
+        status, listing = await call(api, "GET", "/api/v1/maintenance")
+        assert (200, []) == (status, listing["windows"])
+        assert [] == api.harness.maintenance.windows()
+
+    async def test_moving_a_window_out_of_range_is_refused(self, api):
+        assert 201 == (await call(api, "POST", "/api/v1/maintenance", WINDOW))[0]
+        status, body = await call(api, "PATCH", "/api/v1/maintenance/db",
+                                  {"start": WINDOW["start"], "end": "9999-01-01T00:00:00Z"})
+        assert (422, "end") == (status, body["field"])
+        assert "2026-03-02T11:00:00+00:00" == (await call(api, "GET", "/api/v1/maintenance/db")
+                                                )[1]["end"]
+
+    @pytest.mark.parametrize(("body", "field"), [
+        ({"update_interval": True}, "update_interval"),  # was taken as 1 s
+        ({"update_interval": "999999999999999999d"}, "update_interval"),  # was a 500
+        ({"update_interval": "10ms"}, "update_interval"),  # 388 mails in 5 s
+        ({"update_interval": "30d"}, "update_interval"),
+        ({"etr": "9999-12-31T23:59:59Z"}, "etr"),
+        ({"etr": "0001-01-01T00:00:00Z"}, "etr"),
+        ({"note": ""}, "note"),
+    ])
+    async def test_incident_changes_out_of_range_are_refused_naming_the_field(
+            self, api, body, field):
+        status, answer = await call(api, "PATCH", "/api/v1/incidents/EU-1", body)
+        assert (422, field) == (status, answer.get("field"))
+
+    async def test_deep_nesting_is_a_400_not_a_500(self, api):
+        deep = '{"a":' * 100_000 + "1" + "}" * 100_000
+        status, body = await call(api, "POST", "/api/v1/maintenance", raw=deep[:60_000])
+        assert 400 == status
+        assert "nests deeper than" in body["error"]
+
+    async def test_a_huge_body_is_a_413(self, api):
+        status, _ = await call(api, "POST", "/api/v1/maintenance",
+                               raw=json.dumps({**WINDOW, "description": "x" * 100_000}))
+        assert 413 == status
+
+    async def test_not_json_is_a_400(self, api):
+        assert 400 == (await call(api, "POST", "/api/v1/maintenance", raw=b"{not json"))[0]
+        assert 400 == (await call(api, "POST", "/api/v1/maintenance", raw=b"\xff\xfe"))[0]
+
+
+class TestReadToken:
+    async def test_reads_need_the_read_token_when_one_is_set(self, tmp_path):
+        """For a listen address others can reach: every read needs server.read_token (or
+        the operator token), so the status and incidents are not public."""
+        reader = "r3ader-token-0123456789"
+        async with EngineHarness(settings(tmp_path), FakeClock()) as h:
+            api = Api(engine=h.engine, maintenance=h.maintenance, writer=h.writer,
+                      store=h.store, last={}, clock=h.clock, token=TOKEN, read_token=reader)
+            app = web.Application()
+            app.router.add_routes(api.routes())
+            async with TestClient(TestServer(app)) as client:
+                statuses = []
+                for given in (None, "wrong-token-0123456789", reader, TOKEN):
+                    headers = {"Authorization": f"Bearer {given}"} if given else {}
+                    response = await client.get("/api/v1/status", headers=headers)
+                    statuses.append(response.status)
+        assert [401, 403, 200, 200] == statuses
+
