@@ -18,6 +18,7 @@ system-deps:
 	@sh tools/apt-install.sh dovecot dovecot-imapd dovecot-pop3d
 	@sh tools/apt-install.sh systemd-analyze systemd
 	@sh tools/apt-install.sh promtool prometheus
+	@sh tools/apt-install.sh pg_ctlcluster postgresql
 
 demo: $(STAMP)
 	$(BIN)/outagewatch demo

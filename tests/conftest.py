@@ -13,7 +13,10 @@ import pytest
 import structlog
 import trustme
 from aiohttp import web
+from aiosmtpd.smtp import SMTP
 from tests.helpers.dovecot import Dovecot, dovecot_binary
+from tests.helpers.postgres import postgres_for_tests
+from tests.helpers.relay import Relay
 from tests.helpers.smtpd import start_smtpd
 
 from outagewatch.clock import SystemClock
@@ -186,3 +189,20 @@ async def _probe_ctx():
     )
     yield ctx
     await session.close()
+
+
+@pytest.fixture(name="relay")
+async def _relay():
+    sink = Relay()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(sink, hostname="relay.test"),
+                                      "127.0.0.1", 0)
+    sink.port = server.sockets[0].getsockname()[1]
+    yield sink
+    server.close()
+    await server.wait_closed()
+
+
+# One private PostgreSQL server for the session (tests/helpers/postgres.py), for the store's
+# and the cluster's tests; under CI=true a missing PostgreSQL fails, never skips.
+postgres = pytest.fixture(scope="session", name="postgres")(postgres_for_tests)

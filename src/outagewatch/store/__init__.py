@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from outagewatch.core.evaluator import Verdict
     from outagewatch.core.incidents import Book, Incident
     from outagewatch.core.maintenance import Window
+    from outagewatch.core.quorum import Seen
 
 __all__ = [
     "Changes",
@@ -56,6 +57,7 @@ class StoredSample:
     result: str
     phase: str | None
     bad: bool
+    location: str = ""  # in a cluster: the vantage point of the node that ran it
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -126,19 +128,26 @@ class Changes:
     keep_after: dict[str, float] = field(default_factory=dict)  # per target: prune older
     forgotten: set[str] = field(default_factory=set)  # targets whose state goes
     prune_mails_before: float | None = None  # sent and failed mails older than this go
+    # a cluster: what this node's location sees of each target, for the leader's quorum...
+    views: dict[str, Seen] = field(default_factory=dict)
+    # ...and the leader's consensus: a target's outage start while in OUTAGE, else None
+    consensus: dict[str, float | None] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return any((self.verdicts, self.books, self.incidents, self.windows, self.envelopes,
-                    self.deliveries, self.samples, self.forgotten,
+                    self.deliveries, self.samples, self.forgotten, self.views, self.consensus,
                     self.prune_mails_before is not None))
 
     def merge(self, later: Changes) -> None:
         for name in later.forgotten:
             self.verdicts.pop(name, None)
+            self.views.pop(name, None)
             self.keep_after.pop(name, None)
             self.samples = [s for s in self.samples if s.target != name]
         self.forgotten = (self.forgotten - set(later.verdicts)) | later.forgotten
         self.verdicts.update(later.verdicts)
+        self.views.update(later.views)
+        self.consensus.update(later.consensus)
         self.books.update(later.books)
         self.incidents.update(later.incidents)
         self.windows.update(later.windows)
@@ -168,6 +177,8 @@ class State:
     recent: Mapping[str, list[StoredSample]]  # per target, the latest few, oldest first
     outbox: list[tuple[Envelope, Delivery]]  # envelopes pending or failed, in creation order
     installation: str  # this state's own token, for ids that must never repeat
+    views: Mapping[str, Seen] = field(default_factory=dict)  # a cluster: this location's
+    consensus: Mapping[str, float] = field(default_factory=dict)  # targets in OUTAGE: start
 
 
 class StateStore(Protocol):
