@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from tests.helpers.engine import EngineHarness
 from tests.helpers.fakeclock import FakeClock
 
-from outagewatch.api import Api
+from outagewatch.api import Api, Leading
 from outagewatch.config import Settings
 
 TOKEN = "0123456789abcdef0123"
@@ -30,7 +30,8 @@ def settings(tmp_path):
 @pytest.fixture(name="api")
 async def _api(tmp_path):
     async with EngineHarness(settings(tmp_path), FakeClock()) as h:
-        api = Api(engine=h.engine, maintenance=h.maintenance, writer=h.writer, store=h.store,
+        leading = Leading(h.maintenance, h.engine, h.writer)
+        api = Api(engine=h.engine, leading=lambda: leading, store=h.store,
                   last={}, clock=h.clock, token=TOKEN)
         app = web.Application()
         app.router.add_routes(api.routes())
@@ -109,8 +110,9 @@ class TestReadToken:
         the operator token), so the status and incidents are not public."""
         reader = "r3ader-token-0123456789"
         async with EngineHarness(settings(tmp_path), FakeClock()) as h:
-            api = Api(engine=h.engine, maintenance=h.maintenance, writer=h.writer,
-                      store=h.store, last={}, clock=h.clock, token=TOKEN, read_token=reader)
+            leading = Leading(h.maintenance, h.engine, h.writer)
+            api = Api(engine=h.engine, leading=lambda: leading, store=h.store, last={},
+                      clock=h.clock, token=TOKEN, read_token=reader)
             app = web.Application()
             app.router.add_routes(api.routes())
             async with TestClient(TestServer(app)) as client:

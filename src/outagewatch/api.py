@@ -6,7 +6,11 @@ token). Every mutation needs ``Authorization: Bearer <token>``, compared in cons
 and is answered once it is durable. Errors are JSON: ``{"error": "...", "field": "..."}``
 with 400 (not JSON, or nested too deeply), 401 (no token), 403 (wrong token or API
 disabled), 404 (unknown id), 409 (refused by a rule), 413 (too large) or 422 (a field is
-wrong, or out of range).
+wrong, or out of range), or 503 (a cluster without a leader right now).
+
+In a cluster any node answers: reads of incidents come from the shared store; maintenance
+and incident changes are the leader's, so another node forwards them to the leader (a
+request already forwarded once is never forwarded again) and answers what it answered.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import hmac
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,13 +43,34 @@ from outagewatch.errors import UnknownIncident, UnknownWindow
 from outagewatch.model import iso_utc, sample_json
 
 if TYPE_CHECKING:
+    from typing import Protocol
+
     from outagewatch.clock import Clock
     from outagewatch.core.incidents import Incident
     from outagewatch.engine import Engine, Maintenance, Writer
     from outagewatch.model import Sample
     from outagewatch.store import StateStore, StoredMessage
 
+    class IncidentDesk(Protocol):
+        def change_incident(self, incident_id: str, *, etr: float | None = None,
+                            interval: float | None = None,
+                            note: str | None = None) -> Incident: ...
+
 Handler = Callable[[web.Request], Awaitable[web.Response]]
+FORWARDED = "X-Outagewatch-Forwarded"  # set by the node that forwarded a request
+
+
+@dataclass(frozen=True, slots=True)
+class Leading:
+    """What changes go to: the maintenance unit, the incident desk and their writer (one
+    node: always there; a cluster: on the leader only)."""
+
+    maintenance: Maintenance
+    desk: IncidentDesk
+    writer: Writer
+
+
+LEADING = web.RequestKey("leading", Leading)
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
 
@@ -106,30 +132,52 @@ def incident_json(incident: Incident, messages: list[StoredMessage]) -> dict[str
 
 
 class Api:
-    def __init__(self, *, engine: Engine, maintenance: Maintenance, writer: Writer,
+    def __init__(self, *, engine: Engine, leading: Callable[[], Leading | None],
                  store: StateStore, last: Mapping[str, Sample], clock: Clock,
-                 token: str | None, read_token: str | None = None) -> None:
+                 token: str | None, read_token: str | None = None,
+                 forward: Handler | None = None,
+                 cluster: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+                 locations: Callable[[str], Mapping[str, str]] | None = None) -> None:
         self._engine = engine
-        self._maintenance = maintenance
-        self._writer = writer
+        self._leading = leading
         self._store = store
         self._last = last
         self._clock = clock
         self._token = token
         self._read_token = read_token
+        self._forward = forward  # a cluster node that does not lead: to the leader
+        self._cluster = cluster
+        self._locations = locations
 
     def routes(self) -> list[web.RouteDef]:
         guard, read = self._guarded, self._readable
-        return [
+        routes = [
             web.get("/api/v1/status", read(self.status)),
             web.get("/api/v1/incidents", read(self.incidents)),
-            web.get("/api/v1/maintenance", read(self.list_windows)),
-            web.get("/api/v1/maintenance/{id}", read(self.get_window)),
+            web.get("/api/v1/maintenance", read(self._led(self.list_windows))),
+            web.get("/api/v1/maintenance/{id}", read(self._led(self.get_window))),
             web.post("/api/v1/maintenance", guard(self.create_window)),
             web.patch("/api/v1/maintenance/{id}", guard(self.move_window)),
             web.delete("/api/v1/maintenance/{id}", guard(self.cancel_window)),
             web.patch("/api/v1/incidents/{id}", guard(self.change_incident)),
         ]
+        if self._cluster is not None:
+            routes.append(web.get("/api/v1/cluster", read(self.cluster)))
+        return routes
+
+    def _led(self, handler: Handler) -> Handler:
+        """Run ``handler`` where the leading parts are: here, or forwarded to the leader."""
+        async def lead(request: web.Request) -> web.Response:
+            leading = self._leading()
+            if leading is not None:
+                request[LEADING] = leading
+                return await handler(request)
+            if self._forward is not None and FORWARDED not in request.headers:
+                return await self._forward(request)
+            return error(503, "no leader right now: the cluster is electing one; try again "
+                              "in a few seconds")
+
+        return lead
 
     def _readable(self, handler: Handler) -> Handler:
         async def check(request: web.Request) -> web.Response:
@@ -146,6 +194,8 @@ class Api:
         return check
 
     def _guarded(self, handler: Handler) -> Handler:
+        led = self._led(self._durable(handler))
+
         async def check(request: web.Request) -> web.Response:
             if self._token is None:
                 return error(403, "the operator API is disabled: set server.token_file or "
@@ -155,16 +205,22 @@ class Api:
                 return error(401, "missing 'Authorization: Bearer <token>'")
             if not hmac.compare_digest(given, self._token.encode()):
                 return error(403, "wrong token")
+            return await led(request)
+
+        return check
+
+    def _durable(self, handler: Handler) -> Handler:
+        async def change(request: web.Request) -> web.Response:
             try:
                 response = await handler(request)
             except (UnknownWindow, UnknownIncident) as exc:
                 return error(404, str(exc))
             except Refused as exc:
                 return error(409, str(exc))
-            await self._writer.flush()  # answer once the change is durable
+            await request[LEADING].writer.flush()  # answer once the change is durable
             return response
 
-        return check
+        return change
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -176,13 +232,16 @@ class Api:
             sample = self._last.get(name)
             state = "unknown" if sample is None and verdict.last_start is None else (
                 verdict.health.value)
-            targets.append({
+            entry = {
                 "name": name, "type": target.type.value, "platform": target.platform,
                 "state": state,
                 "streak_start": iso_utc(verdict.streak_start),
                 "outage_start": iso_utc(verdict.outage_start),
                 "last_sample": None if sample is None else sample_json(sample),
-            })
+            }
+            if self._locations is not None:  # a cluster: each location's view
+                entry["locations"] = dict(self._locations(name))
+            targets.append(entry)
         return web.json_response({"generated_at": self._clock.now().isoformat(),
                                   "targets": targets})
 
@@ -194,13 +253,18 @@ class Api:
         return web.json_response({"open": [i for i in items if i["resolved_at"] is None],
                                   "recent": [i for i in items if i["resolved_at"] is not None]})
 
-    async def list_windows(self, _request: web.Request) -> web.Response:
-        return web.json_response({"windows": [window_json(w)
-                                              for w in self._maintenance.windows()]})
+    async def cluster(self, _request: web.Request) -> web.Response:
+        """Nodes, their locations and heartbeats, the leader and its epoch."""
+        assert self._cluster is not None
+        return web.json_response(await self._cluster())
+
+    async def list_windows(self, request: web.Request) -> web.Response:
+        return web.json_response({"windows": [window_json(w) for w in
+                                              request[LEADING].maintenance.windows()]})
 
     async def get_window(self, request: web.Request) -> web.Response:
         try:
-            window = self._maintenance.get(request.match_info["id"])
+            window = request[LEADING].maintenance.get(request.match_info["id"])
         except UnknownWindow as exc:
             return error(404, str(exc))
         return web.json_response(window_json(window))
@@ -218,7 +282,8 @@ class Api:
                         start=body.start.timestamp(), end=body.end.timestamp(),
                         kind=WindowKind(body.kind), description=body.description,
                         impact=body.impact, registered_at=0.0)
-        return web.json_response(window_json(self._maintenance.add(window)), status=201)
+        return web.json_response(window_json(request[LEADING].maintenance.add(window)),
+                                 status=201)
 
     async def move_window(self, request: web.Request) -> web.Response:
         body = await _parse(request, WindowTimes)
@@ -227,12 +292,12 @@ class Api:
         refused = _out_of_range(start=body.start, end=body.end)
         if refused is not None:
             return refused
-        moved = self._maintenance.move(request.match_info["id"], body.start.timestamp(),
-                                       body.end.timestamp())
+        moved = request[LEADING].maintenance.move(request.match_info["id"],
+                                                  body.start.timestamp(), body.end.timestamp())
         return web.json_response(window_json(moved))
 
     async def cancel_window(self, request: web.Request) -> web.Response:
-        return web.json_response(window_json(self._maintenance.cancel(
+        return web.json_response(window_json(request[LEADING].maintenance.cancel(
             request.match_info["id"])))
 
     async def change_incident(self, request: web.Request) -> web.Response:
@@ -253,7 +318,7 @@ class Api:
                 return refused
         if body.etr is None and interval is None and body.note is None:
             return error(422, "give etr, update_interval and/or note")
-        incident = self._engine.change_incident(
+        incident = request[LEADING].desk.change_incident(
             request.match_info["id"], etr=body.etr.timestamp() if body.etr else None,
             interval=interval, note=body.note)
         return web.json_response(incident_json(incident, []))

@@ -98,6 +98,7 @@ class Observed:
     duration: float
     result: str  # ok or the error class
     phase: str | None = None
+    location: str = ""  # in a cluster: the vantage point it was seen from
 
 
 class ThreadKind(enum.StrEnum):
@@ -161,13 +162,18 @@ def render(
     recipients: Sequence[str],
     observations: Sequence[Observed] = (),
     templates: Mapping[str, str] = DEFAULT_TEMPLATES,
+    seen: Mapping[str, str] | None = None,
 ) -> Message:
+    """``seen``: in a cluster, per service, who saw it ("seen from fra and ams; nyc answered
+    normally"), told on its impact line."""
     incident = notice.incident
+    seen = seen or {}
     services = sorted(incident.affected) if notice.kind is not Kind.RESOLVED else sorted(
         incident.outage_starts)
     impacts = _lines([
         f"- {name}: {_impact(platform, name) or 'service unavailable or too slow'}"
-        f" (since {when(incident.outage_starts[name])})"
+        f" (since {when(incident.outage_starts[name])}"
+        f"{'; ' + seen[name] if seen.get(name) else ''})"
         for name in services], "- and {} more services") or "- none"
     back = [n for n in sorted(incident.restored) if n not in incident.affected]
     recovered = "".join(f"{line}\n" for line in _capped(
@@ -289,7 +295,8 @@ def _observations(observed: Sequence[Observed]) -> list[str]:
     lines = []
     for o in observed:
         where = f" in {o.phase}" if o.phase else ""
-        lines.append(f"- {datetime.fromtimestamp(o.start, UTC):%H:%M:%S}Z {o.service}: "
+        origin = f" from {o.location}" if o.location else ""
+        lines.append(f"- {datetime.fromtimestamp(o.start, UTC):%H:%M:%S}Z {o.service}{origin}: "
                      f"{o.result}{where} after {o.duration:.1f} s")
     return lines
 

@@ -28,7 +28,7 @@ class Composer:
         self.channels = dict(channels)
 
     def incident(self, notice: Notification, observations: Sequence[Observed],
-                 now: float) -> list[Envelope]:
+                 now: float, *, seen: Mapping[str, str] | None = None) -> list[Envelope]:
         incident = notice.incident
         recipients = self.topology.incident_recipients.get(incident.platform, ())
         if not self._can_send(recipients, "incident_recipients", incident_id=incident.id,
@@ -36,7 +36,7 @@ class Composer:
             return []
         platform = self.topology.platforms[incident.platform]
         message = render(notice, platform, recipients=recipients, observations=observations,
-                         templates=self.topology.templates)
+                         templates=self.topology.templates, seen=seen)
         return self._envelopes(message, now)
 
     def maintenance(self, mail: MaintenanceMail, now: float) -> list[Envelope]:

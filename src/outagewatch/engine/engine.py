@@ -1,11 +1,14 @@
-"""Samples to verdicts to incidents to the outbox: the engine around the pure core.
+"""Samples to verdicts, and verdicts to the incident desk: the engine around the evaluator.
 
 The scheduler reports each run: started, finished, past its threshold, or abandoned. The
-engine runs the evaluator, turns declarations and recoveries into incident changes, has
-their messages composed, and hands all of it (verdict, sample, book, incident, envelopes)
-to the writer as one change. Timers fire at each target's deadline and at each platform's
-next UPDATE. Memory is the truth; the store is its durable copy, loaded at start, so the
-update cadence and open incidents survive a restart.
+engine runs the evaluator for each target and hands what it declares or restores to the
+incident desk (``desk.py``), which turns it into incident changes and mails; the verdict,
+sample, book, incident and envelopes are written as one change. Timers fire at each target's
+deadline. Memory is the truth; the store is its durable copy, loaded at start.
+
+In a cluster a node has no desk of its own: the engine publishes what its location sees of
+each target (a ``Seen``, in ``Changes.views``) and the leader's consensus decides
+(``cluster/consensus.py``).
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from outagewatch.core import evaluator, incidents
-from outagewatch.core.evaluator import Declared, Health, Observation, Verdict
-from outagewatch.core.incidents import Book, Platform
-from outagewatch.core.render import Observed
+from outagewatch.core import evaluator
+from outagewatch.core.evaluator import Declared, Health, Observation, Restored, Verdict
+from outagewatch.core.incidents import Book
+from outagewatch.core.quorum import Seen
 from outagewatch.engine.timers import TimerKind
 from outagewatch.errors import UnknownIncident
 from outagewatch.store import Changes, StoredSample
@@ -29,7 +32,8 @@ if TYPE_CHECKING:
 
     from outagewatch.clock import Clock
     from outagewatch.config import Target
-    from outagewatch.engine.compose import Composer
+    from outagewatch.core import incidents
+    from outagewatch.engine.desk import Desk
     from outagewatch.engine.timers import Timers
     from outagewatch.engine.writer import Writer
     from outagewatch.metrics import Metrics
@@ -43,16 +47,15 @@ log = structlog.get_logger("outagewatch.engine")
 KEEP_SAMPLES = 3600.0  # seconds of samples kept beyond the window, for mails and the API
 OBSERVATIONS_IN_MAIL = 3  # recent results per affected service quoted in a mail
 
-_EVENTS = {"open": "incident_opened", "update": "incident_updated",
-           "resolved": "incident_resolved"}
-
 
 class Engine:
     def __init__(self, *, topology: Topology, state: State, writer: Writer,
-                 composer: Composer, timers: Timers, clock: Clock, metrics: Metrics) -> None:
+                 desk: Desk | None, timers: Timers, clock: Clock, metrics: Metrics,
+                 location: str = "") -> None:
         self.topology = topology
+        self.desk = desk  # None: a cluster node, which publishes views instead
+        self.location = location
         self._writer = writer
-        self._composer = composer
         self._timers = timers
         self._clock = clock
         self._metrics = metrics
@@ -60,24 +63,23 @@ class Engine:
         self._verdicts = {name: evaluator.resume(v, topology.targets[name].outage)
                           if name in topology.targets else v
                           for name, v in state.verdicts.items()}
-        self._books = dict(state.books)
+        self._views = dict(state.views)
         self._recent = {name: deque(samples, maxlen=OBSERVATIONS_IN_MAIL)
                         for name, samples in state.recent.items()}
 
     def configure(self, topology: Topology) -> None:
         """A (re)loaded configuration: platforms, targets and their rules."""
         self.topology = topology
-        self._composer.topology = topology
+        if self.desk is not None:
+            self.desk.configure(topology)
 
     def start(self) -> None:
         """After a (re)start: act on deadlines that passed while we were down, arm timers."""
         for name in list(self._verdicts):
             if name in self.topology.targets:
                 self._tick_target(name)
-        for platform in list(self._books):
-            if platform in self.topology.platforms:
-                self._tick_platform(platform)
-        self._refresh_gauges()
+        if self.desk is not None:
+            self.desk.start()
 
     def close(self) -> None:
         self._timers.close()
@@ -88,7 +90,14 @@ class Engine:
         return self._verdicts.get(name, Verdict())
 
     def book(self, platform: str) -> Book:
-        return self._books.get(platform, Book())
+        return self.desk.book(platform) if self.desk is not None else Book()
+
+    def recent(self, name: str) -> tuple[StoredSample, ...]:
+        return tuple(self._recent.get(name, ()))
+
+    def view(self, name: str) -> Seen | None:
+        """What this location last published of the target (a cluster node)."""
+        return self._views.get(name)
 
     def is_bad(self, name: str) -> bool:
         """Not answering normally right now: the last run BAD, or a BAD streak or outage."""
@@ -115,7 +124,8 @@ class Engine:
     def record(self, target: Target, rule: Rule, sample: Sample) -> None:
         obs = Observation(sample.started_at.timestamp(), sample.is_bad(rule.threshold))
         stored = StoredSample(target.name, obs.start, sample.duration, sample.result.value,
-                              sample.phase.value if sample.phase else None, obs.bad)
+                              sample.phase.value if sample.phase else None, obs.bad,
+                              self.location)
         self._observe(target.name, obs, stored)
 
     def overdue(self, target: Target, rule: Rule, started_at: datetime) -> None:
@@ -138,18 +148,9 @@ class Engine:
                         interval: float | None = None,
                         note: str | None = None) -> incidents.Incident:
         """An operator's change to an open incident: one UPDATE mail naming all of it."""
-        for platform, book in self._books.items():
-            if book.open is not None and book.open.id.lower() == incident_id.lower():
-                now = self._clock.now().timestamp()
-                changes = Changes()
-                self._book_changed(platform, incidents.change(book, now, etr=etr,
-                                                              interval=interval, note=note),
-                                   now, changes)
-                self._writer.submit(changes)
-                incident = self._books[platform].open
-                assert incident is not None
-                return incident
-        raise UnknownIncident(f"no open incident {incident_id!r}")
+        if self.desk is None:
+            raise UnknownIncident(f"no open incident {incident_id!r} on this node")
+        return self.desk.change_incident(incident_id, etr=etr, interval=interval, note=note)
 
     def hold(self, floors: Mapping[str, float | None], now: float) -> None:
         """Maintenance: from when each target's BAD streak may count (see evaluator.hold)."""
@@ -165,13 +166,10 @@ class Engine:
         self._timers.cancel(TimerKind.TARGET, name)
         self._verdicts.pop(name, None)
         self._recent.pop(name, None)
+        self._views.pop(name, None)
         changes = Changes(forgotten={name})
-        now = self._clock.now().timestamp()
-        for platform, book in list(self._books.items()):
-            if book.open is not None and name in book.open.affected:
-                known = self.topology.platforms.get(platform, Platform(platform, ()))
-                self._book_changed(platform, incidents.restored(book, known, name, now, now),
-                                   now, changes)
+        if self.desk is not None:
+            self.desk.forget(name, self._clock.now().timestamp(), changes)
         self._writer.submit(changes)
 
     # -- the machinery ------------------------------------------------------------------------
@@ -188,7 +186,7 @@ class Engine:
             changes.keep_after[name] = (stored.start - info.outage.window
                                         - info.outage.coverage_gap - KEEP_SAMPLES)
             self._recent.setdefault(name, deque(maxlen=OBSERVATIONS_IN_MAIL)).append(stored)
-        self._change(name, step, now, changes)
+        self._change(name, step, now, changes, reported=obs.start)
 
     def _tick_target(self, name: str) -> None:
         info = self.topology.targets.get(name)
@@ -196,72 +194,51 @@ class Engine:
             now = self._clock.now().timestamp()
             self._change(name, evaluator.tick(self.verdict(name), now, info.outage), now)
 
-    def _tick_platform(self, platform: str) -> None:
-        now = self._clock.now().timestamp()
-        changes = Changes()
-        self._book_changed(platform, incidents.tick(self.book(platform), self._platform(platform),
-                                                    now), now, changes)
-        self._writer.submit(changes)
-
     def _change(self, name: str, step: evaluator.Step, now: float,
-                changes: Changes | None = None) -> None:
-        """A target's new verdict and the incident changes it causes, as one change."""
+                changes: Changes | None = None, *, reported: float | None = None) -> None:
+        """A target's new verdict and what it causes (incident changes, or the location's
+        view in a cluster), as one change. ``reported``: the start of a run that reported."""
         changes = changes if changes is not None else Changes()
         verdict, events = step
         changes.verdicts[name] = verdict
         info = self.topology.targets[name]
-        for event in events:
-            book, platform = self.book(info.platform), self.topology.platforms[info.platform]
-            if isinstance(event, Declared):
-                log.warning("outage_declared", target=name, platform=info.platform,
-                            outage_start=event.outage_start)
-                result = incidents.declared(book, platform, name, event.outage_start, now)
-            else:
-                log.info("outage_ended", target=name, platform=info.platform,
-                         restored_at=event.restored_at)
-                result = incidents.restored(book, platform, name, event.restored_at, now)
-            self._book_changed(info.platform, result, now, changes)
+        if self.desk is not None:
+            for event in events:
+                if isinstance(event, Declared):
+                    self.desk.declared(name, event.outage_start, now, changes)
+                else:
+                    self.desk.restored(name, event.restored_at, now, changes)
+        else:
+            self._publish(name, verdict, events, reported, changes)
         self._verdicts[name] = verdict
         self._metrics.target_outage.labels(name, info.type.value, info.platform).set(
             1 if verdict.health is Health.OUTAGE else 0)
         self._arm_target(name, verdict, now)
         self._writer.submit(changes)
 
-    def _book_changed(self, platform: str, step: incidents.Step, now: float,
-                      changes: Changes) -> None:
-        book, notices = step
-        changes.books[platform] = book
-        for notice in notices:
-            incident = notice.incident
-            changes.incidents[incident.id] = incident
-            log.info(_EVENTS[notice.kind.value], incident_id=incident.id, platform=platform,
-                     severity=incident.severity, affected=sorted(incident.affected),
-                     reasons=list(notice.reasons))
-            observed = [Observed(s.target, s.start, s.duration, s.result, s.phase)
-                        for name in sorted(incident.outage_starts)
-                        for s in self._recent.get(name, ())]
-            changes.envelopes += self._composer.incident(notice, observed, now)
-        self._books[platform] = book
-        deadline = incidents.next_deadline(book, self._platform(platform))
-        self._timers.arm(TimerKind.PLATFORM, platform, deadline, now=now,
-                         callback=lambda: self._tick_platform(platform))
-        if notices:
-            self._refresh_gauges()
-
-    def _platform(self, name: str) -> Platform:
-        """A platform as configured (one dropped by a reload keeps its incident's cadence)."""
-        return self.topology.platforms.get(name, Platform(name, ()))
+    def _publish(self, name: str, verdict: Verdict, events: list[evaluator.Event],
+                 reported: float | None, changes: Changes) -> None:
+        """A cluster node: this location's view of the target, when it changed."""
+        before = self._views.get(name)
+        last = before.last_run if before is not None else None
+        if reported is not None and (last is None or reported > last):
+            last = reported
+        restored_at = before.restored_at if before is not None else None
+        for event in events:
+            if isinstance(event, Restored):
+                restored_at = event.restored_at
+            elif isinstance(event, Declared):
+                log.warning("outage_seen", target=name, location=self.location,
+                            outage_start=event.outage_start)
+        seen = Seen(verdict.health, last, verdict.outage_start, restored_at)
+        if seen != before:
+            self._views[name] = seen
+            changes.views[name] = seen
 
     def _arm_target(self, name: str, verdict: Verdict, now: float) -> None:
         deadline = evaluator.next_deadline(verdict, self.topology.targets[name].outage)
         self._timers.arm(TimerKind.TARGET, name, deadline, now=now,
                          callback=lambda: self._tick_target(name))
-
-    def _refresh_gauges(self) -> None:
-        self._metrics.incidents_open.clear()
-        for platform, book in self._books.items():
-            if book.open is not None:
-                self._metrics.incidents_open.labels(platform, str(book.open.severity)).set(1)
 
 
 _: type[Recorder] = Engine

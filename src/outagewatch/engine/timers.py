@@ -19,6 +19,7 @@ class TimerKind(enum.StrEnum):
     TARGET = "target"  # the outage deadline of a target
     PLATFORM = "platform"  # the next periodic UPDATE of a platform's incident
     WINDOW = "window"  # the next start or end of a maintenance window
+    QUORUM = "quorum"  # a cluster: when a location turns blind for a target
 
 
 class Timers:

@@ -47,6 +47,11 @@ class Writer:
         self._progress = asyncio.Condition()
         self.failing: str | None = None  # why the last write failed, until one succeeds
 
+    @property
+    def pending(self) -> int:
+        """Changes submitted and not yet written."""
+        return self._submitted - self._written
+
     def submit(self, changes: Changes) -> None:
         if not changes:
             return

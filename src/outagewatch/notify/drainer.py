@@ -7,12 +7,19 @@ marked failed (kept, listed, and counted: a configuration error to fix), never r
 blindly. A delivery is recorded the moment the other side accepted it, before the polite
 end of the conversation. The drainer survives whatever a channel throws; on shutdown it
 finishes the attempt in progress rather than cutting a mail in half.
+
+In a cluster only the leader drains, and only within its lease (``authority``: the seconds
+it may still act): an attempt starts only with ``MIN_AUTHORITY`` left and is cut off before
+the lease ends, so the next leader, which takes over only after the lease, never sends
+alongside it; and only letters already durable are sent (``undurable=False``), so a new
+leader knows every mail the old one could have sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 from typing import TYPE_CHECKING
 
@@ -22,7 +29,7 @@ from outagewatch.notify.channel import Deferred, Delivered, Refused
 from outagewatch.store import Changes
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from outagewatch.clock import Clock
     from outagewatch.engine.writer import Writer
@@ -34,6 +41,12 @@ log = structlog.get_logger("outagewatch.notify")
 
 IDLE_NAP = 5.0  # look at the outbox at least this often
 CLOSE_TIMEOUT = 10.0
+MIN_AUTHORITY = 2.0  # seconds of lease an attempt needs to start; it ends 1 s before the lease
+
+
+def unlimited() -> float:
+    """One node: it may always send."""
+    return math.inf
 
 
 class Drainer:
@@ -47,6 +60,8 @@ class Drainer:
         metrics: Metrics,
         backoff: tuple[float, float] = (5.0, 300.0),
         rng: random.Random | None = None,
+        authority: Callable[[], float] = unlimited,
+        undurable: bool = True,
     ) -> None:
         self._queue = queue
         self._writer = writer
@@ -55,6 +70,8 @@ class Drainer:
         self._metrics = metrics
         self._backoff = backoff
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._authority = authority
+        self._may_send_undurable = undurable
         self._wake = asyncio.Event()
         self._stopping = False
         self._idle = asyncio.Event()
@@ -94,8 +111,9 @@ class Drainer:
                 sleeper.cancel()
 
     def _undurable(self) -> bool:
-        """Send letters not yet in the store? Only while the store cannot take them."""
-        return self._writer.failing is not None
+        """Send letters not yet in the store? Only while the store cannot take them, and
+        never in a cluster."""
+        return self._may_send_undurable and self._writer.failing is not None
 
     async def send_due(self) -> int:
         """Try every letter that is due now; return how many were delivered."""
@@ -106,7 +124,7 @@ class Drainer:
                 break
             progress = False
             for letter in due:
-                if self._stopping:
+                if self._stopping or self._authority() < MIN_AUTHORITY:
                     break
                 if await self._attempt(letter):
                     sent += 1
@@ -161,13 +179,22 @@ class Drainer:
         channel = self._channels.get(letter.key.channel)
         if channel is None:
             return Refused(f"no channel {letter.key.channel!r} is configured")
+        left = self._authority() - 1.0
         try:
-            return await channel.deliver(letter)
+            async with asyncio.timeout(left if left < math.inf else None):
+                return await channel.deliver(letter)
+        except TimeoutError as exc:
+            if left < math.inf and self._authority() <= 1.0:
+                return Deferred("cut off: this node's leadership lease was running out")
+            return self._crashed(letter, exc)
         except Exception as exc:  # a bug in a channel: the mail stays, the drainer goes on
-            log.exception("channel_crashed", channel=letter.key.channel,
-                          thread=letter.key.thread)
-            return Deferred(f"the {letter.key.channel} channel crashed: "
-                            f"{type(exc).__name__}: {exc}")
+            return self._crashed(letter, exc)
+
+    def _crashed(self, letter: Letter, exc: Exception) -> Delivery:
+        log.error("channel_crashed", channel=letter.key.channel, thread=letter.key.thread,
+                  exc_info=exc)
+        return Deferred(f"the {letter.key.channel} channel crashed: "
+                        f"{type(exc).__name__}: {exc}")
 
     def _fail(self, letter: Letter, error: str) -> None:
         letter.status, letter.last_error = "failed", error
