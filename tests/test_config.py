@@ -179,3 +179,46 @@ def test_reference_is_current():
     assert config_reference() == committed
     assert "`targets[].expect_body`" in committed
     assert "`maintenance.windows[].kind`" in committed
+
+
+class TestCluster:
+    def write(self, tmp_path: Path, extra: str) -> Path:
+        path = tmp_path / "c.yaml"
+        path.write_text("platforms: {eu: {}}\n"
+                        "targets:\n"
+                        "  - {name: web, platform: eu, type: http, url: 'http://x/'}\n"
+                        "  - {name: mx, platform: eu, type: smtp, host: mx, locations: [ams]}\n"
+                        + extra)
+        return path
+
+    def test_defaults_a_majority_and_the_node_as_its_location(self, tmp_path, monkeypatch):
+        (tmp_path / "db").write_text("s3cret\n")
+        monkeypatch.setattr("socket.gethostname", lambda: "Fra-1.example.net")
+        settings = load_settings(self.write(tmp_path, (
+            f"state: {{url: 'postgresql://ow@db:5432/ow', password_file: '{tmp_path}/db'}}\n"
+            "cluster: {locations: [fra-1, ams, nyc]}\n")))
+        cluster = settings.cluster
+        assert cluster is not None
+        assert ("Fra-1", "fra-1", 2, timedelta(seconds=15)) == (
+            cluster.node, cluster.location, cluster.quorum, cluster.lease)
+        assert "s3cret" == settings.state.secret()
+        assert "s3cret" not in repr(settings.state)
+        assert "db:5432/ow" == settings.state.where
+        web, mx = settings.targets
+        assert (("fra-1", "ams", "nyc"), 2) == (settings.locations_of(web),
+                                                settings.quorum_for(web))
+        assert (("ams",), 1) == (settings.locations_of(mx), settings.quorum_for(mx))
+
+    def test_one_node_has_one_nameless_location(self):
+        settings = load_settings(DATA / "valid-minimal.yaml")
+        target = settings.targets[0]
+        assert (None, ("",), 1) == (settings.cluster, settings.locations_of(target),
+                                    settings.quorum_for(target))
+
+    def test_an_inline_database_password_is_refused(self, tmp_path):
+        with pytest.raises(ConfigError) as info:
+            load_settings(self.write(tmp_path, (
+                "state: {url: 'postgresql://ow@db/ow', password: x}\n"
+                "cluster: {location: a}\n")))
+        expected = "state.password: never in the config file; use password_file or password_env"
+        assert [expected] == info.value.problems

@@ -123,3 +123,86 @@ class TestOverloadMetrics:
         assert 3 == get("outagewatch_probe_runs_waiting", {"platform": "eu"})
         assert 9000 == get("outagewatch_probe_capacity")
         assert 1 == get("outagewatch_event_loop_lag_seconds_bucket", {"le": "0.5"})
+
+
+class TestClusterMetrics:
+    """Cluster mode: leadership, nodes, the database and each target's locations. Registered
+    in every mode, so that a single node exports them too."""
+
+    def test_registered_from_the_start(self):
+        registry, _ = build()
+        families = {m.name: m for m in registry.collect()}
+        for name in ("outagewatch_cluster_leader", "outagewatch_cluster_epoch",
+                     "outagewatch_cluster_nodes", "outagewatch_cluster_node_heartbeat_age_seconds",
+                     "outagewatch_cluster_database_up", "outagewatch_cluster_locations_reporting",
+                     "outagewatch_cluster_target_degraded",
+                     "outagewatch_cluster_buffered_changes"):
+            assert "gauge" == families[name].type, name
+        get = registry.get_sample_value
+        for name in ("outagewatch_cluster_leader", "outagewatch_cluster_epoch",
+                     "outagewatch_cluster_database_up", "outagewatch_cluster_buffered_changes"):
+            assert 0.0 == get(name), name  # no labels, 0 until the daemon sets it
+        for state in ("live", "stale"):
+            assert 0.0 == get("outagewatch_cluster_nodes", {"state": state})
+        assert [] == families["outagewatch_cluster_locations_reporting"].samples
+
+    def test_label_sets(self):
+        registry, metrics = build()
+        metrics.add_target(labels("imap-eu", ProbeType.IMAP, "eu"))
+        metrics.report_locations("imap-eu", 1, 2)
+        metrics.observe_nodes({"node-a": 3.0}, 15.0)
+        found = {m.name: {tuple(sorted(s.labels)) for s in m.samples}
+                 for m in registry.collect() if m.name.startswith("outagewatch_cluster_")}
+        target = ("platform", "target", "type")
+        assert {
+            "outagewatch_cluster_leader": {()},
+            "outagewatch_cluster_epoch": {()},
+            "outagewatch_cluster_nodes": {("state",)},
+            "outagewatch_cluster_node_heartbeat_age_seconds": {("node",)},
+            "outagewatch_cluster_database_up": {()},
+            "outagewatch_cluster_locations_reporting": {target},
+            "outagewatch_cluster_target_degraded": {target},
+            "outagewatch_cluster_buffered_changes": {()},
+        } == found
+
+    def test_locations_and_degraded(self):
+        registry, metrics = build()
+        metrics.add_target(labels("imap-eu", ProbeType.IMAP, "eu"))
+        get = registry.get_sample_value
+        metrics.report_locations("imap-eu", 1, 2)
+        assert (1, 1) == (get("outagewatch_cluster_locations_reporting", LABELS),
+                          get("outagewatch_cluster_target_degraded", LABELS))
+        metrics.report_locations("imap-eu", 2, 2)
+        assert (2, 0) == (get("outagewatch_cluster_locations_reporting", LABELS),
+                          get("outagewatch_cluster_target_degraded", LABELS))
+        metrics.report_locations("gone", 0, 2)  # not a known target: ignored
+        assert 'target="gone"' not in generate_latest(registry).decode()
+        metrics.forget_locations()  # no longer the leader
+        assert get("outagewatch_cluster_locations_reporting", LABELS) is None
+        assert get("outagewatch_cluster_target_degraded", LABELS) is None
+
+    def test_removed_target_loses_its_cluster_series(self):
+        registry, metrics = build()
+        metrics.add_target(labels("imap-eu", ProbeType.IMAP, "eu"))
+        metrics.add_target(labels("web", ProbeType.HTTP, "eu"))
+        metrics.report_locations("imap-eu", 1, 2)
+        metrics.report_locations("web", 3, 2)
+        metrics.remove_target("imap-eu")
+        text = generate_latest(registry).decode()
+        assert 'target="imap-eu"' not in text
+        web = {"target": "web", "type": "http", "platform": "eu"}
+        assert 3 == registry.get_sample_value("outagewatch_cluster_locations_reporting", web)
+        assert 0 == registry.get_sample_value("outagewatch_cluster_target_degraded", web)
+
+    def test_nodes_live_stale_and_gone(self):
+        registry, metrics = build()
+        get = registry.get_sample_value
+        metrics.observe_nodes({"node-a": 2.0, "node-b": 15.0, "node-c": 40.0}, 15.0)
+        assert (2, 1) == (get("outagewatch_cluster_nodes", {"state": "live"}),
+                          get("outagewatch_cluster_nodes", {"state": "stale"}))
+        assert 40 == get("outagewatch_cluster_node_heartbeat_age_seconds", {"node": "node-c"})
+        metrics.observe_nodes({"node-a": 1.0}, 15.0)
+        assert (1, 0) == (get("outagewatch_cluster_nodes", {"state": "live"}),
+                          get("outagewatch_cluster_nodes", {"state": "stale"}))
+        assert 'node="node-c"' not in generate_latest(registry).decode()
+        assert 1 == get("outagewatch_cluster_node_heartbeat_age_seconds", {"node": "node-a"})

@@ -17,10 +17,10 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from outagewatch import systemd
-from outagewatch.api import Api
+from outagewatch.api import Api, Leading
 from outagewatch.clock import Clock, SystemClock
 from outagewatch.config import Settings, load_settings
-from outagewatch.engine import Composer, Engine, Maintenance, Timers, Writer
+from outagewatch.engine import Composer, Desk, Engine, Maintenance, Timers, Writer
 from outagewatch.engine.engine import OBSERVATIONS_IN_MAIL
 from outagewatch.errors import ConfigError, ListenError
 from outagewatch.faults import Faults, supervise
@@ -28,6 +28,7 @@ from outagewatch.looplag import LoopLag
 from outagewatch.metrics import Metrics, TargetLabels, build_metrics, duration_buckets
 from outagewatch.model import ProbeType
 from outagewatch.notify import Channel, Drainer, SmtpChannel
+from outagewatch.notify.drainer import unlimited
 from outagewatch.notify.queue import Queue
 from outagewatch.probes import ProbeContext, new_http_session, phases_of, run_probe
 from outagewatch.recorder import SampleRecorder
@@ -38,7 +39,7 @@ from outagewatch.topology import build_topology
 from outagewatch.web import WebServer, build_app
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
     from pathlib import Path
 
     from outagewatch.config import NotifyConfig, Target
@@ -114,13 +115,35 @@ def wire(settings: Settings, *, state: State, store: StateStore, clock: Clock,
     topology = build_topology(settings, today=clock.now().date())
     channels = channels_of(settings.notify, installation=state.installation)
     faults = Faults(metrics, clock)
+    queue, writer, drainer = outbox_of(settings, state=state, store=store, clock=clock,
+                                       metrics=metrics, faults=faults, channels=channels)
+    timers = Timers(clock)
+    composer = Composer(topology, channels)
+    desk = Desk(topology=topology, books=state.books, writer=writer, composer=composer,
+                timers=timers, clock=clock, metrics=metrics,
+                recent=lambda name: engine.recent(name))  # noqa: PLW0108 - bound later
+    engine = Engine(topology=topology, state=state, writer=writer, desk=desk,
+                    timers=timers, clock=clock, metrics=metrics)
+    maintenance = Maintenance(topology=topology, windows=state.windows, engine=engine,
+                              writer=writer, composer=composer, timers=timers, clock=clock,
+                              metrics=metrics)
+    return Core(state.installation, faults, queue, writer, drainer, composer, engine,
+                maintenance)
+
+
+def outbox_of(settings: Settings, *, state: State, store: StateStore, clock: Clock,
+              metrics: Metrics, faults: Faults, channels: Mapping[str, Channel],
+              authority: Callable[[], float] | None = None,
+              undurable: bool = True) -> tuple[Queue, Writer, Drainer]:
+    """The outbox in memory, the writer that makes changes durable, and the drainer that
+    sends what they wrote (``authority``, ``undurable``: see ``notify/drainer.py``)."""
     queue = Queue()
     queue.load(state.outbox)
 
     def submitted(changes: Changes) -> None:
         queue.add(changes.envelopes)
         if changes.envelopes and writer.failing is not None:
-            drainer.poke()  # the store cannot take them: they go out anyway
+            drainer.poke()  # the store cannot take them: they go out anyway (one node)
 
     def written(changes: Changes) -> None:
         queue.written(changes.envelopes, changes.deliveries.values())
@@ -131,16 +154,9 @@ def wire(settings: Settings, *, state: State, store: StateStore, clock: Clock,
     writer = Writer(store, clock=clock, faults=faults, metrics=metrics,
                     on_submitted=submitted, on_written=written)
     drainer = Drainer(queue=queue, writer=writer, channels=channels, clock=clock,
-                      metrics=metrics, backoff=backoff_of(settings.notify))
-    timers = Timers(clock)
-    composer = Composer(topology, channels)
-    engine = Engine(topology=topology, state=state, writer=writer, composer=composer,
-                    timers=timers, clock=clock, metrics=metrics)
-    maintenance = Maintenance(topology=topology, windows=state.windows, engine=engine,
-                              writer=writer, composer=composer, timers=timers, clock=clock,
-                              metrics=metrics)
-    return Core(state.installation, faults, queue, writer, drainer, composer, engine,
-                maintenance)
+                      metrics=metrics, backoff=backoff_of(settings.notify),
+                      authority=authority or unlimited, undurable=undurable)
+    return queue, writer, drainer
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +198,8 @@ async def build(settings: Settings, *, clock: Clock, registry: CollectorRegistry
                                   max_in_flight=settings.engine.max_in_flight,
                                   faults=core.faults, stalls=looplag)
             server = settings.server
-            api = Api(engine=engine, maintenance=core.maintenance, writer=core.writer,
+            leading = Leading(core.maintenance, engine, core.writer)
+            api = Api(engine=engine, leading=lambda: leading,
                       store=store, last=recorder.last, clock=clock,
                       token=server.token.get_secret_value() if server.token else None,
                       read_token=server.read_token.get_secret_value() if server.read_token
@@ -264,6 +281,8 @@ class Daemon:
         signals = self._install_signals(loop)
         runtime.metrics.reloads.labels("success").inc()
         runtime.metrics.last_reload.set(clock.now().timestamp())
+        runtime.metrics.cluster_leader.set(1)  # one node always leads, on its own state file
+        runtime.metrics.cluster_database_up.set(1)
         # the holds of windows that started or ended while we were down come first, then
         # the deadlines that passed meanwhile are acted on
         runtime.core.maintenance.start()
@@ -314,6 +333,9 @@ class Daemon:
         return (f"{len(self.settings.targets)} targets; open incidents: "
                 f"{', '.join(open_incidents) or 'none'}")
 
+    def _reload_metrics(self) -> Metrics | None:
+        return self.runtime.metrics if self.runtime is not None else None
+
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         installed: list[int] = []
         for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
@@ -348,27 +370,37 @@ class Daemon:
         """Re-read the configuration file; keep the running one if the new one is bad. The
         file is read and checked off the event loop: a huge one cannot stall the probes."""
         runtime = self.runtime
-        if self.config_path is None or runtime is None:
+        if runtime is None:
+            return False
+
+        def apply(new: Settings) -> None:
+            channels = channels_of(new.notify, installation=runtime.core.installation)
+            runtime.core.drainer.reconfigure(channels, backoff_of(new.notify))
+            runtime.core.composer.channels = channels
+            self._apply(runtime, new)
+
+        return await self._reload_with(apply)
+
+    async def _reload_with(self, apply: Callable[[Settings], None]) -> bool:
+        metrics = self._reload_metrics()
+        if self.config_path is None or metrics is None:
             return False
         try:
             new = await asyncio.to_thread(load_settings, self.config_path)
         except ConfigError as exc:
-            runtime.metrics.reloads.labels("failure").inc()
+            metrics.reloads.labels("failure").inc()
             log.error("config_reload_failed", problems=exc.problems,  # noqa: TRY400 - no trace
                       note="the previous configuration keeps running")
             return False
         old = self.settings
-        for section in ("server", "engine", "state"):
+        for section in ("server", "engine", "state", "cluster"):
             if getattr(new, section) != getattr(old, section):
                 log.warning("config_needs_restart", section=section,
                             note="this section takes effect at the next start")
-        channels = channels_of(new.notify, installation=runtime.core.installation)
-        runtime.core.drainer.reconfigure(channels, backoff_of(new.notify))
-        runtime.core.composer.channels = channels
-        self._apply(runtime, new)
+        apply(new)
         self.settings = new
-        runtime.metrics.reloads.labels("success").inc()
-        runtime.metrics.last_reload.set(runtime.clock.now().timestamp())
+        metrics.reloads.labels("success").inc()
+        metrics.last_reload.set(self.clock.now().timestamp())
         log.info("config_reloaded", targets=len(new.targets))
         return True
 

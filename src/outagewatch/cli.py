@@ -102,6 +102,10 @@ def _operator_commands(commands: Any) -> None:
     cancel.add_argument("id")
     client_options(cancel)
 
+    c = commands.add_parser("cluster", help="a cluster's nodes, leader and epoch")
+    csub = c.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    client_options(csub.add_parser("status", help="nodes, locations, heartbeats, leader"))
+
     i = commands.add_parser("incident", help="list incidents, set ETR or interval, add notes")
     isub = i.add_subparsers(dest="action", required=True, parser_class=_Parser)
     client_options(isub.add_parser("list", help="open and recent incidents"))
@@ -120,7 +124,7 @@ def _operator_commands(commands: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"check-config": _check_config, "probe": _probe, "run": _run, "demo": _demo,
-                "maintenance": _operator, "incident": _operator,
+                "maintenance": _operator, "incident": _operator, "cluster": _operator,
                 "config-schema": _config_schema}
     try:
         return commands[args.command](args)
@@ -134,7 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _operator(args: argparse.Namespace) -> int:
-    print(client.maintenance(args) if args.command == "maintenance" else client.incident(args))
+    commands = {"maintenance": client.maintenance, "incident": client.incident,
+                "cluster": client.cluster}
+    print(commands[args.command](args))
     return EXIT_OK
 
 
@@ -195,7 +201,12 @@ def _run(args: argparse.Namespace) -> int:
         log.info("open_files_raised", before=before, after=after)
 
     async def main() -> int:
-        await Daemon(settings, config_path=path).run()
+        if settings.state.url is not None:
+            from outagewatch.cluster.node import ClusterDaemon  # noqa: PLC0415
+
+            await ClusterDaemon(settings, config_path=path).run()
+        else:
+            await Daemon(settings, config_path=path).run()
         return EXIT_OK
 
     return _run_loop(settings, main())

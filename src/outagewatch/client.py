@@ -116,3 +116,20 @@ def incident(args: argparse.Namespace) -> str:
             "note": {"note": getattr(args, "value", None)}}[args.action]
     result = client.call("PATCH", f"/api/v1/incidents/{args.id}", body)
     return json.dumps(result, indent=2) if args.json else f"ok: {args.id} updated, mail queued"
+
+
+def cluster(args: argparse.Namespace) -> str:
+    """``outagewatch cluster status``: the nodes, who leads, the epoch (from any node)."""
+    result = client_from(args).call("GET", "/api/v1/cluster")
+    if args.json:
+        return json.dumps(result, indent=2)
+    leader = result["leader"]
+    rows = [[n["node"], n["location"], n["address"], n["version"],
+             f"{n['heartbeat_age']:.1f}s ago", "live" if n["live"] else "STALE",
+             "leader" if n["node"] == leader["node"] and leader["live"] else ""]
+            for n in result["nodes"]]
+    head = (f"leader: {leader['node']} (epoch {leader['epoch']}, heard from "
+            f"{leader['heartbeat_age']:.1f}s ago)" if leader["live"]
+            else f"leader: none live (epoch {leader['epoch']})")
+    return head + "\n" + table(rows, ["NODE", "LOCATION", "ADDRESS", "VERSION", "HEARTBEAT",
+                                      "STATE", "ROLE"])

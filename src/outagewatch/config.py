@@ -121,6 +121,16 @@ def resolve_secret(data: dict[str, Any], key: str, *, inline: bool) -> dict[str,
     return data
 
 
+def _existing(value: Path) -> Path:
+    """A file the configuration names must be there."""
+    if not value.is_file():
+        raise ValueError(f"file not found: {value}")
+    return value
+
+
+ExistingFile = Annotated[Path, AfterValidator(_existing)]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -246,14 +256,9 @@ class _Credentials(_Model):
 
 class _Tls(_Model):
     tls_verify: bool = Field(default=True, description="verify the server certificate")
-    ca_file: Path | None = Field(None, description="CA bundle (PEM) instead of the system's")
+    ca_file: ExistingFile | None = Field(None, description="CA bundle (PEM) instead of the "
+                                         "system's")
 
-    @field_validator("ca_file")
-    @classmethod
-    def _ca_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"file not found: {value}")
-        return value
 
 
 class _TargetBase(_Model):
@@ -266,6 +271,8 @@ class _TargetBase(_Model):
     threshold: Threshold | None = None
     window: Window | None = None
     recover_after: int | None = Field(None, ge=1)
+    locations: list[Annotated[str, Field(pattern=_NAME)]] | None = Field(
+        None, min_length=1, description="cluster: probed from these locations only")
 
 
 class HttpTarget(_TargetBase, _Tls):
@@ -467,11 +474,115 @@ class MaintenanceConfig(_Model):
     windows: list[WindowConfig] = Field(default_factory=list)
 
 
+Lease = Annotated[timedelta, _Human, AfterValidator(_between(3, 300))]
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+_NODE = r"^[A-Za-z0-9_.-]{1,63}$"
+
+
 class StateConfig(_Model):
-    path: Path = Field(Path("/var/lib/outagewatch/state.db"), description="SQLite state file")
+    path: Path = Field(Path("/var/lib/outagewatch/state.db"),
+                       description="SQLite state file (one node); or state.url")
+    url: str | None = Field(None, description="PostgreSQL instead of the file, for a cluster: "
+                            "postgresql://user@host:5432/db (no password in it)")
+    password: SecretStr | None = Field(None, description="never inline: password_file or "
+                                       "password_env")
+    password_file: Path | None = Field(None, description="file holding the database password")
+    password_env: str | None = Field(None, description="environment variable holding it")
+    sslmode: SslMode | None = Field(None, description="TLS to the database, as libpq names it")
+    sslrootcert: ExistingFile | None = Field(None, description="CA bundle (PEM) for "
+                                             "verify-ca/full")
     keep_mails: Retention = Field(timedelta(days=400),
                                   description="sent and failed mails older than this leave "
-                                              "the state file (pending ones never do)")
+                                              "the state (pending ones never do)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_backend(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if data.get("path") is not None and data.get("url") is not None:
+            raise ValueError("url: give state.path (SQLite) or state.url (PostgreSQL), not both")
+        if data.get("url") is None and any(data.get(k) for k in (
+                "password_file", "password_env", "sslmode", "sslrootcert")):
+            raise ValueError("url: the database settings need state.url")
+        return resolve_secret(data, "password", inline=False)
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError:
+            raise ValueError("not a URL (postgresql://user@host:5432/db)") from None
+        del port  # parsed only to check it
+        if parts.scheme not in {"postgresql", "postgres"}:
+            raise ValueError("must start with postgresql:// (the cluster's state is "
+                             "PostgreSQL; one node uses state.path)")
+        if parts.password is not None:
+            raise ValueError("the password never goes in the URL: use state.password_file or "
+                             "state.password_env")
+        if not parts.hostname or not parts.path.strip("/"):
+            raise ValueError("needs a host and a database: postgresql://user@host:5432/db")
+        return value
+
+
+    def secret(self) -> str | None:
+        return self.password.get_secret_value() if self.password else None
+
+    @property
+    def where(self) -> str:
+        """The state for messages: the file, or the database's host:port/db (no user)."""
+        if self.url is None:
+            return str(self.path)
+        parts = urlsplit(self.url)
+        return f"{parts.hostname}:{parts.port or 5432}/{parts.path.strip('/')}"
+
+
+class ClusterConfig(_Model):
+    node: str = Field(pattern=_NODE, description="unique per process; default: the host name")
+    location: str = Field(pattern=_NAME, description="the vantage point this node probes "
+                          "from; default: the node name")
+    locations: list[Annotated[str, Field(pattern=_NAME)]] = Field(
+        min_length=1, description="the vantage points expected; default: [location]")
+    quorum: int = Field(ge=1, description="locations that must agree; default: a majority")
+    lease: Lease = Field(timedelta(seconds=15), description="leadership lease: a dead "
+                         "leader is replaced within about this")
+    advertise: str | None = Field(None, description="host:port where the other nodes reach "
+                                  "this node's API (changes sent to a node that does not "
+                                  "lead are forwarded to the leader); default: server.listen, "
+                                  "with the host name when it listens on every address")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("node") is None:
+            data["node"] = socket.gethostname().split(".")[0] or "outagewatch"
+        if data.get("location") is None:
+            data["location"] = str(data["node"]).lower()
+        if data.get("locations") is None:
+            data["locations"] = [data["location"]]
+        if data.get("quorum") is None and isinstance(data["locations"], list):
+            data["quorum"] = len(data["locations"]) // 2 + 1
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClusterConfig:
+        twice = sorted({n for n in self.locations if self.locations.count(n) > 1})
+        if twice:
+            raise ValueError(f"locations: {', '.join(twice)} listed twice")
+        if self.location not in self.locations:
+            raise ValueError(f"location: {self.location!r} is not one of cluster.locations "
+                             f"({', '.join(self.locations)})")
+        if self.quorum > len(self.locations):
+            raise ValueError(f"quorum: {self.quorum} is more than the "
+                             f"{len(self.locations)} locations")
+        return self
 
 
 class Settings(BaseSettings):
@@ -487,6 +598,7 @@ class Settings(BaseSettings):
     notify: NotifyConfig | None = None
     maintenance: MaintenanceConfig = MaintenanceConfig()
     state: StateConfig = StateConfig()
+    cluster: ClusterConfig | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -522,6 +634,7 @@ class Settings(BaseSettings):
                     "so that a slow answer is measured, not cut off"
                 )
         problems += self._window_problems()
+        problems += self._cluster_problems()
         if problems:
             raise ConfigError(problems)
         return self
@@ -541,6 +654,38 @@ class Settings(BaseSettings):
                          f"{window.platform!r}" for name in window.targets
                          if platform_of.get(name) != window.platform]
         return problems
+
+    def _cluster_problems(self) -> list[str]:
+        if self.cluster is not None and self.state.url is None:
+            return [("cluster: needs state.url (PostgreSQL): the nodes of a cluster share "
+                     "their state there")]
+        expected = set(self.cluster.locations) if self.cluster is not None else set()
+        problems: list[str] = []
+        for index, target in enumerate(self.targets):
+            if target.locations is None:
+                continue
+            if self.cluster is None:
+                problems.append(f"targets[{index}].locations: only in a cluster (no cluster "
+                                "section)")
+                continue
+            unknown = [n for n in target.locations if n not in expected]
+            if unknown:
+                problems.append(f"targets[{index}].locations: {', '.join(unknown)} not in "
+                                f"cluster.locations ({', '.join(self.cluster.locations)})")
+        return problems
+
+    def locations_of(self, target: Target) -> tuple[str, ...]:
+        """The locations that probe ``target`` (one node: its own, nameless)."""
+        if self.cluster is None:
+            return ("",)
+        return tuple(target.locations or self.cluster.locations)
+
+    def quorum_for(self, target: Target) -> int:
+        """Locations that must agree on ``target``: the cluster's quorum, or all of the
+        target's own locations when it lists fewer."""
+        if self.cluster is None:
+            return 1
+        return min(self.cluster.quorum, len(self.locations_of(target)))
 
     def rule_for(self, target: Target) -> Rule:
         d = self.defaults

@@ -13,7 +13,7 @@ from outagewatch import __version__
 from outagewatch.model import Result
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
 
     from outagewatch.model import Phase, ProbeType, Sample
 
@@ -46,6 +46,7 @@ class TargetLabels:
 
 _LABELS = ("target", "type", "platform")
 SKIP_REASONS = ("previous_run_in_flight", "overload")  # why a due run did not start
+NODE_STATES = ("live", "stale")  # a node's heartbeat within the lease, or not
 _LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                 60.0)
 
@@ -84,7 +85,16 @@ class Metrics:
     faults: Counter
     task_restarts: Counter
     state_pending: Gauge
+    cluster_leader: Gauge
+    cluster_epoch: Gauge
+    cluster_nodes: Gauge
+    cluster_heartbeat_age: Gauge
+    cluster_database_up: Gauge
+    locations_reporting: Gauge
+    target_degraded: Gauge
+    buffered_changes: Gauge
     _known: dict[str, TargetLabels] = field(default_factory=dict)
+    _nodes: set[str] = field(default_factory=set)
 
     def add_target(self, labels: TargetLabels) -> None:
         """Create every series of a target up front, so dashboards see zeros, not gaps."""
@@ -115,7 +125,8 @@ class Metrics:
         values = labels.values()
         for metric in (self.duration, self.success, self.last_run, self.overdue,
                        self.discounted, self.cert_expiry, self.target_outage,
-                       self.maintenance_active):
+                       self.maintenance_active, self.locations_reporting,
+                       self.target_degraded):
             _discard(metric, values)
         for reason in SKIP_REASONS:
             _discard(self.skipped, (*values, reason))
@@ -147,6 +158,33 @@ class Metrics:
             self.overdue.labels(*labels.values()).set(1)
             self.success.labels(*labels.values()).set(0)
 
+    def report_locations(self, target: str, reporting: int, quorum: int) -> None:
+        """The leader's count of a target's locations that are not blind, and whether that
+        is short of the quorum the target needs."""
+        labels = self._known.get(target)
+        if labels is not None:
+            self.locations_reporting.labels(*labels.values()).set(reporting)
+            self.target_degraded.labels(*labels.values()).set(1 if reporting < quorum else 0)
+
+    def forget_locations(self) -> None:
+        """Drop every target's location series: this node no longer leads, and only the
+        leader exports them."""
+        for labels in self._known.values():
+            _discard(self.locations_reporting, labels.values())
+            _discard(self.target_degraded, labels.values())
+
+    def observe_nodes(self, ages: Mapping[str, float], lease: float) -> None:
+        """The cluster's nodes and the seconds since each one's heartbeat (by the database's
+        clock); a node no longer listed loses its series."""
+        live = sum(1 for age in ages.values() if age <= lease)
+        self.cluster_nodes.labels("live").set(live)
+        self.cluster_nodes.labels("stale").set(len(ages) - live)
+        for node in self._nodes - ages.keys():
+            _discard(self.cluster_heartbeat_age, (node,))
+        self._nodes = set(ages)
+        for node, age in ages.items():
+            self.cluster_heartbeat_age.labels(node).set(age)
+
 
 def _discard(metric: Gauge | Counter | Histogram, values: tuple[str, ...]) -> None:
     with contextlib.suppress(KeyError):
@@ -171,6 +209,11 @@ def build_metrics(
         "POP3 worker threads still running after their probe's deadline.",
         registry=registry,
     )
+    nodes = Gauge(f"{ns}_cluster_nodes",
+                  "The cluster's nodes by whether their heartbeat is within the lease (live) "
+                  "or not (stale), by the database's clock.", ("state",), registry=registry)
+    for state in NODE_STATES:
+        nodes.labels(state)
     if threads_running is not None:
         running.set_function(threads_running)
     if threads_stuck is not None:
@@ -259,4 +302,30 @@ def build_metrics(
         state_pending=Gauge(f"{ns}_state_pending_writes",
                             "Changes decided but not yet written to the state store.",
                             registry=registry),
+        # cluster_*: registered in every mode, 0 until the daemon sets them
+        cluster_leader=Gauge(f"{ns}_cluster_leader",
+                             "1 while this node leads (acts with a valid lease), else 0; a "
+                             "single node always leads.", registry=registry),
+        cluster_epoch=Gauge(f"{ns}_cluster_epoch",
+                            "The leadership epoch this node last saw (its own while it "
+                            "leads; 0 for a single node).", registry=registry),
+        cluster_nodes=nodes,
+        cluster_heartbeat_age=Gauge(f"{ns}_cluster_node_heartbeat_age_seconds",
+                                    "Seconds since each node's last heartbeat, by the "
+                                    "database's clock.", ("node",), registry=registry),
+        cluster_database_up=Gauge(f"{ns}_cluster_database_up",
+                                  "1 while this node's connection to the state database "
+                                  "works; a single node, whose state is a file, exports 1.",
+                                  registry=registry),
+        locations_reporting=Gauge(f"{ns}_cluster_locations_reporting",
+                                  "Locations not blind for the target (their latest run is "
+                                  "at most 2 x interval + timeout old); exported by the "
+                                  "leader only.", _LABELS, registry=registry),
+        target_degraded=Gauge(f"{ns}_cluster_target_degraded",
+                              "1 while fewer than quorum locations report for the target: "
+                              "its verdicts need every reporting location; exported by the "
+                              "leader only.", _LABELS, registry=registry),
+        buffered_changes=Gauge(f"{ns}_cluster_buffered_changes",
+                               "Changes held in memory because the state database cannot "
+                               "be written.", registry=registry),
     )

@@ -15,6 +15,7 @@ import holidays
 from outagewatch.core.evaluator import OutageRule
 from outagewatch.core.incidents import Platform, Service
 from outagewatch.core.maintenance import Calendar, Window, WindowKind
+from outagewatch.core.quorum import QuorumRule
 from outagewatch.core.render import DEFAULT_TEMPLATES
 from outagewatch.model import DEFAULT_UPDATE_INTERVAL, ProbeType, Rule
 
@@ -25,6 +26,12 @@ if TYPE_CHECKING:
     from outagewatch.config import CalendarConfig, Settings
 
 
+# A location is blind for a target when its latest run is older than 2 x interval + timeout
+# (DESIGN 4.3a), as the leader sees it: plus the time a view takes to reach the leader (the
+# node's write, the leader's poll every 0.5 s), so that no location looks blind in transit.
+VIEW_TRANSIT = 1.0
+
+
 @dataclass(frozen=True, slots=True)
 class TargetInfo:
     name: str
@@ -32,6 +39,7 @@ class TargetInfo:
     platform: str
     rule: Rule
     outage: OutageRule
+    quorum: QuorumRule | None = None  # a cluster: who probes it, how many must agree
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +71,12 @@ def build_topology(settings: Settings, *, today: date) -> Topology:
     targets = {}
     for target in settings.targets:
         rule = settings.rule_for(target)
+        quorum = None
+        if settings.cluster is not None:
+            quorum = QuorumRule(settings.locations_of(target), settings.quorum_for(target),
+                                blind_after=2 * rule.interval + rule.timeout + VIEW_TRANSIT)
         targets[target.name] = TargetInfo(target.name, ProbeType(target.type), target.platform,
-                                          rule, outage_rule(rule))
+                                          rule, outage_rule(rule), quorum)
     platforms = {
         name: Platform(name, tuple(Service(t.name, t.critical, t.impact)
                                    for t in settings.targets if t.platform == name),
