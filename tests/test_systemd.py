@@ -155,3 +155,16 @@ async def test_a_wedged_scheduler_stops_the_watchdog(tmp_path, monkeypatch, http
         systemd.close()
     assert any(m.startswith("WATCHDOG=1") for m in systemd.messages[:before])
     assert not any(m.startswith("WATCHDOG=1") for m in systemd.messages[before:])
+
+
+def test_a_full_notify_socket_never_blocks_the_daemon():
+    """systemd busy (or a listener that does not read): once its queue is full, a ping is
+    dropped and logged; it never blocks (a blocking send stopped the whole event loop)."""
+    systemd = FakeSystemd()
+    try:
+        environ = {"NOTIFY_SOCKET": str(systemd.path)}
+        sent = [notify("WATCHDOG=1", environ=environ) for _ in range(200)]
+    finally:
+        systemd.close()
+    assert sent[0]
+    assert not sent[-1]

@@ -303,15 +303,18 @@ class Daemon:
                  targets=len(settings.targets))
         systemd.notify(f"READY=1\nSTATUS={self.summary()}")
         period = systemd.watchdog_period()
+        watchdog: asyncio.Task[None] | None = None
         if period is not None:
-            tasks.append(supervised("watchdog", lambda: systemd.watchdog(
+            watchdog = supervised("watchdog", lambda: systemd.watchdog(
                 period, lambda: clock.monotonic() - runtime.scheduler.heartbeat,
-                status=self.summary)))
+                status=self.summary))
         try:
             await self._stop.wait()
         finally:
             self._ready = False
             log.info("daemon_stopping")
+            if watchdog is not None:  # no ping may follow STOPPING=1
+                await _cancel(watchdog)
             systemd.notify("STOPPING=1")
             for sig in signals:
                 loop.remove_signal_handler(sig)

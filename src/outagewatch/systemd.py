@@ -29,7 +29,10 @@ def notify(message: str, *, environ: Mapping[str, str] | None = None) -> bool:
     if address.startswith("@"):
         address = "\0" + address[1:]
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        # never blocking: a notify socket whose queue is full (systemd busy, or a listener
+        # that does not read) would otherwise stop the whole event loop
+        kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+        with socket.socket(socket.AF_UNIX, kind) as sock:
             sock.connect(address)
             sock.sendall(message.encode())
     except OSError as exc:
