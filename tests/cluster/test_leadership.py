@@ -8,11 +8,12 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
+import psycopg
 import pytest
 from tests.helpers.faultproxy import Fault, FaultProxy
 
 from outagewatch.clock import SystemClock
-from outagewatch.cluster.leadership import Leadership, Seat, SeatTaken
+from outagewatch.cluster.leadership import Leadership, Seat, SeatTaken, session_name
 
 LEASE = 1.2
 
@@ -164,3 +165,33 @@ async def test_a_seat_left_half_open_is_taken_over(db):
     finally:
         await old.stop(resign=False)
         await proxy.stop()
+
+
+async def test_a_transaction_left_open_by_a_cut_off_leader_does_not_block_the_next(db):
+    """A leader cut off mid-write leaves a transaction holding the leadership row FOR SHARE
+    (its fencing check) until the server's idle timeout; the next leader ends the old one's
+    sessions and takes over within its lease, not after that timeout."""
+    proxy = await FaultProxy(db.server.port).start()
+    a = node(db, "a", port=proxy.port)
+    writing = await psycopg.AsyncConnection.connect(
+        host=db.server.host, port=proxy.port, dbname=db.name, user=db.server.user,
+        password=db.server.password, application_name=session_name("a"))
+    b: Node | None = None
+    try:
+        await until(lambda: a.leadership.acting)
+        await writing.execute("SELECT epoch FROM leadership WHERE id = 1 FOR SHARE")
+        b = node(db, "b")
+        proxy.mode = Fault("stall")
+        for writer in list(proxy._writers):
+            writer.transport.pause_reading()  # type: ignore[attr-defined]
+        cut = time.monotonic()
+        took = await until(lambda: b.leadership.acting, timeout=LEASE * 4 + 10) - cut
+        assert took < LEASE + 5
+        assert "2|b" == db.psql("SELECT epoch, node FROM leadership")
+    finally:
+        if b is not None:
+            await b.stop()
+        await a.stop(resign=False)
+        await proxy.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writing.close(), 1)

@@ -92,13 +92,9 @@ class TestMigrations:
             "SELECT table_name || '.' || column_name || ':' || data_type"
             " || ':' || is_nullable FROM information_schema.columns"
             " WHERE table_schema = 'public' AND table_name IN"
-            " ('nodes', 'leadership', 'views', 'commands', 'outbox')"
-            " AND (table_name <> 'outbox' OR column_name LIKE 'claim%')"
+            " ('nodes', 'leadership', 'views')"
             " ORDER BY table_name, ordinal_position").splitlines()
         assert [
-            "commands.id:bigint:NO", "commands.node:text:NO", "commands.body:jsonb:NO",
-            "commands.created:timestamp with time zone:NO",
-            "commands.done:timestamp with time zone:YES", "commands.result:jsonb:YES",
             "leadership.id:integer:NO", "leadership.epoch:bigint:NO",
             "leadership.node:text:YES", "leadership.pid:integer:YES",
             "leadership.since:timestamp with time zone:YES",
@@ -107,8 +103,6 @@ class TestMigrations:
             "nodes.address:text:NO", "nodes.version:text:NO",
             "nodes.started:timestamp with time zone:NO",
             "nodes.heartbeat:timestamp with time zone:NO",
-            "outbox.claimed_by:text:YES", "outbox.claim_epoch:bigint:YES",
-            "outbox.claim_until:timestamp with time zone:YES",
             "views.target:text:NO", "views.location:text:NO", "views.health:text:NO",
             "views.last_run:double precision:YES", "views.outage_start:double precision:YES",
             "views.restored_at:double precision:YES", "views.node:text:NO",

@@ -52,6 +52,11 @@ LEADER_KEY = 0
 RECONNECT = (0.5, 5.0)  # backoff of the dedicated connection: first, ceiling (seconds)
 
 
+def session_name(node: str) -> str:
+    """The ``application_name`` of a node's sessions (``store/postgres.py`` sets it)."""
+    return f"outagewatch {node}"[:63]
+
+
 class SeatTaken(OutagewatchError):
     """Another live node holds this node's name or location."""
 
@@ -232,7 +237,15 @@ class Leadership:
         age = float("inf") if age is None else float(age)
         if holder is not None and age <= self.lease:
             return sent + min(self.period, self.lease - age + 0.05)
-        if pid is not None and pid != self._pid:
+        if holder is not None and holder != self.seat.node:
+            # every session of the leader it replaces ends: its lock, and any transaction it
+            # left open behind a broken network (holding the leadership row FOR SHARE, which
+            # would block the epoch's increment until the server's idle timeout)
+            await self._fetch(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE (pid = %s OR application_name = %s) AND usename = current_user"
+                " AND pid <> pg_backend_pid()", (pid, session_name(holder)))
+        elif pid is not None and pid != self._pid:
             await self._fetch(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE pid = %s AND usename = current_user", (pid,))

@@ -93,7 +93,7 @@ SAMPLES_PER_LOCATION = 2  # of a target's latest samples, quoted in its mails, p
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: the first schema: SQLite's state (verdicts and samples per location), an outbox a
-    # cluster drainer can claim from, and the cluster's own tables (cluster/leadership.py)
+    # leader drains, and the cluster's own tables (cluster/leadership.py, cluster/node.py)
     """
     CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
     CREATE TABLE verdicts (
@@ -117,7 +117,6 @@ MIGRATIONS: tuple[str, ...] = (
         created double precision NOT NULL, status text NOT NULL DEFAULT 'pending',
         attempts integer NOT NULL DEFAULT 0, next_attempt double precision NOT NULL,
         last_error text, sent_at double precision,
-        claimed_by text, claim_epoch bigint, claim_until timestamptz,
         UNIQUE (channel, thread, lane, number));
     CREATE INDEX outbox_by_status ON outbox (status, id);
     CREATE INDEX outbox_by_thread ON outbox (thread, number);
@@ -138,9 +137,6 @@ MIGRATIONS: tuple[str, ...] = (
         seq xid8 NOT NULL DEFAULT pg_current_xact_id(),
         PRIMARY KEY (target, location));
     CREATE INDEX views_by_seq ON views (seq);
-    CREATE TABLE commands (
-        id bigserial PRIMARY KEY, node text NOT NULL, body jsonb NOT NULL,
-        created timestamptz NOT NULL DEFAULT now(), done timestamptz, result jsonb);
     """,
 )
 
@@ -198,7 +194,7 @@ class PostgresStore:
                    pool_size: int = 4, node: str = "") -> PostgresStore:
         """Connect, migrate and open the pool; StoreError (one line) if it cannot."""
         where = _where(url)
-        connect = _connect_kwargs(password=password, location=location,
+        connect = _connect_kwargs(password=password, location=node or location,
                                   connect_timeout=connect_timeout, call_timeout=call_timeout,
                                   sslmode=sslmode, sslrootcert=sslrootcert)
         secret = password
@@ -791,6 +787,8 @@ def _connect_kwargs(*, password: str | None, location: str, connect_timeout: flo
         "autocommit": False,
         # psycopg enforces it (whole seconds, 2 at least); the outer deadline is exact
         "connect_timeout": max(2, math.ceil(connect_timeout)),
+        # "outagewatch <node>": a new leader ends every session of a leader it replaces
+        # (cluster/leadership.py), its transactions and row locks with them
         "application_name": f"outagewatch {location}".strip()[:63],
         # an idle pooled connection on a dead path is found out in about 30 s
         "keepalives": 1, "keepalives_idle": 15, "keepalives_interval": 5,
