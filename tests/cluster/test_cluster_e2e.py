@@ -288,3 +288,39 @@ async def test_locations_gone_blind_leave_the_target_degraded_loudly_and_no_mail
         name: state for name, state in target["locations"].items() if name != leader.location}
     assert leader.process.has_event("cluster_degraded")
     assert [] == relay.mails
+
+
+async def test_a_node_cut_from_the_database_probes_on_says_so_and_catches_up(cluster, relay):
+    """Cut off, a node keeps probing and deciding in memory, answers not ready, and writes
+    what it kept once the database is back: the leader sees its location again."""
+    leader = leader_of(cluster)
+    cut = next(n for n in cluster if n is not leader)
+    cut.db.mode = Fault("stall")
+    for writer in list(cut.db._writers):  # its open sessions go silent too
+        writer.transport.pause_reading()
+
+    async def not_ready() -> bool:
+        return not await cut.process.ready()
+
+    await cut.process.wait_for(not_ready, timeout=20, what="not ready while cut off")
+    code, body = await cut.process.get("/readyz")
+    assert 503 == code
+    assert "database" in body or "state" in body, body
+
+    def runs(text: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("outagewatch_probes_total{"))
+
+    before = runs(await cut.process.metrics())
+    await asyncio.sleep(1.5)
+    assert runs(await cut.process.metrics()) > before, "it probes on while cut off"
+
+    cut.db.mode = Fault()
+    await cut.process.wait_for(cut.process.ready, timeout=30, what="ready again")
+    for _ in range(50):
+        (target,) = (await status(leader))["targets"]
+        if target["locations"].get(cut.location) == "ok":
+            break
+        await asyncio.sleep(0.2)
+    assert "ok" == target["locations"][cut.location]
+    assert [] == relay.mails

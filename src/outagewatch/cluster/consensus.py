@@ -10,7 +10,7 @@ written with it, fenced by the leader's epoch, so that the next leader continues
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -24,17 +24,32 @@ if TYPE_CHECKING:
 
     from outagewatch.clock import Clock
     from outagewatch.core.quorum import Seen
-    from outagewatch.engine.desk import Desk
     from outagewatch.engine.timers import Timers
-    from outagewatch.engine.writer import Writer
     from outagewatch.metrics import Metrics
     from outagewatch.topology import Topology
 
 log = structlog.get_logger("outagewatch.cluster")
 
+TOLD_ONE_BY_ONE = 5  # more targets changing at once are told in one line
+
+
+class OutageDesk(Protocol):
+    """Where the consensus tells what it decided (``engine/desk.py``)."""
+
+    def declared(self, name: str, outage_start: float, now: float,
+                 changes: Changes) -> None: ...
+
+    def restored(self, name: str, restored_at: float, now: float,
+                 changes: Changes) -> None: ...
+
+
+class Submitter(Protocol):
+    def submit(self, changes: Changes) -> None: ...
+
 
 class Consensus:
-    def __init__(self, *, topology: Topology, desk: Desk, writer: Writer, timers: Timers,
+    def __init__(self, *, topology: Topology, desk: OutageDesk, writer: Submitter,
+                 timers: Timers,
                  clock: Clock, metrics: Metrics, outages: Mapping[str, float]) -> None:
         self.topology = topology
         self._desk = desk
@@ -46,6 +61,7 @@ class Consensus:
         self._state = {name: quorum.Consensus(outage_start=start)
                        for name, start in outages.items()}
         self._degraded: set[str] = set()
+        self._changed: dict[str, tuple[bool, tuple[str, ...]]] = {}  # since last told
 
     def configure(self, topology: Topology) -> None:
         self.topology = topology
@@ -86,13 +102,11 @@ class Consensus:
         for target, location, seen in rows:
             self._views.setdefault(target, {})[location] = seen
             touched.add(target)
-        for name in sorted(touched):
-            self._combine(name)
+        self._decide(sorted(touched))
 
     def start(self) -> None:
         """After an election: decide every target once from the views as loaded."""
-        for name in self.topology.targets:
-            self._combine(name)
+        self._decide(list(self.topology.targets))
 
     def _combine(self, name: str) -> None:
         rule = self._rule(name)
@@ -117,17 +131,38 @@ class Consensus:
         self._metrics.report_locations(name, len(quorum.reporting(views, now=now, rule=rule)),
                                        rule.quorum)
         if after.degraded and name not in self._degraded:
-            log.warning("cluster_degraded", target=name, quorum=rule.quorum,
-                        reporting=list(quorum.reporting(views, now=now, rule=rule)),
-                        note="fewer locations report than the quorum: verdicts need every "
-                             "reporting location")
             self._degraded.add(name)
+            self._changed[name] = (True, quorum.reporting(views, now=now, rule=rule))
         elif not after.degraded and name in self._degraded:
-            log.info("cluster_whole", target=name)
             self._degraded.discard(name)
+            self._changed[name] = (False, ())
         self._timers.arm(TimerKind.QUORUM, name,
                          quorum.next_deadline(views, now=now, rule=rule), now=now,
-                         callback=lambda: self._combine(name))
+                         callback=lambda: self._decide([name]))
+
+    def _decide(self, names: Iterable[str]) -> None:
+        for name in names:
+            self._combine(name)
+        self._tell()
+
+    def _tell(self) -> None:
+        """Targets that became degraded or whole: one line each, or one line for many (an
+        election before the other locations have reported would otherwise log thousands)."""
+        changed, self._changed = self._changed, {}
+        down = {n: where for n, (degraded, where) in changed.items() if degraded}
+        whole = sorted(n for n, (degraded, _) in changed.items() if not degraded)
+        note = "fewer locations report than the quorum: verdicts need every reporting location"
+        if len(down) <= TOLD_ONE_BY_ONE:
+            for name, where in sorted(down.items()):
+                log.warning("cluster_degraded", target=name, reporting=list(where), note=note)
+        else:
+            log.warning("cluster_degraded", targets=len(down), first=sorted(down)[:10],
+                        note=note)
+        if 0 < len(whole) <= TOLD_ONE_BY_ONE:
+            for name in whole:
+                log.info("cluster_whole", target=name)
+        elif whole:
+            log.info("cluster_whole", targets=len(whole), first=whole[:10])
 
     def _rule(self, name: str) -> quorum.QuorumRule | None:
         info = self.topology.targets.get(name)

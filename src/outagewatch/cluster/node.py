@@ -70,6 +70,7 @@ VIEWS_POLL = 0.5  # seconds between the leader's reads of the views that changed
 WINDOWS_POLL = 2.0  # seconds between a node's reads of the maintenance windows
 STATUS_POLL = 5.0  # seconds between a node's reads of the cluster's nodes, for metrics
 FORWARD_TIMEOUT = 15.0
+LINGER = 0.05  # seconds a node's writer gathers samples and views into one transaction
 
 
 class SeatRefused(OutagewatchError):
@@ -170,7 +171,7 @@ class ClusterDaemon(Daemon):
         assert state_cfg.url is not None
         store = await PostgresStore.open(
             state_cfg.url, password=state_cfg.secret(), location=cluster.location,
-            sslmode=state_cfg.sslmode,
+            node=cluster.node, sslmode=state_cfg.sslmode,
             sslrootcert=str(state_cfg.sslrootcert) if state_cfg.sslrootcert else None)
         self._store = store
         try:
@@ -191,14 +192,7 @@ class ClusterDaemon(Daemon):
                 or faults is None:
             raise AssertionError("_build wires every part")
         self._apply_node(settings)
-        web_server = WebServer(build_app(registry=self.registry, readiness=self.readiness,
-                                         faults=self.faults, routes=api.routes()))
-        try:
-            await web_server.start(server.host, server.port)
-        except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise ListenError(f"cannot listen on {server.listen}: {reason}") from None
-        self.port = web_server.port
+        web_server = await self._listen(api)
         leadership = Leadership(
             connect=store.dedicated,
             seat=Seat(cluster.node, cluster.location, advertised(settings, web_server.port),
@@ -228,16 +222,19 @@ class ClusterDaemon(Daemon):
                  targets=len(self._mine(settings)))
         systemd.notify(f"READY=1\nSTATUS={self.summary()}")
         period = systemd.watchdog_period()
+        watchdog: asyncio.Task[None] | None = None
         if period is not None:
-            tasks.append(supervised("watchdog", lambda: systemd.watchdog(
+            watchdog = supervised("watchdog", lambda: systemd.watchdog(
                 period, lambda: clock.monotonic() - scheduler.heartbeat,
-                status=self.summary)))
+                status=self.summary))
         stopper = asyncio.create_task(self._stop.wait())
         try:
             await asyncio.wait({stopper, seat}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._ready = False
             log.info("daemon_stopping")
+            if watchdog is not None:  # no ping may follow STOPPING=1
+                await _cancel(watchdog)
             systemd.notify("STOPPING=1")
             for sig in signals:
                 loop.remove_signal_handler(sig)
@@ -265,7 +262,7 @@ class ClusterDaemon(Daemon):
         self._installation = state.installation
         faults = Faults(metrics, clock)
         self._node_faults = faults
-        writer = Writer(store, clock=clock, faults=faults, metrics=metrics)
+        writer = Writer(store, clock=clock, faults=faults, metrics=metrics, linger=LINGER)
         self._node_writer = writer
         topology = build_topology(settings, today=clock.now().date())
         engine = Engine(topology=topology, state=state, writer=writer, desk=None,
@@ -290,6 +287,18 @@ class ClusterDaemon(Daemon):
                   forward=lambda request: self._forward(session, request),
                   cluster=self._status, locations=self._locations)
         return api, looplag
+
+    async def _listen(self, api: Api) -> WebServer:
+        server = self.settings.server
+        web_server = WebServer(build_app(registry=self.registry, readiness=self.readiness,
+                                         faults=self.faults, routes=api.routes()))
+        try:
+            await web_server.start(server.host, server.port)
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ListenError(f"cannot listen on {server.listen}: {reason}") from None
+        self.port = web_server.port
+        return web_server
 
     async def _hold_seat(self, leadership: Leadership) -> None:
         """The election, for the daemon's life; a seat taken by another node ends it."""
