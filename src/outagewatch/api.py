@@ -137,7 +137,8 @@ class Api:
                  token: str | None, read_token: str | None = None,
                  forward: Handler | None = None,
                  cluster: Callable[[], Awaitable[dict[str, Any]]] | None = None,
-                 locations: Callable[[str], Mapping[str, str]] | None = None) -> None:
+                 locations: Callable[[str], Mapping[str, str]] | None = None,
+                 location_results: Callable[[str], Mapping[str, Any]] | None = None) -> None:
         self._engine = engine
         self._leading = leading
         self._store = store
@@ -148,6 +149,7 @@ class Api:
         self._forward = forward  # a cluster node that does not lead: to the leader
         self._cluster = cluster
         self._locations = locations
+        self._location_results = location_results
 
     def routes(self) -> list[web.RouteDef]:
         guard, read = self._guarded, self._readable
@@ -241,6 +243,8 @@ class Api:
             }
             if self._locations is not None:  # a cluster: each location's view
                 entry["locations"] = dict(self._locations(name))
+            if self._location_results is not None:  # ...and its latest result
+                entry["location_results"] = dict(self._location_results(name))
             targets.append(entry)
         return web.json_response({"generated_at": self._clock.now().isoformat(),
                                   "targets": targets})

@@ -144,6 +144,11 @@ async def test_one_location_broken_mails_nothing_and_shows_it(cluster, relay):
             break
         await asyncio.sleep(0.1)
     assert {"a": "outage", "b": "ok", "c": "ok"} == await described()
+    (target,) = (await status(leader))["targets"]
+    results = target["location_results"]
+    assert ["a", "b", "c"] == sorted(results)
+    assert (True, "timeout") == (results["a"]["bad"], results["a"]["result"])
+    assert (False, "ok") == (results["b"]["bad"], results["b"]["result"])
     await asyncio.sleep(2.0)  # well past the window
     assert [] == relay.mails, "one location of three is no outage"
 

@@ -47,6 +47,7 @@ from outagewatch.engine.engine import OBSERVATIONS_IN_MAIL
 from outagewatch.errors import ListenError, OutagewatchError
 from outagewatch.faults import Faults, supervise
 from outagewatch.looplag import LoopLag
+from outagewatch.model import iso_utc
 from outagewatch.probes import ProbeContext, new_http_session, run_probe
 from outagewatch.recorder import SampleRecorder
 from outagewatch.scheduler import MAX_NAP, Scheduler
@@ -285,7 +286,8 @@ class ClusterDaemon(Daemon):
                   read_token=(server.read_token.get_secret_value() if server.read_token
                               else None),
                   forward=lambda request: self._forward(session, request),
-                  cluster=self._status, locations=self._locations)
+                  cluster=self._status, locations=self._locations,
+                  location_results=lambda name: self._location_results(store, name))
         return api, looplag
 
     async def _listen(self, api: Api) -> WebServer:
@@ -489,6 +491,15 @@ class ClusterDaemon(Daemon):
         status["this"] = {"node": self.cluster.node, "location": self.cluster.location,
                           "leading": self.term is not None}
         return status
+
+    def _location_results(self, store: PostgresStore, name: str) -> dict[str, Any]:
+        """The latest result of each location, as the leader last read them."""
+        if self.term is None:
+            return {}
+        latest = {s.location: s for s in store.recent_of(name)}  # oldest first: last wins
+        return {location: {"start": iso_utc(s.start), "result": s.result, "phase": s.phase,
+                           "duration": round(s.duration, 4), "bad": s.bad}
+                for location, s in sorted(latest.items())}
 
     def _locations(self, name: str) -> dict[str, str]:
         term = self.term
