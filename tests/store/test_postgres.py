@@ -473,3 +473,14 @@ class TestClusterState:
         finally:
             await a.close()
             await b.close()
+
+
+async def test_nodes_silent_for_long_are_forgotten(pg):
+    store = await open_store(pg)
+    try:
+        pg.psql("INSERT INTO nodes (node, location, pid) VALUES ('old', 'a', 1), ('new', 'b', 2);"
+                "UPDATE nodes SET heartbeat = now() - interval '2 days' WHERE node = 'old'")
+        assert ["old"] == await store.forget_nodes(86400.0)
+        assert "new" == pg.psql("SELECT node FROM nodes")
+    finally:
+        await store.close()

@@ -71,6 +71,7 @@ VIEWS_POLL = 0.5  # seconds between the leader's reads of the views that changed
 WINDOWS_POLL = 2.0  # seconds between a node's reads of the maintenance windows
 STATUS_POLL = 5.0  # seconds between a node's reads of the cluster's nodes, for metrics
 FORWARD_TIMEOUT = 15.0
+NODE_FORGOTTEN = 86400.0  # a node silent this long leaves the node list (and its alert)
 LINGER = 0.05  # seconds a node's writer gathers samples and views into one transaction
 
 
@@ -414,7 +415,7 @@ class ClusterDaemon(Daemon):
         term.tasks = [supervised("leader_writer", writer.run),
                       supervised("drainer", drainer.run),
                       supervised("views", lambda: self._follow_views(store, term)),
-                      supervised("housekeeping", lambda: self._keep_house(term))]
+                      supervised("housekeeping", lambda: self._keep_house(store, term))]
         metrics.cluster_leader.set(1)
         metrics.cluster_epoch.set(epoch)
         log.info("term_begun", node=self.cluster.node, epoch=epoch,
@@ -447,11 +448,14 @@ class ClusterDaemon(Daemon):
                 term.consensus.update(rows)
             await clock.sleep_until(clock.monotonic() + VIEWS_POLL)
 
-    async def _keep_house(self, term: Term) -> None:
+    async def _keep_house(self, store: PostgresStore, term: Term) -> None:
         clock = self.clock
         while True:
             keep = self.settings.state.keep_mails.total_seconds()
             term.writer.submit(Changes(prune_mails_before=clock.now().timestamp() - keep))
+            gone = await store.forget_nodes(NODE_FORGOTTEN)
+            if gone:
+                log.warning("nodes_forgotten", nodes=gone, silent_for=NODE_FORGOTTEN)
             await clock.sleep_until(clock.monotonic() + HOUSEKEEPING)
 
     # -- every node ---------------------------------------------------------------------------

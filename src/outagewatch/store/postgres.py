@@ -350,6 +350,14 @@ class PostgresStore:
 
         return await self._call("read", read)
 
+    async def forget_nodes(self, silent_for: float) -> list[str]:
+        """Nodes not heard from for ``silent_for`` seconds leave the node list (a node taken
+        out of the cluster would otherwise be reported silent for ever); their names."""
+        rows = await self._call("write", lambda conn: _fetch(
+            conn, "DELETE FROM nodes WHERE heartbeat < now() - make_interval(secs => %s)"
+            " RETURNING node", (silent_for,)))
+        return sorted(str(r[0]) for r in rows)
+
     async def leader_address(self, lease: float) -> str | None:
         """Where the live leader's API listens, if there is one."""
         rows = await self._call("read", lambda conn: _fetch(
