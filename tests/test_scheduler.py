@@ -449,6 +449,22 @@ class TestStalls:
         assert 5.0 == event["stalled"]
         assert ["event_loop_stalled"] == h.faults.raised
 
+    async def test_a_stall_excuses_one_run_not_the_next_too(self):
+        """A saturated daemon stands still run after run: the first BAD run is discounted,
+        the next counts (a dead server is still declared, however loaded the daemon)."""
+        stalls = _Stalls()
+        h = Harness(durations={"a": 6.0}, results={"a": Result.TIMEOUT}, stalls=stalls)
+        start = await self.first_run(h)
+        for k in range(3):  # every run stands still for 5 of its 6 s
+            stalls.spans.append((start + k * 10 + 0.5, start + k * 10 + 5.5))
+        h.apply([_on("eu", "a")])
+        with capture_logs() as logs:
+            async with h:
+                await h.clock.advance(start - h.clock.monotonic() + 27)
+        assert ["a"] == [name for name, _ in h.recorder.abandoned_calls], "one run excused"
+        assert [Result.TIMEOUT, Result.TIMEOUT] == [s.result for s in h.recorder.samples["a"]]
+        assert 2 == len([e for e in logs if e["event"] == "probe_run_counted_despite_stall"])
+
     async def test_the_threshold_counts_only_the_time_the_loop_ran(self):
         """A stall of 1 s during a run moves its overdue moment 1 s later; the run is BAD
         by its own time then, and recorded so."""

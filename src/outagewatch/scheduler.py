@@ -120,6 +120,7 @@ class _Entry:
     waiting: float | None = None  # the planned start of a run waiting for capacity
     waited: bool = False  # the run in flight waited for capacity before it started
     skipped: int = 0
+    excused: bool = False  # its last run was discounted for a stall of the loop
 
 
 @dataclass(order=True)
@@ -439,6 +440,14 @@ class Scheduler:
             if self._entries.get(target.name) is not entry:
                 return
             stalled = 0.0 if threshold.passed else self._stall_behind(sample, rule, start)
+            excused, entry.excused = entry.excused, bool(stalled)
+            if stalled and excused:
+                # a stall excuses one run, not the ones after it: a loop that stands still
+                # run after run is a saturated daemon, and a dead server must be declared
+                log.warning("probe_run_counted_despite_stall", target=target.name,
+                            stalled=round(stalled, 4), note="the previous run was already "
+                            "discounted: the daemon is saturated (see scheduler_overloaded)")
+                stalled = 0.0
             if stalled:
                 self._discount(target, rule, sample, started_at, stalled)
             else:
