@@ -283,11 +283,11 @@ async def run(args: argparse.Namespace, ports: dict[str, int], workdir: Path) ->
     stopping = time.perf_counter() - stopping
     control.close()
     scrape = time.perf_counter()
-    generate_latest(registry)  # what one Prometheus scrape costs: web.py runs it on the loop
+    generate_latest(registry)  # what one Prometheus scrape costs (web.py renders it in a thread)
     scrape = time.perf_counter() - scrape
     report(args, registry, controls, declared, control.dead_at, peaks, wall, cpu, faults)
-    print(f"  one /metrics scrape: {scrape:.2f} s of the event loop (web.py serves it on "
-          "the loop)")
+    print(f"  one /metrics scrape: {scrape:.2f} s of CPU (web.py renders it in a thread, off "
+          "the event loop)")
     print(f"  stopping the daemon took {stopping:.1f} s")
     print("  longest stalls of the loop: " + ", ".join(
         f"{length:.2f} s at +{at:.0f} s" for length, at in stalls))
