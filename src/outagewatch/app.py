@@ -302,20 +302,13 @@ class Daemon:
         log.info("daemon_started", listen=f"{settings.server.host}:{web.port}",
                  targets=len(settings.targets))
         systemd.notify(f"READY=1\nSTATUS={self.summary()}")
-        period = systemd.watchdog_period()
-        watchdog: asyncio.Task[None] | None = None
-        if period is not None:
-            watchdog = supervised("watchdog", lambda: systemd.watchdog(
-                period, lambda: clock.monotonic() - runtime.scheduler.heartbeat,
-                status=self.summary))
+        watchdog = start_watchdog(supervised, runtime.scheduler, clock, self.summary)
         try:
             await self._stop.wait()
         finally:
             self._ready = False
             log.info("daemon_stopping")
-            if watchdog is not None:  # no ping may follow STOPPING=1
-                await _cancel(watchdog)
-            systemd.notify("STOPPING=1")
+            await announce_stopping(watchdog)
             for sig in signals:
                 loop.remove_signal_handler(sig)
             # a mail in the middle of its SMTP dialogue is finished, not cut in half
@@ -406,6 +399,26 @@ class Daemon:
         metrics.last_reload.set(self.clock.now().timestamp())
         log.info("config_reloaded", targets=len(new.targets))
         return True
+
+
+def start_watchdog(supervised: Callable[[str, Callable[[], Awaitable[None]]],
+                                        asyncio.Task[None]],
+                   scheduler: Scheduler, clock: Clock,
+                   status: Callable[[], str]) -> asyncio.Task[None] | None:
+    """systemd's watchdog, when the unit asks for one: pings while the scheduler's heartbeat
+    is fresh."""
+    period = systemd.watchdog_period()
+    if period is None:
+        return None
+    return supervised("watchdog", lambda: systemd.watchdog(
+        period, lambda: clock.monotonic() - scheduler.heartbeat, status=status))
+
+
+async def announce_stopping(watchdog: asyncio.Task[None] | None) -> None:
+    """STOPPING=1, after the watchdog's last ping: no ping may follow it."""
+    if watchdog is not None:
+        await _cancel(watchdog)
+    systemd.notify("STOPPING=1")
 
 
 async def watch_state(runtime: Runtime) -> None:

@@ -190,9 +190,7 @@ async def test_the_leader_killed_mid_incident_the_thread_goes_on(cluster, relay)
 async def test_a_leader_cut_from_the_database_stops_before_the_next_mails(cluster, relay):
     await incident_open(cluster, relay)
     leader = leader_of(cluster)
-    leader.db.mode = Fault("stall")
-    for writer in list(leader.db._writers):  # its sessions go silent too
-        writer.transport.pause_reading()  # type: ignore[attr-defined]
+    leader.db.cut()
     others = [n for n in cluster if n is not leader]
     await wait(lambda: any(n.leads() for n in others), 20, "a new leader")
     await wait(lambda: leader.process.has_event("leadership_lost"), 20, "the old one fenced")
@@ -300,9 +298,7 @@ async def test_a_node_cut_from_the_database_probes_on_says_so_and_catches_up(clu
     what it kept once the database is back: the leader sees its location again."""
     leader = leader_of(cluster)
     cut = next(n for n in cluster if n is not leader)
-    cut.db.mode = Fault("stall")
-    for writer in list(cut.db._writers):  # its open sessions go silent too
-        writer.transport.pause_reading()
+    cut.db.cut()
 
     async def not_ready() -> bool:
         return not await cut.process.ready()

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 import pytest
-from tests.helpers.faultproxy import Fault, FaultProxy
+from tests.helpers.faultproxy import FaultProxy
 
 from outagewatch.clock import SystemClock
 from outagewatch.cluster.leadership import Leadership, Seat, SeatTaken, session_name
@@ -131,9 +131,7 @@ async def test_a_leader_cut_from_the_database_stops_acting_before_another_takes_
         await until(lambda: a.leadership.acting)
         b = node(db, "b")
         await asyncio.sleep(LEASE)
-        proxy.mode = Fault("stall")  # new connections hang too
-        for writer in list(proxy._writers):  # and the leader's session goes silent
-            writer.transport.pause_reading()  # type: ignore[attr-defined]
+        proxy.cut()
         await until(lambda: b.leadership.acting, timeout=LEASE * 4 + 10)
         assert a.deposed, "the cut-off leader deposed itself"
         fenced_at = a.deposed[0][0]
@@ -154,9 +152,7 @@ async def test_a_seat_left_half_open_is_taken_over(db):
     old = node(db, "a", port=proxy.port)
     try:
         await until(lambda: old.leadership.acting)
-        for writer in list(proxy._writers):
-            writer.transport.pause_reading()  # type: ignore[attr-defined]
-        proxy.mode = Fault("stall")
+        proxy.cut()
         await asyncio.sleep(LEASE * 1.5)  # its heartbeat is now older than the lease
         new = node(db, "a")
         await until(lambda: new.leadership.acting, timeout=LEASE * 4 + 10)
@@ -181,9 +177,7 @@ async def test_a_transaction_left_open_by_a_cut_off_leader_does_not_block_the_ne
         await until(lambda: a.leadership.acting)
         await writing.execute("SELECT epoch FROM leadership WHERE id = 1 FOR SHARE")
         b = node(db, "b")
-        proxy.mode = Fault("stall")
-        for writer in list(proxy._writers):
-            writer.transport.pause_reading()  # type: ignore[attr-defined]
+        proxy.cut()
         cut = time.monotonic()
         took = await until(lambda: b.leadership.acting, timeout=LEASE * 4 + 10) - cut
         assert took < LEASE + 5

@@ -49,6 +49,15 @@ class FaultProxy:
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
+    def cut(self) -> None:
+        """A network path gone dead: new connections stall, and the open ones fall silent
+        both ways (nothing closes them: a half-open path, as behind a broken router)."""
+        self.mode = Fault("stall")
+        for writer in list(self._writers):
+            transport = writer.transport
+            if isinstance(transport, asyncio.ReadTransport):
+                transport.pause_reading()
+
     async def stop(self) -> None:
         # Handlers are made to return, never cancelled: asyncio's stream callback would log
         # the cancellation as an error.

@@ -32,16 +32,20 @@ from outagewatch.app import (
     DRAIN_GRACE,
     HOUSEKEEPING,
     Daemon,
+    announce_stopping,
     backoff_of,
     channels_of,
     labels_of,
     metrics_for,
     outbox_of,
+    start_watchdog,
 )
 from outagewatch.cluster.consensus import Consensus
 from outagewatch.cluster.leadership import Leadership, Seat, SeatTaken
 from outagewatch.config import ClusterConfig
 from outagewatch.core import maintenance as windows_rules
+from outagewatch.core import quorum
+from outagewatch.core.evaluator import Health
 from outagewatch.engine import Composer, Desk, Engine, Maintenance, Timers, Writer
 from outagewatch.engine.engine import OBSERVATIONS_IN_MAIL
 from outagewatch.errors import ListenError, OutagewatchError
@@ -60,6 +64,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from outagewatch.config import Settings, Target
+    from outagewatch.core.quorum import Seen
     from outagewatch.metrics import Metrics
     from outagewatch.model import Rule, Sample
     from outagewatch.notify import Drainer
@@ -223,21 +228,14 @@ class ClusterDaemon(Daemon):
                  node=cluster.node, location=cluster.location,
                  targets=len(self._mine(settings)))
         systemd.notify(f"READY=1\nSTATUS={self.summary()}")
-        period = systemd.watchdog_period()
-        watchdog: asyncio.Task[None] | None = None
-        if period is not None:
-            watchdog = supervised("watchdog", lambda: systemd.watchdog(
-                period, lambda: clock.monotonic() - scheduler.heartbeat,
-                status=self.summary))
+        watchdog = start_watchdog(supervised, scheduler, clock, self.summary)
         stopper = asyncio.create_task(self._stop.wait())
         try:
             await asyncio.wait({stopper, seat}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._ready = False
             log.info("daemon_stopping")
-            if watchdog is not None:  # no ping may follow STOPPING=1
-                await _cancel(watchdog)
-            systemd.notify("STOPPING=1")
+            await announce_stopping(watchdog)
             for sig in signals:
                 loop.remove_signal_handler(sig)
             stopper.cancel()
@@ -401,7 +399,7 @@ class ClusterDaemon(Daemon):
         term = Term(epoch, writer, queue, drainer, composer, desk, maintenance, consensus,
                     timers)
         rows, term.seq = await store.views_since(0)
-        await store.refresh_recent(topology.targets)
+        await store.refresh_recent(_worth_quoting(rows, consensus.state))
         consensus.update(rows)
         maintenance.start()
         desk.start()
@@ -442,8 +440,7 @@ class ClusterDaemon(Daemon):
         while True:
             rows, seq = await store.views_since(term.seq)
             if rows:
-                names = {target for target, _, _ in rows}
-                await store.refresh_recent(names)
+                await store.refresh_recent(_worth_quoting(rows, term.consensus.state))
                 term.seq = seq
                 term.consensus.update(rows)
             await clock.sleep_until(clock.monotonic() + VIEWS_POLL)
@@ -534,6 +531,15 @@ class ClusterDaemon(Daemon):
         except (aiohttp.ClientError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
             return error(503, f"the leader at {address} did not answer: {reason}")
+
+
+def _worth_quoting(rows: list[tuple[str, str, Seen]],
+                   state: Callable[[str], quorum.Consensus]) -> set[str]:
+    """The targets whose latest samples may go into a mail: some location sees them down, or
+    they are in outage. Samples are read for these only: a view changes with every run of
+    every target, and reading all of them twice a second would be the leader's hot path."""
+    return {target for target, _, seen in rows
+            if seen.health is not Health.OK or state(target).outage_start is not None}
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
