@@ -134,6 +134,8 @@ class Message:
     to: tuple[str, ...]
     subject: str
     body: str
+    platform: str = ""  # whose list it goes to...
+    audience: str = ""  # ...and which: "incident" or "info" (a channel may name it, List-Id)
 
 
 def when(ts: float) -> str:
@@ -205,6 +207,7 @@ def render(
         kind=notice.kind.value, to=tuple(recipients),
         subject=string.Template(templates["subject"]).safe_substitute(values),
         body=string.Template(templates[notice.kind.value]).safe_substitute(values),
+        platform=incident.platform, audience="incident",
     )
 
 
@@ -288,6 +291,7 @@ def render_maintenance(
         kind=mail.kind.value, to=tuple(recipients),
         subject=string.Template(templates["subject"]).safe_substitute(values),
         body=string.Template(templates[mail.kind.value]).safe_substitute(values),
+        platform=window.platform, audience="info",
     )
 
 
