@@ -34,6 +34,9 @@ class Desk:
     def restored(self, name: str, restored_at: float, now: float, changes: Changes) -> None:
         self.said.append(("restored", name, restored_at))
 
+    def forget(self, name: str, now: float, changes: Changes) -> None:
+        self.said.append(("forgotten", name, now))
+
 
 @dataclass
 class Writer:

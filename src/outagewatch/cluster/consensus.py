@@ -42,6 +42,8 @@ class OutageDesk(Protocol):
     def restored(self, name: str, restored_at: float, now: float,
                  changes: Changes) -> None: ...
 
+    def forget(self, name: str, now: float, changes: Changes) -> None: ...
+
 
 class Submitter(Protocol):
     def submit(self, changes: Changes) -> None: ...
@@ -65,10 +67,16 @@ class Consensus:
 
     def configure(self, topology: Topology) -> None:
         self.topology = topology
+        gone = Changes()
         for name in list(self._views):
             if name not in topology.targets:
                 self._views.pop(name)
                 self._timers.cancel(TimerKind.QUORUM, name)
+                if self._state.pop(name, None) is not None:
+                    gone.consensus[name] = None
+                self._desk.forget(name, self._now(), gone)  # "no longer monitored"
+        if gone:
+            self._writer.submit(gone)
 
     def close(self) -> None:
         for name in list(self._views):

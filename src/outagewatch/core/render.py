@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import enum
 import string
+import zoneinfo
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from outagewatch.core.incidents import Kind
+from outagewatch.core.incidents import Kind, Origin
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from outagewatch.core.incidents import Notification, Platform
+    from outagewatch.core.incidents import Incident, Notification, Platform
     from outagewatch.core.maintenance import MaintenanceMail
 
 SEVERITY_TEXT = {
@@ -31,9 +33,9 @@ SEVERITY_TEXT = {
 }
 
 DEFAULT_TEMPLATES: Mapping[str, str] = {
-    "subject": "Incident $id [$state] Sev $severity $platform: $services",
+    "subject": "Incident $id [$state] Sev $severity $platform: $services$ticket_suffix",
     "open": """\
-We have detected an outage on platform $platform.
+$detected on platform $platform.
 
 Affected services:
 $impacts
@@ -42,7 +44,7 @@ Since:          $since
 Duration so far: $duration
 $severity_text
 Expected time to restoration: $etr
-
+$ticket_line
 Recent observations:
 $observations
 
@@ -65,19 +67,19 @@ $observations
 
 Next update in $update_every at the latest.
 Incident $id
-""",
+$ticket_line""",
     "resolved": """\
-The outage on platform $platform is over: all services are restored.
+The outage on platform $platform is over: $over.
 
 Services that were affected:
 $impacts
-
+$recovered
 Outage began:   $since
 Restored:       $restored
 Total duration: $duration
-
+$notes
 Incident $id is closed.
-""",
+$ticket_line""",
 }
 
 
@@ -85,8 +87,8 @@ Incident $id is closed.
 TEMPLATE_FIELDS = frozenset({
     "id", "state", "severity", "severity_text", "platform", "services", "impacts",
     "recovered", "since", "duration", "restored", "etr", "update_every", "reasons",
-    "observations", "notes"})
-MULTILINE_FIELDS = frozenset({"impacts", "recovered", "observations", "notes"})
+    "observations", "notes", "ticket", "ticket_line", "ticket_suffix", "detected", "over"})
+MULTILINE_FIELDS = frozenset({"impacts", "recovered", "observations", "notes", "ticket_line"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,7 @@ class Observed:
     result: str  # ok or the error class
     phase: str | None = None
     location: str = ""  # in a cluster: the vantage point it was seen from
+    threshold: float | None = None  # an answer slower than this is BAD: "slow", not "ok"
 
 
 class ThreadKind(enum.StrEnum):
@@ -138,10 +141,28 @@ class Message:
     audience: str = ""  # ...and which: "incident" or "info" (a channel may name it, List-Id)
 
 
-def when(ts: float) -> str:
-    """ISO 8601 UTC plus a readable form: 2026-03-02T09:00:00Z (Mon 02 Mar 2026 09:00 UTC)."""
+def when(ts: float, timezone: str = "UTC") -> str:
+    """ISO 8601 UTC plus a readable form, in the platform's own time first when it has one:
+    2026-12-16T03:00:00Z (Tue 15 Dec 2026 22:00 EST, Wed 16 Dec 2026 03:00 UTC)."""
     moment = datetime.fromtimestamp(ts, UTC)
-    return f"{moment:%Y-%m-%dT%H:%M:%SZ} ({moment:%a %d %b %Y %H:%M} UTC)"
+    utc = f"{moment:%a %d %b %Y %H:%M} UTC"
+    if timezone in {"UTC", "Etc/UTC"}:
+        return f"{moment:%Y-%m-%dT%H:%M:%SZ} ({utc})"
+    local = moment.astimezone(_zone(timezone))
+    return f"{moment:%Y-%m-%dT%H:%M:%SZ} ({local:%a %d %b %Y %H:%M %Z}, {utc})"
+
+
+def clock_time(ts: float, timezone: str = "UTC") -> str:
+    """A time of day for a line in a mail: 09:14Z, or 04:14 EST (09:14Z)."""
+    moment = datetime.fromtimestamp(ts, UTC)
+    if timezone in {"UTC", "Etc/UTC"}:
+        return f"{moment:%H:%M}Z"
+    return f"{moment.astimezone(_zone(timezone)):%H:%M %Z} ({moment:%H:%M}Z)"
+
+
+@lru_cache(maxsize=64)
+def _zone(name: str) -> zoneinfo.ZoneInfo:
+    return zoneinfo.ZoneInfo(name)
 
 
 def span(seconds: float) -> str:
@@ -169,19 +190,21 @@ def render(
     """``seen``: in a cluster, per service, who saw it ("seen from fra and ams; nyc answered
     normally"), told on its impact line."""
     incident = notice.incident
-    seen = seen or {}
-    services = sorted(incident.affected) if notice.kind is not Kind.RESOLVED else sorted(
-        incident.outage_starts)
-    impacts = _lines([
-        f"- {name}: {_impact(platform, name) or 'service unavailable or too slow'}"
-        f" (since {when(incident.outage_starts[name])}"
-        f"{'; ' + seen[name] if seen.get(name) else ''})"
-        for name in services], "- and {} more services") or "- none"
+    tz = platform.timezone
+    services = incident.services if notice.kind is not Kind.RESOLVED else incident.involved
+    impacts = _lines([_impact_line(incident, platform, name, seen or {})
+                      for name in services], "- and {} more services") or "- none"
     back = [n for n in sorted(incident.restored) if n not in incident.affected]
+    gone = sorted(incident.unmonitored)
     recovered = "".join(f"{line}\n" for line in _capped(
-        [f"Restored: {n} at {when(incident.restored[n])}" for n in back],
+        [f"Restored: {n} at {when(incident.restored[n], tz)}" for n in back]
+        + [f"No longer monitored: {n} (removed from the configuration at "
+           f"{when(incident.unmonitored[n], tz)}; its restoration was not observed)"
+           for n in gone],
         "Restored: {} more services"))
     end = incident.restored_at if incident.restored_at is not None else notice.at
+    by_hand = incident.origin is Origin.OPERATOR
+    ticket = incident.ticket or ""
     values = {
         "id": incident.id,
         "state": notice.kind.value.upper(),
@@ -191,16 +214,24 @@ def render(
         "services": names(services) or "-",
         "impacts": impacts,
         "recovered": recovered,
-        "since": when(incident.started_at),
+        "since": when(incident.started_at, tz),
         "duration": span(end - incident.started_at),
-        "restored": when(incident.restored_at) if incident.restored_at is not None else "-",
-        "etr": when(incident.etr) if incident.etr is not None else "unknown",
+        "restored": (when(incident.restored_at, tz) if incident.restored_at is not None
+                     else "not observed"),
+        "etr": when(incident.etr, tz) if incident.etr is not None else "unknown",
         "update_every": span(incident.update_interval),
         "reasons": "; ".join(summarise(notice.reasons)),
-        "observations": _lines(_observations(observations), "- and {} more results")
+        "observations": _lines(_observations(observations, tz), "- and {} more results")
         or "- none recorded",
-        "notes": "".join(f"\nNote ({datetime.fromtimestamp(at, UTC):%H:%M}Z): {text}\n"
+        "notes": "".join(f"\nNote ({clock_time(at, tz)}): {text}\n"
                          for at, text in incident.notes),
+        "ticket": ticket,
+        "ticket_line": f"Ticket: {ticket}\n" if ticket else "",
+        "ticket_suffix": f" (ticket {ticket})" if ticket else "",
+        "detected": ("An outage has been reported to us" if by_hand
+                     else "We have detected an outage"),
+        "over": ("resolved by the operators" if notice.reasons[-1:] == (
+            "resolved by the operators",) else "all services are restored"),
     }
     return Message(
         thread=Thread(ThreadKind.INCIDENT, incident.id), number=notice.number,
@@ -218,10 +249,7 @@ We will carry out $kind maintenance on platform $platform.
 
 Planned time: $start to $end ($length)
 Affected services: $services
-Expected impact: $impact
-
-$description
-
+$impact_line$description_block
 We will send a mail when it starts and when it is finished.
 Maintenance $id
 """,
@@ -230,8 +258,7 @@ The $kind maintenance on platform $platform has been rescheduled ($history).
 
 New time: $start to $end ($length)
 Affected services: $services
-Expected impact: $impact
-
+$impact_line
 Maintenance $id
 """,
     "started": """\
@@ -239,8 +266,7 @@ The $kind maintenance on platform $platform has started.
 
 Planned end: $end
 Affected services: $services
-Expected impact: $impact
-
+$impact_line
 Maintenance $id
 """,
     "finished": """\
@@ -265,8 +291,10 @@ def render_maintenance(
     *,
     recipients: Sequence[str],
     templates: Mapping[str, str] = MAINTENANCE_TEMPLATES,
+    timezone: str = "UTC",
 ) -> Message:
     window = mail.window
+    tz = timezone
     problems = window.problems
     outcome = ("successful, every affected service answers normally" if not problems else
                "completed with problems: not answering normally at its end: "
@@ -277,12 +305,16 @@ def render_maintenance(
         "kind": window.kind.value,
         "platform": window.platform,
         "services": names(window.targets) or "-",
-        "period": f"{datetime.fromtimestamp(window.start, UTC):%Y-%m-%d %H:%M}Z",
-        "start": when(window.start),
-        "end": when(window.end),
+        "period": _period(window.start, tz),
+        "start": when(window.start, tz),
+        "end": when(window.end, tz),
         "length": span(window.end - window.start),
         "impact": window.impact or "-",
-        "description": window.description,
+        "impact_line": (f"Expected impact: {window.impact.strip()}\n"
+                        if window.impact.strip() else ""),
+        "description": window.description.strip(),
+        "description_block": (f"\n{window.description.strip()}\n"
+                              if window.description.strip() else ""),
         "history": "; ".join(window.history[-1:]),
         "outcome": outcome,
     }
@@ -295,14 +327,53 @@ def render_maintenance(
     )
 
 
-def _observations(observed: Sequence[Observed]) -> list[str]:
+def _observations(observed: Sequence[Observed], timezone: str = "UTC") -> list[str]:
     lines = []
     for o in observed:
-        where = f" in {o.phase}" if o.phase else ""
         origin = f" from {o.location}" if o.location else ""
-        lines.append(f"- {datetime.fromtimestamp(o.start, UTC):%H:%M:%S}Z {o.service}{origin}: "
-                     f"{o.result}{where} after {o.duration:.1f} s")
+        lines.append(f"- {_stamp(o.start, timezone)} {o.service}{origin}: {outcome(o)}")
     return lines
+
+
+def outcome(o: Observed) -> str:
+    """What one run said: "ok after 0.2 s", "slow: 5.0 s (threshold 3 s)", "timeout in
+    login after 30.0 s". An answer slower than the threshold is not ok."""
+    if o.result == "ok":
+        if o.threshold is not None and o.duration > o.threshold:
+            return f"slow: {o.duration:.1f} s (threshold {o.threshold:g} s)"
+        return f"ok after {o.duration:.1f} s"
+    where = f" in {o.phase}" if o.phase else ""
+    return f"{o.result}{where} after {o.duration:.1f} s"
+
+
+def _period(ts: float, timezone: str) -> str:
+    moment = datetime.fromtimestamp(ts, UTC)
+    if timezone in {"UTC", "Etc/UTC"}:
+        return f"{moment:%Y-%m-%d %H:%M}Z"
+    return f"{moment.astimezone(_zone(timezone)):%Y-%m-%d %H:%M %Z}"
+
+
+def _stamp(ts: float, timezone: str) -> str:
+    moment = datetime.fromtimestamp(ts, UTC)
+    if timezone in {"UTC", "Etc/UTC"}:
+        return f"{moment:%H:%M:%S}Z"
+    return f"{moment.astimezone(_zone(timezone)):%H:%M:%S %Z} ({moment:%H:%M:%S}Z)"
+
+
+def _impact_line(incident: Incident, platform: Platform, name: str,
+                 seen: Mapping[str, str]) -> str:
+    """One affected service or component: what users notice, since when, who saw it."""
+    tz = platform.timezone
+    if name in incident.reported:
+        told = incident.impact or _impact(platform, name) or "reported unavailable or too slow"
+        probes = (f"; confirmed by the probes since {when(incident.outage_starts[name], tz)}"
+                  if name in incident.outage_starts else "")
+        return f"- {name}: {told} (reported since {when(incident.started_at, tz)}{probes})"
+    if name in incident.unmonitored and name not in incident.outage_starts:
+        return f"- {name}: no longer monitored"
+    told = _impact(platform, name) or "service unavailable or too slow"
+    origin = f"; {seen[name]}" if seen.get(name) else ""
+    return f"- {name}: {told} (since {when(incident.outage_starts[name], tz)}{origin})"
 
 
 def _impact(platform: Platform, name: str) -> str:

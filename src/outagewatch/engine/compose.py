@@ -45,7 +45,10 @@ class Composer:
         if not self._can_send(recipients, "info_recipients", window=window.id,
                               kind=mail.kind.value):
             return []
-        return self._envelopes(render_maintenance(mail, recipients=recipients), now)
+        platform = self.topology.platforms.get(window.platform)
+        return self._envelopes(render_maintenance(
+            mail, recipients=recipients,
+            timezone=platform.timezone if platform is not None else "UTC"), now)
 
     def _can_send(self, recipients: Sequence[str], what: str, **about: str) -> bool:
         if self.channels and recipients:

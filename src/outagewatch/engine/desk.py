@@ -93,28 +93,69 @@ class Desk:
             now, changes)
 
     def forget(self, name: str, now: float, changes: Changes) -> None:
-        """A target left the configuration: it can no longer hold an incident open."""
+        """A target left the configuration: it can no longer hold an incident open, and
+        its mails say it is no longer monitored (nobody saw it recover)."""
         for platform, book in list(self._books.items()):
             if book.open is not None and name in book.open.affected:
-                self._book_changed(platform, incidents.restored(
-                    book, self._platform(platform), name, now, now), now, changes)
+                self._book_changed(platform, incidents.unmonitored(
+                    book, self._platform(platform), name, now), now, changes)
+
+    # -- an operator's changes: each one UPDATE (or OPEN, RESOLVED) mail, written at once ----
+
+    def open_incident(self, platform: str, *, reported: tuple[str, ...], severity: int,
+                      impact: str, since: float | None = None, ticket: str | None = None,
+                      etr: float | None = None,
+                      until_restored: bool = False) -> incidents.Incident:
+        """An incident opened by hand (a customer's report): the same OPEN mail, UPDATEs."""
+        if platform not in self.topology.platforms:
+            raise UnknownIncident(f"no platform {platform!r} (known: "
+                                  f"{', '.join(sorted(self.topology.platforms))})")
+        now = self._clock.now().timestamp()
+        step = incidents.opened(self.book(platform), self._platform(platform), now,
+                                reported=reported, severity=severity, impact=impact,
+                                since=since, ticket=ticket, etr=etr,
+                                until_restored=until_restored)
+        log.warning("incident_reported", platform=platform, reported=list(reported),
+                    severity=severity, ticket=ticket)
+        return self._operator_step(platform, step, now)
+
+    def resolve_incident(self, incident_id: str, *, note: str | None = None) -> \
+            incidents.Incident:
+        platform, book = self._open(incident_id)
+        now = self._clock.now().timestamp()
+        return self._operator_step(platform, incidents.resolve(book, incident_id, now,
+                                                               note=note), now)
+
+    def set_severity(self, incident_id: str, level: int, reason: str) -> incidents.Incident:
+        platform, book = self._open(incident_id)
+        now = self._clock.now().timestamp()
+        return self._operator_step(platform, incidents.set_severity(
+            book, incident_id, level, reason, now), now)
 
     def change_incident(self, incident_id: str, *, etr: float | None = None,
                         interval: float | None = None,
                         note: str | None = None) -> incidents.Incident:
         """An operator's change to an open incident: one UPDATE mail naming all of it."""
+        platform, book = self._open(incident_id)
+        now = self._clock.now().timestamp()
+        return self._operator_step(platform, incidents.change(
+            book, now, etr=etr, interval=interval, note=note), now)
+
+    def _open(self, incident_id: str) -> tuple[str, Book]:
         for platform, book in self._books.items():
             if book.open is not None and book.open.id.lower() == incident_id.lower():
-                now = self._clock.now().timestamp()
-                changes = Changes()
-                self._book_changed(platform, incidents.change(book, now, etr=etr,
-                                                              interval=interval, note=note),
-                                   now, changes)
-                self._writer.submit(changes)
-                incident = self._books[platform].open
-                assert incident is not None
-                return incident
+                return platform, book
         raise UnknownIncident(f"no open incident {incident_id!r}")
+
+    def _operator_step(self, platform: str, step: incidents.Step,
+                       now: float) -> incidents.Incident:
+        book, notices = step
+        changes = Changes()
+        self._book_changed(platform, step, now, changes)
+        self._writer.submit(changes)
+        incident = notices[-1].incident if notices else book.open
+        assert incident is not None
+        return incident
 
     # -- the machinery ------------------------------------------------------------------------
 
@@ -136,7 +177,8 @@ class Desk:
             log.info(_EVENTS[notice.kind.value], incident_id=incident.id, platform=platform,
                      severity=incident.severity, affected=sorted(incident.affected),
                      reasons=list(notice.reasons))
-            observed = [Observed(s.target, s.start, s.duration, s.result, s.phase, s.location)
+            observed = [Observed(s.target, s.start, s.duration, s.result, s.phase, s.location,
+                                 self._threshold(name))
                         for name in sorted(incident.outage_starts)
                         for s in self._recent(name)]
             seen = {name: phrase for name in sorted(incident.outage_starts)
@@ -148,6 +190,10 @@ class Desk:
                          callback=lambda: self._tick_platform(platform))
         if notices:
             self.refresh_gauges()
+
+    def _threshold(self, name: str) -> float | None:
+        info = self.topology.targets.get(name)
+        return info.rule.threshold if info is not None else None
 
     def _platform(self, name: str) -> Platform:
         """A platform as configured (one dropped by a reload keeps its incident's cadence)."""

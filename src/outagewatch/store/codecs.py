@@ -10,14 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from outagewatch.core.evaluator import Run, Status, Verdict
-from outagewatch.core.incidents import Book, Incident
+from outagewatch.core.incidents import Book, Incident, Origin
 from outagewatch.core.maintenance import Window, WindowKind, WindowState
 from outagewatch.store import StoreError
 
 Json = dict[str, Any]
 
 VERDICT = 2
-INCIDENT = 2
+INCIDENT = 3
 BOOK = 2
 WINDOW = 1
 
@@ -81,11 +81,16 @@ def incident_to_json(incident: Incident) -> Json:
         "resolved_at": incident.resolved_at, "restored_at": incident.restored_at,
         "notes": [[at, text] for at, text in incident.notes],
         "pending": list(incident.pending), "pending_since": incident.pending_since,
+        "origin": incident.origin.value, "reported": list(incident.reported),
+        "impact": incident.impact, "ticket": incident.ticket,
+        "severity_set": incident.severity_set, "until_restored": incident.until_restored,
+        "unmonitored": dict(incident.unmonitored),
     }
 
 
 def incident_from_json(data: Json) -> Incident:
-    _version(data, INCIDENT, "incident")  # 0.1 wrote the same keys without "v", 1 no pending
+    # 0.1 wrote the same keys without "v", 1 no pending, 2 nothing opened by hand
+    _version(data, INCIDENT, "incident")
     return Incident(
         id=data["id"], platform=data["platform"], started_at=data["started_at"],
         opened_at=data["opened_at"], outage_starts=dict(data["outage_starts"]),
@@ -96,6 +101,11 @@ def incident_from_json(data: Json) -> Incident:
         restored_at=data.get("restored_at"),
         notes=tuple((at, text) for at, text in data.get("notes", ())),
         pending=tuple(data.get("pending", ())), pending_since=data.get("pending_since"),
+        origin=Origin(data.get("origin", Origin.PROBES.value)),
+        reported=tuple(data.get("reported", ())), impact=data.get("impact", ""),
+        ticket=data.get("ticket"), severity_set=data.get("severity_set"),
+        until_restored=bool(data.get("until_restored", False)),
+        unmonitored=dict(data.get("unmonitored", {})),
     )
 
 
