@@ -30,7 +30,7 @@ def settings(tmp_path):
 @pytest.fixture(name="api")
 async def _api(tmp_path):
     async with EngineHarness(settings(tmp_path), FakeClock()) as h:
-        leading = Leading(h.maintenance, h.engine, h.writer)
+        leading = Leading(h.maintenance, h.desk, h.writer)
         api = Api(engine=h.engine, leading=lambda: leading, store=h.store,
                   last={}, clock=h.clock, token=TOKEN)
         app = web.Application()
@@ -110,7 +110,7 @@ class TestReadToken:
         the operator token), so the status and incidents are not public."""
         reader = "r3ader-token-0123456789"
         async with EngineHarness(settings(tmp_path), FakeClock()) as h:
-            leading = Leading(h.maintenance, h.engine, h.writer)
+            leading = Leading(h.maintenance, h.desk, h.writer)
             api = Api(engine=h.engine, leading=lambda: leading, store=h.store, last={},
                       clock=h.clock, token=TOKEN, read_token=reader)
             app = web.Application()

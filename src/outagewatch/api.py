@@ -1,4 +1,5 @@
-"""The HTTP API under /api/v1/: status, incidents, maintenance windows, incident changes.
+"""The HTTP API under /api/v1/: status, incidents (opened, changed and resolved by hand too),
+maintenance windows.
 
 Reads are open (the endpoint listens on loopback by default) unless ``server.read_token``
 is set, for a listen address others can reach: then every read needs it (or the operator
@@ -25,10 +26,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
@@ -36,9 +37,10 @@ from pydantic import (
 )
 
 from outagewatch.config import WindowConfig, WindowTimes
+from outagewatch.core import incidents
 from outagewatch.core.maintenance import Refused, Window, WindowKind
 from outagewatch.core.render import Thread, ThreadKind
-from outagewatch.durations import parse_duration
+from outagewatch.durations import parse_duration, parse_moment
 from outagewatch.errors import UnknownIncident, UnknownWindow
 from outagewatch.model import iso_utc, sample_json
 
@@ -55,6 +57,16 @@ if TYPE_CHECKING:
         def change_incident(self, incident_id: str, *, etr: float | None = None,
                             interval: float | None = None,
                             note: str | None = None) -> Incident: ...
+
+        def open_incident(self, platform: str, *, reported: tuple[str, ...], severity: int,
+                          impact: str, since: float | None = None, ticket: str | None = None,
+                          etr: float | None = None,
+                          until_restored: bool = False) -> Incident: ...
+
+        def resolve_incident(self, incident_id: str, *,
+                             note: str | None = None) -> Incident: ...
+
+        def set_severity(self, incident_id: str, level: int, reason: str) -> Incident: ...
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 FORWARDED = "X-Outagewatch-Forwarded"  # set by the node that forwarded a request
@@ -74,11 +86,40 @@ LEADING = web.RequestKey("leading", Leading)
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
 
+ONE_LINE = r"^[^\r\n]+$"
+
+
 class IncidentRequest(BaseModel):
+    """A change to an open incident. ``etr``: ISO 8601 with a zone, or relative (+2h)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    etr: AwareDatetime | None = None
+    etr: StrictStr | None = Field(None, max_length=64)
     update_interval: StrictStr | StrictInt | StrictFloat | None = None  # never true or false
+    note: str | None = Field(None, min_length=1, max_length=2000)
+    severity: StrictInt | None = Field(None, ge=1, le=3)
+    reason: StrictStr | None = Field(None, min_length=1, max_length=500, pattern=ONE_LINE)
+
+
+class IncidentOpening(BaseModel):
+    """An incident opened by hand: a customer's report through the ticket process."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    platform: StrictStr = Field(max_length=100)
+    severity: StrictInt = Field(ge=1, le=3)
+    services: list[StrictStr] = Field(default_factory=list, max_length=100)
+    components: list[StrictStr] = Field(default_factory=list, max_length=20)
+    impact: StrictStr = Field(min_length=1, max_length=2000)
+    ticket: StrictStr | None = Field(None, min_length=1, max_length=100, pattern=ONE_LINE)
+    etr: StrictStr | None = Field(None, max_length=64)
+    since: StrictStr | None = Field(None, max_length=64)
+    until_restored: StrictBool = False
+
+
+class IncidentResolution(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     note: str | None = Field(None, min_length=1, max_length=2000)
 
 # Dates an operator can mean: anything outside is a typo (0001, 9999) that would otherwise
@@ -87,6 +128,8 @@ EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 MIN_INTERVAL, MAX_INTERVAL = 60.0, 7 * 86400.0  # an operator's update interval
 MAX_BODY = 64 * 1024
+MAX_COMPONENT = 100  # characters in a component's name
+FIND_AMONG = 500  # incidents searched for one asked for by id
 MAX_DEPTH = 20
 
 
@@ -121,7 +164,11 @@ def message_json(message: StoredMessage) -> dict[str, Any]:
 def incident_json(incident: Incident, messages: list[StoredMessage]) -> dict[str, Any]:
     return {
         "id": incident.id, "platform": incident.platform, "severity": incident.severity,
-        "affected": sorted(incident.affected), "involved": sorted(incident.outage_starts),
+        "origin": incident.origin.value, "ticket": incident.ticket,
+        "reported": list(incident.reported), "impact": incident.impact,
+        "severity_set": incident.severity_set, "until_restored": incident.until_restored,
+        "unmonitored": sorted(incident.unmonitored),
+        "affected": incident.services, "involved": incident.involved,
         "started_at": iso_utc(incident.started_at), "opened_at": iso_utc(incident.opened_at),
         "resolved_at": iso_utc(incident.resolved_at),
         "restored_at": iso_utc(incident.restored_at), "etr": iso_utc(incident.etr),
@@ -161,7 +208,10 @@ class Api:
             web.post("/api/v1/maintenance", guard(self.create_window)),
             web.patch("/api/v1/maintenance/{id}", guard(self.move_window)),
             web.delete("/api/v1/maintenance/{id}", guard(self.cancel_window)),
+            web.get("/api/v1/incidents/{id}", read(self.get_incident)),
+            web.post("/api/v1/incidents", guard(self.open_incident)),
             web.patch("/api/v1/incidents/{id}", guard(self.change_incident)),
+            web.post("/api/v1/incidents/{id}/resolve", guard(self.resolve_incident)),
         ]
         if self._cluster is not None:
             routes.append(web.get("/api/v1/cluster", read(self.cluster)))
@@ -217,7 +267,7 @@ class Api:
                 response = await handler(request)
             except (UnknownWindow, UnknownIncident) as exc:
                 return error(404, str(exc))
-            except Refused as exc:
+            except (Refused, incidents.Refused) as exc:
                 return error(409, str(exc))
             await request[LEADING].writer.flush()  # answer once the change is durable
             return response
@@ -256,6 +306,16 @@ class Api:
                  for i in await self._store.incidents()]
         return web.json_response({"open": [i for i in items if i["resolved_at"] is None],
                                   "recent": [i for i in items if i["resolved_at"] is not None]})
+
+    async def get_incident(self, request: web.Request) -> web.Response:
+        """One incident with its mails (ids are case-insensitive)."""
+        wanted = request.match_info["id"].lower()
+        for incident in await self._store.incidents(limit=FIND_AMONG):
+            if incident.id.lower() == wanted:
+                return web.json_response(incident_json(incident, await self._store.thread(
+                    Thread(ThreadKind.INCIDENT, incident.id).key)))
+        return error(404, f"no incident {request.match_info['id']!r} among the latest "
+                          f"{FIND_AMONG}")
 
     async def cluster(self, _request: web.Request) -> web.Response:
         """Nodes, their locations and heartbeats, the leader and its epoch."""
@@ -304,27 +364,70 @@ class Api:
         return web.json_response(window_json(request[LEADING].maintenance.cancel(
             request.match_info["id"])))
 
+    async def open_incident(self, request: web.Request) -> web.Response:
+        body = await _parse(request, IncidentOpening)
+        if not isinstance(body, IncidentOpening):
+            return body
+        topology = self._engine.topology
+        if body.platform not in topology.platforms:
+            return error(422, f"no platform {body.platform!r} (known: "
+                              f"{', '.join(sorted(topology.platforms))})", "platform")
+        known = [s.name for s in topology.platforms[body.platform].services]
+        unknown = [name for name in body.services if name not in known]
+        if unknown:
+            return error(422, f"{', '.join(unknown)}: not a service of platform "
+                              f"{body.platform} (its services: {', '.join(known) or 'none'}; "
+                              "name anything else as a component)", "services")
+        components = [" ".join(c.split()) for c in body.components]
+        if any(not c or len(c) > MAX_COMPONENT for c in components):
+            return error(422, f"a component is a name of 1 to {MAX_COMPONENT} characters",
+                         "components")
+        now = self._clock.now()
+        moments: dict[str, float | None] = {}
+        for name, text, future in (("etr", body.etr, True), ("since", body.since, False)):
+            moment = _moment(name, text, now, future=future)
+            if isinstance(moment, web.Response):
+                return moment
+            moments[name] = moment
+        incident = request[LEADING].desk.open_incident(
+            body.platform, reported=(*body.services, *components), severity=body.severity,
+            impact=" ".join(body.impact.split()), since=moments["since"], ticket=body.ticket,
+            etr=moments["etr"], until_restored=body.until_restored)
+        return web.json_response(incident_json(incident, []), status=201)
+
+    async def resolve_incident(self, request: web.Request) -> web.Response:
+        body = await _parse(request, IncidentResolution)
+        if not isinstance(body, IncidentResolution):
+            return body
+        incident = request[LEADING].desk.resolve_incident(request.match_info["id"],
+                                                          note=body.note)
+        return web.json_response(incident_json(incident, []))
+
+    def _set_severity(self, request: web.Request, body: IncidentRequest) -> web.Response:
+        if body.severity is None or body.reason is None:
+            return error(422, "a severity needs its reason, and a reason its severity",
+                         "severity" if body.severity is None else "reason")
+        if body.etr is not None or body.update_interval is not None or body.note:
+            return error(422, "set the severity on its own (one mail says why)", "severity")
+        return web.json_response(incident_json(request[LEADING].desk.set_severity(
+            request.match_info["id"], body.severity, body.reason), []))
+
     async def change_incident(self, request: web.Request) -> web.Response:
         body = await _parse(request, IncidentRequest)
         if not isinstance(body, IncidentRequest):
             return body
-        interval = None
-        if body.update_interval is not None:
-            try:
-                interval = parse_duration(body.update_interval).total_seconds()
-            except (ValueError, OverflowError) as exc:
-                return error(422, str(exc), "update_interval")
-            if not MIN_INTERVAL <= interval <= MAX_INTERVAL:
-                return error(422, "must be between 1m and 7d", "update_interval")
-        if body.etr is not None:
-            refused = _out_of_range(etr=body.etr)
-            if refused is not None:
-                return refused
-        if body.etr is None and interval is None and body.note is None:
-            return error(422, "give etr, update_interval and/or note")
+        if body.severity is not None or body.reason is not None:
+            return self._set_severity(request, body)
+        if body.etr is None and body.update_interval is None and body.note is None:
+            return error(422, "give etr, update_interval, note, or severity with reason")
+        interval = _interval(body.update_interval)
+        if isinstance(interval, web.Response):
+            return interval
+        etr = _moment("etr", body.etr, self._clock.now(), future=True)
+        if isinstance(etr, web.Response):
+            return etr
         incident = request[LEADING].desk.change_incident(
-            request.match_info["id"], etr=body.etr.timestamp() if body.etr else None,
-            interval=interval, note=body.note)
+            request.match_info["id"], etr=etr, interval=interval, note=body.note)
         return web.json_response(incident_json(incident, []))
 
 
@@ -334,6 +437,30 @@ _KEY_PREFIX = re.compile(r"^(?:Value error, )?([a-z_]+): (.+)$", re.DOTALL)
 def _bearer(request: web.Request) -> bytes | None:
     given = request.headers.get("Authorization", "")
     return given[7:].encode() if given.startswith("Bearer ") else None
+
+
+def _interval(value: str | float | None) -> float | web.Response | None:
+    if value is None:
+        return None
+    try:
+        interval = parse_duration(value).total_seconds()
+    except (ValueError, OverflowError) as exc:
+        return error(422, str(exc), "update_interval")
+    if not MIN_INTERVAL <= interval <= MAX_INTERVAL:
+        return error(422, "must be between 1m and 7d", "update_interval")
+    return interval
+
+
+def _moment(name: str, text: str | None, now: datetime, *,
+            future: bool) -> float | web.Response | None:
+    """An operator's time (ISO 8601 with a zone, or relative: +2h), or the 422 saying why."""
+    if text is None:
+        return None
+    try:
+        moment = parse_moment(text, now=now, future=future)
+    except (ValueError, OverflowError) as exc:
+        return error(422, str(exc), name)
+    return _out_of_range(**{name: moment}) or moment.timestamp()
 
 
 def _out_of_range(**dates: datetime) -> web.Response | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -59,3 +59,28 @@ def format_duration(seconds: float) -> str:
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts) or "0s"
+
+
+def parse_moment(text: str, *, now: datetime, future: bool = True) -> datetime:
+    """A moment an operator gives: ISO 8601 with a zone (``2026-12-16T03:00:00+01:00``,
+    ``...Z``), or relative to ``now``: ``+2h``, ``90m``, ``1h30m`` (later), ``-30m``
+    (earlier). ``future``: it must lie ahead (an ETR); otherwise it must not (a start)."""
+    text = text.strip()
+    relative = text.removeprefix("+")
+    if relative and (relative[0].isdigit() or relative.startswith("-")) and \
+            _COMPOUND.fullmatch(relative.removeprefix("-")):
+        moment = now + _parse_text(relative)
+    else:
+        try:
+            moment = datetime.fromisoformat(text.replace("z", "Z"))
+        except ValueError:
+            raise ValueError(f"{text!r} is neither a time such as 2026-12-16T03:00:00+01:00 "
+                             "nor a relative one such as +2h or 90m") from None
+        if moment.tzinfo is None:
+            raise ValueError(f"{text!r} has no time zone: add one, e.g. Z or +01:00")
+    if future and moment <= now:
+        raise ValueError(f"{text!r} is in the past ({moment.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
+                         f"); give a time ahead, e.g. +2h")
+    if not future and moment > now:
+        raise ValueError(f"{text!r} is in the future")
+    return moment

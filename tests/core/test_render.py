@@ -119,3 +119,48 @@ class TestMaintenanceMails:
         *_, finished = self.lifecycle(bad=frozenset({"pop3-eu"}))
         assert "completed with problems: not answering normally at its end: pop3-eu" in \
             finished.body
+
+
+class TestReadsRight:
+    """Mails that read right: a slow answer is slow, times in the platform's own zone."""
+
+    def test_a_slow_answer_is_not_ok(self):
+        _, [notice] = declared(Book(), EU, "imap-eu", T0 - 900, T0)
+        body = render(notice, EU, recipients=["a@b.c"], observations=[
+            Observed("imap-eu", T0 - 60, 5.0, "ok", None, "", 3.0),
+            Observed("imap-eu", T0 - 120, 0.2, "ok", None, "", 3.0)]).body
+        assert "imap-eu: slow: 5.0 s (threshold 3 s)" in body
+        assert "imap-eu: ok after 0.2 s" in body
+        assert "ok after 5.0" not in body
+
+    def test_times_in_the_platform_zone_beside_utc(self):
+        us = Platform("us", (Service("imap-us"),), timezone="America/New_York")
+        evening = datetime(2026, 12, 16, 3, 0, tzinfo=UTC).timestamp()
+        assert when(evening, "America/New_York") == (
+            "2026-12-16T03:00:00Z (Tue 15 Dec 2026 22:00 EST, Wed 16 Dec 2026 03:00 UTC)")
+        _, [notice] = declared(Book(), us, "imap-us", evening, evening + 900)
+        body = render(notice, us, recipients=["a@b.c"], observations=[
+            Observed("imap-us", evening + 840, 31.0, "timeout", "login")]).body
+        assert "Since:          2026-12-16T03:00:00Z (Tue 15 Dec 2026 22:00 EST" in body
+        assert "- 22:14:00 EST (03:14:00Z) imap-us: timeout in login after 31.0 s" in body
+
+    def test_maintenance_in_the_platform_zone_and_no_empty_lines(self):
+        from outagewatch.core.maintenance import Calendar, Window, WindowKind, register
+        from outagewatch.core.render import render_maintenance
+
+        start = datetime(2026, 12, 16, 3, 0, tzinfo=UTC).timestamp()
+        window = Window(id="US-1", platform="us", targets=("imap-us",), start=start,
+                        end=start + 3600, kind=WindowKind.PLANNED, description="",
+                        impact="", registered_at=0.0)
+        _, [mail] = register(window, now=start - 10 * 86400, calendar=Calendar())
+        message = render_maintenance(mail, recipients=["i@b.c"], timezone="America/New_York")
+        assert message.subject.endswith("imap-us, 2026-12-15 22:00 EST")
+        assert "Planned time: 2026-12-16T03:00:00Z (Tue 15 Dec 2026 22:00 EST" in message.body
+        assert "Expected impact" not in message.body
+        assert "\n\n\n" not in message.body
+        assert message.body == (
+            "We will carry out planned maintenance on platform us.\n\n"
+            "Planned time: 2026-12-16T03:00:00Z (Tue 15 Dec 2026 22:00 EST, Wed 16 Dec 2026 "
+            "03:00 UTC) to 2026-12-16T04:00:00Z (Tue 15 Dec 2026 23:00 EST, Wed 16 Dec 2026 "
+            "04:00 UTC) (1 h)\nAffected services: imap-us\n\n"
+            "We will send a mail when it starts and when it is finished.\nMaintenance US-1\n")

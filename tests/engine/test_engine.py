@@ -120,7 +120,7 @@ class TestEngine:
         async with EngineHarness(settings(tmp_path), FakeClock()) as h:
             await every_minute(h, 16)
             (incident,) = await h.incidents()
-            h.engine.change_incident(incident.id.lower(), etr=h.origin + 7200,
+            h.desk.change_incident(incident.id.lower(), etr=h.origin + 7200,
                                      interval=1800, note="Storage vendor engaged.")
             assert [("open", 0), ("update", 1)] == await h.outbox()
             (_, update) = await h.messages(ThreadKind.INCIDENT, incident.id)

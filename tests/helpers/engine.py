@@ -39,6 +39,8 @@ class EngineHarness:
                          metrics=self.metrics)
         self.writer, self.engine = self.core.writer, self.core.engine
         self.maintenance, self.composer = self.core.maintenance, self.core.composer
+        assert self.engine.desk is not None
+        self.desk = self.engine.desk
         self._writing = asyncio.create_task(self.writer.run())
         return self
 

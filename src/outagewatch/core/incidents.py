@@ -287,6 +287,7 @@ def set_severity(book: Book, incident_id: str, level: int, reason: str,
 
 
 SEVERITIES = (1, 2, 3)
+PERIODIC = "periodic update"
 
 
 def _names(platform: Platform) -> set[str]:
@@ -325,13 +326,15 @@ def tick(book: Book, platform: Platform, now: float) -> Step:
         return book, []
     if incident.pending_since is not None:
         if now >= incident.pending_since + platform.coalesce:
-            return _mail(book, incident, now, ())
+            # the periodic cadence stays where it was due, however long it was collected
+            due = incident.pending_since if PERIODIC in incident.pending else now
+            return _mail(book, incident, now, (), sent_at=due)
         return book, []
     if now >= incident.last_mail_at + incident.update_interval:
         if platform.coalesce > 0:
-            return replace(book, open=replace(incident, pending=("periodic update",),
+            return replace(book, open=replace(incident, pending=(PERIODIC,),
                                               pending_since=now)), []
-        return _mail(book, incident, now, ("periodic update",))
+        return _mail(book, incident, now, (PERIODIC,))
     return book, []
 
 
@@ -386,9 +389,11 @@ def _update(book: Book, platform: Platform, incident: Incident, now: float,
     return replace(book, open=collected), []
 
 
-def _mail(book: Book, incident: Incident, now: float, reasons: tuple[str, ...]) -> Step:
-    """An UPDATE now, with whatever changes were still collected."""
-    sent = replace(incident, last_mail_at=now, mails=incident.mails + 1, pending=(),
-                   pending_since=None)
+def _mail(book: Book, incident: Incident, now: float, reasons: tuple[str, ...], *,
+          sent_at: float | None = None) -> Step:
+    """An UPDATE now, with whatever changes were still collected. ``sent_at``: where the
+    next periodic UPDATE counts from, if not from now."""
+    sent = replace(incident, last_mail_at=now if sent_at is None else sent_at,
+                   mails=incident.mails + 1, pending=(), pending_since=None)
     notice = Notification(Kind.UPDATE, sent, now, incident.mails, (*incident.pending, *reasons))
     return replace(book, open=sent), [notice]

@@ -23,7 +23,6 @@ from outagewatch.core.evaluator import Declared, Health, Observation, Restored, 
 from outagewatch.core.incidents import Book
 from outagewatch.core.quorum import Seen
 from outagewatch.engine.timers import TimerKind
-from outagewatch.errors import UnknownIncident
 from outagewatch.store import Changes, StoredSample
 
 if TYPE_CHECKING:
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
 
     from outagewatch.clock import Clock
     from outagewatch.config import Target
-    from outagewatch.core import incidents
     from outagewatch.engine.desk import Desk
     from outagewatch.engine.timers import Timers
     from outagewatch.engine.writer import Writer
@@ -143,14 +141,6 @@ class Engine:
                      now)
 
     # -- changes from elsewhere ---------------------------------------------------------------
-
-    def change_incident(self, incident_id: str, *, etr: float | None = None,
-                        interval: float | None = None,
-                        note: str | None = None) -> incidents.Incident:
-        """An operator's change to an open incident: one UPDATE mail naming all of it."""
-        if self.desk is None:
-            raise UnknownIncident(f"no open incident {incident_id!r} on this node")
-        return self.desk.change_incident(incident_id, etr=etr, interval=interval, note=note)
 
     def hold(self, floors: Mapping[str, float | None], now: float) -> None:
         """Maintenance: from when each target's BAD streak may count (see evaluator.hold)."""
