@@ -153,7 +153,7 @@ def message_json(message: StoredMessage) -> dict[str, Any]:
     payload = message.payload
     return {
         "number": message.number, "kind": message.kind, "channel": message.channel,
-        "status": message.status, "created": iso_utc(message.created),
+        "lane": message.lane, "status": message.status, "created": iso_utc(message.created),
         "sent_at": iso_utc(message.sent_at), "attempts": message.attempts,
         "last_error": message.last_error, "subject": payload.get("subject"),
         "message_id": payload.get("message_id"), "recipients": payload.get("to"),

@@ -106,19 +106,70 @@ def _operator_commands(commands: Any) -> None:
     csub = c.add_subparsers(dest="action", required=True, parser_class=_Parser)
     client_options(csub.add_parser("status", help="nodes, locations, heartbeats, leader"))
 
-    i = commands.add_parser("incident", help="list incidents, set ETR or interval, add notes")
+    i = commands.add_parser(
+        "incident", help="list and show incidents; open, change and resolve them by hand")
     isub = i.add_subparsers(dest="action", required=True, parser_class=_Parser)
     client_options(isub.add_parser("list", help="open and recent incidents"))
-    ishow = isub.add_parser("show", help="one incident with its mails")
-    ishow.add_argument("id")
+    ishow = isub.add_parser("show", help="one incident with its timeline of mails and notes")
+    ishow.add_argument("id", help="incident id, e.g. EU-20261129-1423 (any case)")
     client_options(ishow)
-    for action, what in (("set-etr", "expected time to restoration, ISO 8601 with a zone"),
+    _incident_by_hand(isub, client_options)
+    etr = ("expected time to restoration: ISO 8601 with a zone "
+           "(2026-12-16T03:00:00+01:00) or relative (+2h, 90m)")
+    for action, what in (("set-etr", etr),
                          ("set-interval", "update interval, e.g. 30m"),
                          ("note", "a note for the next mail (sent at once)")):
         sub = isub.add_parser(action, help=what)
-        sub.add_argument("id")
+        sub.add_argument("id", help="incident id, e.g. EU-20261129-1423 (any case)")
         sub.add_argument("value", help=what)
         client_options(sub)
+
+
+def _incident_by_hand(isub: Any, client_options: Any) -> None:
+    """``incident open``, ``resolve`` and ``set-severity``: what a customer's ticket or a
+    threat no probe sees needs (the same mails as a declared outage)."""
+    opening = isub.add_parser(
+        "open", help="open an incident by hand (a customer-reported outage): OPEN mail, "
+        "hourly UPDATEs, RESOLVED when you resolve it",
+        description="Open an incident by hand, e.g. for an outage a customer reported "
+        "through the ticket process: the same OPEN mail to the platform's incident list, "
+        "the same UPDATEs, and RESOLVED when you run 'incident resolve'. Probe-declared "
+        "outages on the platform join it.")
+    opening.add_argument("--platform", required=True, help="the platform, e.g. eu")
+    opening.add_argument("--severity", required=True, type=int, choices=(1, 2, 3),
+                         help="1 complete outage or security threat, 2 a business-critical "
+                         "component unusable, 3 partial loss of non-critical functionality")
+    opening.add_argument("--service", action="append", default=[], metavar="NAME",
+                         help="a monitored service (target name) affected, e.g. imap-eu "
+                         "(repeatable)")
+    opening.add_argument("--component", action="append", default=[], metavar="TEXT",
+                         help='anything else affected, e.g. "Calendar sync" (repeatable)')
+    opening.add_argument("--impact", required=True,
+                         help='what users notice, e.g. "Calendar invitations are not '
+                         'delivered"')
+    opening.add_argument("--ticket", help="the customer's ticket, quoted in every mail, "
+                         "e.g. OX-12345")
+    opening.add_argument("--etr", help="expected time to restoration: ISO 8601 with a zone "
+                         "or relative, e.g. +2h")
+    opening.add_argument("--since", help="when it began (default now): ISO 8601 with a zone "
+                         "or relative to now, e.g. --since=-30m")
+    opening.add_argument("--until-restored", action="store_true",
+                         help="resolve it when the probes see the named services recover "
+                         "(only for --service; default: only 'incident resolve' does)")
+    client_options(opening)
+    resolving = isub.add_parser("resolve", help="resolve an incident by hand: RESOLVED mail")
+    resolving.add_argument("id", help="incident id, e.g. EU-20261129-1423 (any case)")
+    resolving.add_argument("--note", help="what was done, quoted in the mail")
+    client_options(resolving)
+    severity = isub.add_parser(
+        "set-severity", help="set the severity by hand (UPDATE mail with the reason); "
+        "probe changes never lower it")
+    severity.add_argument("id", help="incident id, e.g. EU-20261129-1423 (any case)")
+    severity.add_argument("level", type=int, choices=(1, 2, 3), help="1, 2 or 3")
+    severity.add_argument("--reason", required=True,
+                          help='why, quoted in the mail, e.g. "security: possible data '
+                          'exposure"')
+    client_options(severity)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

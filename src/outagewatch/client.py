@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
@@ -96,26 +97,89 @@ def maintenance(args: argparse.Namespace) -> str:
 
 def incident(args: argparse.Namespace) -> str:
     client = client_from(args)
-    if args.action in {"list", "show"}:
-        result = client.call("GET", "/api/v1/incidents")
-        items = result["open"] + result["recent"]
-        if args.action == "show":
-            items = [i for i in items if i["id"] == args.id]
-            if not items:
-                raise ApiError(f"no incident {args.id!r}")
-            result = items[0]
-        if args.json:
-            return json.dumps(result, indent=2)
-        return table([[i["id"], i["platform"], str(i["severity"]),
-                       "resolved" if i["resolved_at"] else "open", i["started_at"] or "-",
-                       ",".join(i["affected"] or i["involved"]), str(len(i["mails"]))]
-                      for i in items],
-                     ["ID", "PLATFORM", "SEV", "STATE", "STARTED", "SERVICES", "MAILS"])
-    body = {"set-etr": {"etr": getattr(args, "value", None)},
-            "set-interval": {"update_interval": getattr(args, "value", None)},
-            "note": {"note": getattr(args, "value", None)}}[args.action]
-    result = client.call("PATCH", f"/api/v1/incidents/{args.id}", body)
-    return json.dumps(result, indent=2) if args.json else f"ok: {args.id} updated, mail queued"
+    match args.action:
+        case "list":
+            result = client.call("GET", "/api/v1/incidents")
+            if args.json:
+                return json.dumps(result, indent=2)
+            return table([_incident_row(i) for i in result["open"] + result["recent"]],
+                         ["ID", "PLATFORM", "SEV", "STATE", "STARTED", "SERVICES", "MAILS"])
+        case "show":
+            result = client.call("GET", f"/api/v1/incidents/{_quoted(args.id)}")
+            return json.dumps(result, indent=2) if args.json else timeline(result)
+        case "open":
+            result = client.call("POST", "/api/v1/incidents", {
+                "platform": args.platform, "severity": args.severity,
+                "services": args.service, "components": args.component,
+                "impact": args.impact, "ticket": args.ticket, "etr": args.etr,
+                "since": args.since, "until_restored": args.until_restored})
+            done = f"ok: incident {result['id']} opened, OPEN mail queued"
+        case "resolve":
+            result = client.call("POST", f"/api/v1/incidents/{_quoted(args.id)}/resolve",
+                                 {"note": args.note} if args.note else {})
+            done = f"ok: incident {result['id']} resolved, RESOLVED mail queued"
+        case "set-severity":
+            result = client.call("PATCH", f"/api/v1/incidents/{_quoted(args.id)}",
+                                 {"severity": args.level, "reason": args.reason})
+            done = f"ok: {result['id']} is severity {result['severity']}, UPDATE mail queued"
+        case _:
+            body = {"set-etr": {"etr": args.value},
+                    "set-interval": {"update_interval": args.value},
+                    "note": {"note": args.value}}[args.action]
+            result = client.call("PATCH", f"/api/v1/incidents/{_quoted(args.id)}", body)
+            done = f"ok: {result['id']} updated, mail queued"
+    return json.dumps(result, indent=2) if args.json else done
+
+
+def _quoted(ident: str) -> str:
+    return urllib.parse.quote(ident, safe="")
+
+
+def _incident_row(i: dict[str, Any]) -> list[str]:
+    return [i["id"], i["platform"], str(i["severity"]),
+            "resolved" if i["resolved_at"] else "open", i["started_at"] or "-",
+            ",".join(i["affected"] or i["involved"]), str(len(i["mails"]))]
+
+
+def timeline(i: dict[str, Any]) -> str:
+    """``incident show``: the incident, then what happened to it in time order: each mail
+    (with its recipients' states) and each note."""
+    by_hand = i.get("origin") == "operator"
+    head = [
+        ("Incident", f"{i['id']} ({'resolved' if i['resolved_at'] else 'open'})"),
+        ("Platform", i["platform"]),
+        ("Severity", str(i["severity"]) + (" (set by hand)" if i.get("severity_set") else "")),
+        ("Opened by", "the operators" if by_hand else "the probes"),
+        ("Ticket", i.get("ticket") or "-"),
+        ("Services", ", ".join(i["affected"] or i["involved"]) or "-"),
+        ("Impact", i.get("impact") or "-"),
+        ("Started", i["started_at"] or "-"),
+        ("Opened", i["opened_at"] or "-"),
+        ("ETR", i["etr"] or "unknown"),
+        ("Restored", i["restored_at"] or "-"),
+        ("Resolved", i["resolved_at"] or "-"),
+        ("Updates", f"every {i['update_interval'] / 60:g} min"),
+    ]
+    width = max(len(k) for k, _ in head) + 1
+    lines = [f"{key + ':':<{width}} {value}" for key, value in head]
+    events: list[tuple[str, str, str]] = [(n["at"], "note", n["text"]) for n in i["notes"]]
+    mails: dict[int, list[dict[str, Any]]] = {}
+    for mail in i["mails"]:
+        mails.setdefault(mail["number"], []).append(mail)
+    for number, lanes in sorted(mails.items()):
+        first = lanes[0]
+        states: dict[str, int] = {}
+        for lane in lanes:
+            states[lane["status"]] = states.get(lane["status"], 0) + 1
+        said = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
+        errors = sorted({f"{lane.get('lane') or '?'}: {lane['last_error']}" for lane in lanes
+                         if lane["status"] != "sent" and lane.get("last_error")})
+        detail = f"{first['subject']} [{said}]" + (f" ({'; '.join(errors)})" if errors else "")
+        events.append((first["created"], f"mail {number} {first['kind'].upper()}", detail))
+    lines.append("")
+    lines.append(table([list(e) for e in sorted(events)], ["TIME", "WHAT", "DETAIL"])
+                 if events else "no mails or notes yet")
+    return "\n".join(lines)
 
 
 def cluster(args: argparse.Namespace) -> str:

@@ -181,6 +181,7 @@ class TestNoLongerMonitored:
         assert done.incident.restored_at is None
         body = render(done, EU, recipients=["a@b.c"]).body
         assert "Restored:       not observed" in body
+        assert "all services are restored" not in body
         assert "imap-eu (removed from the configuration" in body
 
 

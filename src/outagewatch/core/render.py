@@ -230,8 +230,7 @@ def render(
         "ticket_suffix": f" (ticket {ticket})" if ticket else "",
         "detected": ("An outage has been reported to us" if by_hand
                      else "We have detected an outage"),
-        "over": ("resolved by the operators" if notice.reasons[-1:] == (
-            "resolved by the operators",) else "all services are restored"),
+        "over": _over(notice),
     }
     return Message(
         thread=Thread(ThreadKind.INCIDENT, incident.id), number=notice.number,
@@ -358,6 +357,18 @@ def _stamp(ts: float, timezone: str) -> str:
     if timezone in {"UTC", "Etc/UTC"}:
         return f"{moment:%H:%M:%S}Z"
     return f"{moment.astimezone(_zone(timezone)):%H:%M:%S %Z} ({moment:%H:%M:%S}Z)"
+
+
+def _over(notice: Notification) -> str:
+    incident = notice.incident
+    if notice.reasons[-1:] == ("resolved by the operators",):
+        return "resolved by the operators"
+    if incident.unmonitored and not incident.restored:
+        return ("nothing affected is monitored any more (removed from the configuration); "
+                "its restoration was not observed")
+    if incident.unmonitored:
+        return "every service still monitored is restored"
+    return "all services are restored"
 
 
 def _impact_line(incident: Incident, platform: Platform, name: str,
