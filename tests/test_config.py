@@ -67,15 +67,16 @@ class TestLoad:
         monkeypatch.setenv("OUTAGEWATCH_DEFAULTS__WINDOW", "soon")
         with pytest.raises(ConfigError) as info:
             load_settings(DATA / "valid-minimal.yaml")
-        assert [("defaults.window: invalid duration 'soon': use e.g. 30s, 15m, 1h30m, 500ms or "
-                "PT15M")] == info.value.problems
+        assert [("defaults.window (from OUTAGEWATCH_DEFAULTS__WINDOW): invalid duration "
+                 "'soon': use e.g. 30s, 15m, 1h30m, 500ms or PT15M")] == info.value.problems
 
     def test_env_typo_is_an_error(self, monkeypatch):
         """A misspelt nested override fails loudly instead of being ignored."""
         monkeypatch.setenv("OUTAGEWATCH_DEFAULTS__TRESHOLD", "20s")
         with pytest.raises(ConfigError) as info:
             load_settings(DATA / "valid-minimal.yaml")
-        assert ["defaults.treshold: unknown key"] == info.value.problems
+        assert [("defaults.treshold (from OUTAGEWATCH_DEFAULTS__TRESHOLD): unknown key; did "
+                 "you mean OUTAGEWATCH_DEFAULTS__THRESHOLD?")] == info.value.problems
 
     def test_per_target_overrides(self, tmp_path):
         path = tmp_path / "c.yaml"
