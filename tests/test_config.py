@@ -18,7 +18,7 @@ EXAMPLE = Path(__file__).parents[1] / "config" / "outagewatch.example.yaml"
 
 def expected_lines(path: Path) -> list[str]:
     return [
-        line.removeprefix("# expect: ").format(file=path)
+        line.removeprefix("# expect: ").replace("{file}", str(path))
         for line in path.read_text().splitlines()
         if line.startswith("# expect: ")
     ]

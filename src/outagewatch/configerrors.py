@@ -235,6 +235,8 @@ def describe(error: Mapping[str, Any], *, root: type[BaseModel],  # noqa: C901, 
         near = did_you_mean(loc[-1], known_fields(root, loc[:-1])) if loc else None
         return f"unknown key; did you mean {near}?" if near else "unknown key"
     if kind == "missing":
+        if example:
+            return f"required key is missing{like}"
         return f"required key is missing (e.g. {field}: {sample})" if sample else \
             "required key is missing"
     if kind in {"list_type", "dict_type", "model_type", "model_attributes_type"}:
