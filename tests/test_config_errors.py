@@ -4,6 +4,8 @@ environment."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from outagewatch.config import load_settings
@@ -266,3 +268,24 @@ class TestOnlyTargets:
             load_settings(path, only_targets={"smtp-eu"})
         assert [("targets[smtp-eu].password_env: environment variable OW_TEST_NOT_SET is not "
                 "set")] == info.value.problems
+
+
+async def test_probe_one_target_needs_only_its_secrets(tmp_path, http_server, monkeypatch):
+    """Issue 12: `outagewatch probe -t NAME` failed on another target's missing password
+    file; it needs only the selected targets' secrets (all of them without -t)."""
+    from tests.test_cli import outagewatch
+
+    monkeypatch.delenv("OW_TEST_NOT_SET", raising=False)
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "platforms: {eu: {}}\ntargets:\n"
+        f"  - {{name: web, platform: eu, type: http, url: 'http://127.0.0.1:{http_server.port}/'}}\n"
+        "  - {name: imap-eu, platform: eu, type: imap, host: h, username: u,"
+        " password_file: /nonexistent/imap}\n")
+    code, out, err = await outagewatch("probe", "-t", "web", "--json", "-c", str(path))
+    assert (0, "") == (code, err), err
+    assert "web" == json.loads(out)["target"]
+    code, _, err = await outagewatch("probe", "-c", str(path))
+    assert 2 == code
+    assert ("outagewatch: targets[imap-eu].password_file: cannot read '/nonexistent/imap': No "
+            "such file or directory\n") == err
