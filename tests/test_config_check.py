@@ -143,7 +143,7 @@ class TestNotice:
             config(tmp_path, extra=self.window(start))))
         assert 2 == code
         (line,) = out.splitlines()
-        assert line.startswith("maintenance.windows[0]: upgrade: planned maintenance must be "
+        assert line.startswith("maintenance.windows[0].start: upgrade: planned maintenance must be "
                                "announced 3 business days ahead: for a start on "
                                f"{start:%a %Y-%m-%d} announce by ")
         assert line.endswith("; register it as an emergency if it cannot wait")

@@ -272,7 +272,8 @@ class TestOnlyTargets:
 
 async def test_probe_one_target_needs_only_its_secrets(tmp_path, http_server, monkeypatch):
     """Issue 12: `outagewatch probe -t NAME` failed on another target's missing password
-    file; it needs only the selected targets' secrets (all of them without -t)."""
+    file; it needs only the selected targets' secrets (not the others', the relay's or the
+    API token). Without -t every target's are needed; the rest still, as the file is whole."""
     from tests.test_cli import outagewatch
 
     monkeypatch.delenv("OW_TEST_NOT_SET", raising=False)
@@ -281,11 +282,18 @@ async def test_probe_one_target_needs_only_its_secrets(tmp_path, http_server, mo
         "platforms: {eu: {}}\ntargets:\n"
         f"  - {{name: web, platform: eu, type: http, url: 'http://127.0.0.1:{http_server.port}/'}}\n"
         "  - {name: imap-eu, platform: eu, type: imap, host: h, username: u,"
-        " password_file: /nonexistent/imap}\n")
+        " password_file: /nonexistent/imap}\n"
+        "server: {token_file: /nonexistent/token}\n"
+        "notify: {smtp: {host: relay, username: u, password_env: OW_TEST_NOT_SET},"
+        " sender: noc@example.com}\n")
     code, out, err = await outagewatch("probe", "-t", "web", "--json", "-c", str(path))
     assert (0, "") == (code, err), err
     assert "web" == json.loads(out)["target"]
     code, _, err = await outagewatch("probe", "-c", str(path))
     assert 2 == code
-    assert ("outagewatch: targets[imap-eu].password_file: cannot read '/nonexistent/imap': No "
-            "such file or directory\n") == err
+    assert [("outagewatch: server.token_file: cannot read '/nonexistent/token': No such file "
+            "or directory"),
+            ("outagewatch: targets[imap-eu].password_file: cannot read '/nonexistent/imap': No "
+             "such file or directory"),
+            ("outagewatch: notify.smtp.password_env: environment variable OW_TEST_NOT_SET is "
+             "not set")] == err.splitlines()

@@ -91,6 +91,13 @@ _ONLY_TARGETS: contextvars.ContextVar[Collection[str] | None] = contextvars.Cont
     "only_targets", default=None)
 
 
+def _secret_needed(data: Mapping[str, Any]) -> bool:
+    """Resolve the secrets of this section? Always, unless the load is for some targets
+    only: then only theirs (not the relay's, the API token or the database password)."""
+    only = _ONLY_TARGETS.get()
+    return only is None or data.get("name") in only
+
+
 def credential_path(value: object) -> Path:
     """A secret file; a relative name is looked up in $CREDENTIALS_DIRECTORY when systemd
     passes credentials (LoadCredential=), else relative to the working directory."""
@@ -167,6 +174,8 @@ class ServerConfig(_Model):
     @classmethod
     def _resolve_token(cls, data: Any) -> Any:
         if not isinstance(data, dict):
+            return data
+        if not _secret_needed({}):
             return data
         data = resolve_secret(data, "token", inline=False)
         data = resolve_secret(data, "read_token", inline=False)
@@ -252,9 +261,8 @@ class _Credentials(_Model):
     def _resolve_password(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        only = _ONLY_TARGETS.get()
-        if only is not None and "name" in data and data["name"] not in only:
-            return data  # a target this command does not use: its secret is not needed
+        if not _secret_needed(data):
+            return data  # a target (or relay) this command does not use
         return resolve_secret(data, "password", inline=True)
 
     @model_validator(mode="after")
@@ -518,7 +526,7 @@ class StateConfig(_Model):
         if data.get("url") is None and any(data.get(k) for k in (
                 "password_file", "password_env", "sslmode", "sslrootcert")):
             raise ValueError("url: the database settings need state.url")
-        return resolve_secret(data, "password", inline=False)
+        return resolve_secret(data, "password", inline=False) if _secret_needed({}) else data
 
     @field_validator("url")
     @classmethod

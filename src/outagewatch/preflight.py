@@ -83,5 +83,5 @@ def window_problems(settings: Settings, *, now: datetime) -> list[str]:
             rules.register(window, now=at, calendar=topology.calendars[window.platform],
                            notice=topology.notice_days)
         except rules.Refused as exc:
-            found.append(f"maintenance.windows[{index}]: {window.id}: {exc}")
+            found.append(f"maintenance.windows[{index}].start: {window.id}: {exc}")
     return found
