@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import email.utils
+import functools
 import json
 import os
 import re
@@ -664,8 +665,11 @@ class Settings(BaseSettings):
     def where(self, index: int) -> str:
         """A target in messages: ``targets[imap-eu]``, or ``targets[6]`` when its name is
         shared with another target."""
-        labels = configerrors.target_labels([{"name": t.name} for t in self.targets])
-        return f"targets[{labels[index]}]"
+        return f"targets[{self._labels[index]}]"
+
+    @functools.cached_property
+    def _labels(self) -> dict[int, str]:
+        return configerrors.target_labels([{"name": t.name} for t in self.targets])
 
     def _pair(self, index: int, key: str, other: str, texts: tuple[str, str]) -> str:
         """A problem between two rule values of a target, said where it was written: once

@@ -14,6 +14,7 @@ import difflib
 import re
 import types
 import typing
+from collections import Counter
 from typing import TYPE_CHECKING, Any, Union
 
 from pydantic import BaseModel
@@ -102,10 +103,11 @@ def target_labels(entries: object) -> dict[int, str]:
     if not isinstance(entries, list):
         return {}
     names = [e.get("name") if isinstance(e, dict) else None for e in entries]
+    counts = Counter(n for n in names if isinstance(n, str))
     labels = {}
     for index, name in enumerate(names):
         usable = (isinstance(name, str) and re.match(NAME_PATTERN, name) is not None
-                  and names.count(name) == 1)
+                  and counts[name] == 1)
         labels[index] = str(name) if usable else str(index)
     return labels
 
