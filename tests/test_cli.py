@@ -25,6 +25,9 @@ async def outagewatch(*args: str, env: dict[str, str] | None = None) -> tuple[in
     return process.returncode, out.decode(), err.decode()
 
 
+NOTIFY = "notify: {smtp: {host: relay.example.com}, sender: 'NOC <noc@example.com>'}\n"
+
+
 def write(tmp_path, text, name="c.yaml"):
     path = tmp_path / name
     path.write_text(text)
@@ -34,7 +37,7 @@ def write(tmp_path, text, name="c.yaml"):
 class TestCheckConfig:
     async def test_ok(self, tmp_path):
         path = write(tmp_path, config_text(9817, [("{name: w, platform: eu, type: http,"
-                                                  " url: 'http://x/'}")]))
+                                                  " url: 'http://x/'}")], extra=NOTIFY))
         assert (0, "ok\n", "") == await outagewatch("check-config", "-c", str(path))
 
     async def test_problems_one_per_line_exit_2(self, tmp_path):
@@ -43,14 +46,14 @@ class TestCheckConfig:
                                "  - {name: i, platform: eu, type: imap, host: h, port: 0}\n")
         code, out, err = await outagewatch("check-config", "-c", str(path))
         assert 2 == code
-        assert ["targets[0].url: expected an http:// or https:// URL with a host",
-                "targets[1].username: required key is missing",
-                "targets[1].port: Input should be greater than or equal to 1"] == out.splitlines()
+        assert ["targets[w].url: expected an http:// or https:// URL with a host",
+                "targets[i].username: required key is missing (e.g. username: probe@example.com)",
+                "targets[i].port: must be at least 1, not 0"] == out.splitlines()
         assert "Traceback" not in err
 
     async def test_config_from_environment(self, tmp_path):
         path = write(tmp_path, config_text(9817, [("{name: w, platform: eu, type: http,"
-                                                  " url: 'http://x/'}")]))
+                                                  " url: 'http://x/'}")], extra=NOTIFY))
         code, out, _ = await outagewatch("check-config", env={"OUTAGEWATCH_CONFIG": str(path)})
         assert (0, "ok\n") == (code, out)
 

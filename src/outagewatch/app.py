@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from outagewatch import systemd
 from outagewatch.api import Api, Leading
 from outagewatch.clock import Clock, SystemClock
-from outagewatch.config import Settings, load_settings
+from outagewatch.config import Settings, config_warnings, load_settings
 from outagewatch.engine import Composer, Desk, Engine, Maintenance, Timers, Writer
 from outagewatch.engine.engine import OBSERVATIONS_IN_MAIL
 from outagewatch.errors import ConfigError, ListenError
@@ -73,6 +73,13 @@ async def open_store(path: Path, *, threaded: bool = True) -> SqliteStore:
     except OSError as exc:
         raise StoreError(f"state.path: cannot create {path.parent}: {exc.strerror}") from None
     return await SqliteStore.open(path, threaded=threaded)
+
+
+def log_config_warnings(settings: Settings) -> None:
+    """At start: what loads but will not do what an operator expects (the lines
+    ``check-config`` prints as warnings)."""
+    for warning in config_warnings(settings):
+        log.warning("config_warning", warning=warning)
 
 
 def labels_of(target: Target) -> TargetLabels:
@@ -300,6 +307,7 @@ class Daemon:
                  supervised("state_watch", lambda: watch_state(runtime)),
                  supervised("housekeeping", lambda: keep_house(runtime))]
         self._ready = True
+        log_config_warnings(settings)
         log.info("daemon_started", listen=f"{settings.server.host}:{web.port}",
                  targets=len(settings.targets))
         systemd.notify(f"READY=1\nSTATUS={self.summary()}")

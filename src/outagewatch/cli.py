@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -16,7 +17,7 @@ import structlog
 
 from outagewatch import __version__, capacity, client
 from outagewatch.clock import SystemClock
-from outagewatch.config import Settings, load_settings
+from outagewatch.config import Settings, config_warnings, load_settings
 from outagewatch.errors import ConfigError, OutagewatchError
 from outagewatch.logs import LEVELS, configure_logging
 from outagewatch.model import ProbeType, Sample, sample_json
@@ -219,11 +220,22 @@ def _config_path(args: argparse.Namespace) -> Path:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    """One line per problem (exit 2), then ``warning: ...`` lines; ``ok`` if nothing stops
+    ``run`` (warnings alone exit 0)."""
+    from outagewatch import preflight  # noqa: PLC0415 - only this command looks further
+
     try:
-        load_settings(_config_path(args))
+        settings = load_settings(_config_path(args))
     except ConfigError as exc:
         for line in exc.problems:
             print(line)
+        return EXIT_USAGE
+    problems = preflight.problems(settings, now=datetime.now(UTC))
+    for line in problems:
+        print(line)
+    for line in config_warnings(settings):
+        print(f"warning: {line}")
+    if problems:
         return EXIT_USAGE
     print("ok")
     return EXIT_OK
@@ -265,7 +277,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _probe(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, stream=sys.stderr)
-    settings = load_settings(_config_path(args))
+    # only the selected targets' secrets are needed (and must be there)
+    settings = load_settings(_config_path(args), only_targets=args.target or None)
     targets = _select(settings, args.target)
 
     async def main() -> int:

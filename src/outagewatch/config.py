@@ -7,7 +7,10 @@ are ``SecretStr`` resolved at load time from exactly one of ``password``, ``pass
 
 from __future__ import annotations
 
+import contextvars
 import email.utils
+import functools
+import json
 import os
 import re
 import socket
@@ -39,13 +42,14 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from outagewatch import configerrors
 from outagewatch.core.render import MULTILINE_FIELDS, TEMPLATE_FIELDS
 from outagewatch.durations import format_duration, parse_duration
 from outagewatch.errors import ConfigError
 from outagewatch.model import DEFAULT_UPDATE_INTERVAL, ProbeType, Rule
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Collection, Mapping
 
 def _between(low: float, high: float) -> Callable[[timedelta], timedelta]:
     def check(value: timedelta) -> timedelta:
@@ -74,13 +78,25 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 Port = Annotated[int, Field(ge=1, le=65535)]
 TlsMode = Literal["none", "starttls", "implicit"]
 
-_NAME = r"^[a-z0-9_.-]+$"
+_NAME = configerrors.NAME_PATTERN
 _ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
 _DEFAULT_PORTS: Mapping[str, Mapping[str, int]] = {
     "smtp": {"none": 25, "starttls": 587, "implicit": 465},
     "imap": {"none": 143, "starttls": 143, "implicit": 993},
     "pop3": {"none": 110, "starttls": 110, "implicit": 995},
 }
+
+
+# The targets whose secrets a load resolves (None: all); see load_settings(only_targets=...).
+_ONLY_TARGETS: contextvars.ContextVar[Collection[str] | None] = contextvars.ContextVar(
+    "only_targets", default=None)
+
+
+def _secret_needed(data: Mapping[str, Any]) -> bool:
+    """Resolve the secrets of this section? Always, unless the load is for some targets
+    only: then only theirs (not the relay's, the API token or the database password)."""
+    only = _ONLY_TARGETS.get()
+    return only is None or data.get("name") in only
 
 
 def credential_path(value: object) -> Path:
@@ -159,6 +175,8 @@ class ServerConfig(_Model):
     @classmethod
     def _resolve_token(cls, data: Any) -> Any:
         if not isinstance(data, dict):
+            return data
+        if not _secret_needed({}):
             return data
         data = resolve_secret(data, "token", inline=False)
         data = resolve_secret(data, "read_token", inline=False)
@@ -242,7 +260,11 @@ class _Credentials(_Model):
     @model_validator(mode="before")
     @classmethod
     def _resolve_password(cls, data: Any) -> Any:
-        return resolve_secret(data, "password", inline=True) if isinstance(data, dict) else data
+        if not isinstance(data, dict):
+            return data
+        if not _secret_needed(data):
+            return data  # a target (or relay) this command does not use
+        return resolve_secret(data, "password", inline=True)
 
     @model_validator(mode="after")
     def _password_needs_user(self) -> _Credentials:
@@ -476,7 +498,7 @@ class MaintenanceConfig(_Model):
 
 Lease = Annotated[timedelta, _Human, AfterValidator(_between(3, 300))]
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
-_NODE = r"^[A-Za-z0-9_.-]{1,63}$"
+_NODE = configerrors.NODE_PATTERN
 
 
 class StateConfig(_Model):
@@ -505,7 +527,7 @@ class StateConfig(_Model):
         if data.get("url") is None and any(data.get(k) for k in (
                 "password_file", "password_env", "sslmode", "sslrootcert")):
             raise ValueError("url: the database settings need state.url")
-        return resolve_secret(data, "password", inline=False)
+        return resolve_secret(data, "password", inline=False) if _secret_needed({}) else data
 
     @field_validator("url")
     @classmethod
@@ -618,7 +640,7 @@ class Settings(BaseSettings):
         problems: list[str] = []
         seen: set[str] = set()
         for index, target in enumerate(self.targets):
-            where = f"targets[{index}]"
+            where = self.where(index)
             if target.name in seen:
                 problems.append(f"{where}.name: duplicate target name {target.name!r}")
             seen.add(target.name)
@@ -629,15 +651,44 @@ class Settings(BaseSettings):
                 )
             rule = self.rule_for(target)
             if rule.timeout <= rule.threshold:
-                problems.append(
-                    f"{where}.timeout: must be greater than threshold ({rule.threshold:g}s) "
-                    "so that a slow answer is measured, not cut off"
-                )
+                problems.append(self._pair(index, "timeout", "threshold", (
+                    ("must be greater than {other} ({value}) so that a slow answer is "
+                    "measured, not cut off"),
+                    ("must be less than {key} ({value}) so that a slow answer is measured, "
+                    "not cut off"))))
         problems += self._window_problems()
         problems += self._cluster_problems()
         if problems:
-            raise ConfigError(problems)
+            raise ConfigError(list(dict.fromkeys(problems)))  # a default's problem once
         return self
+
+    def where(self, index: int) -> str:
+        """A target in messages: ``targets[imap-eu]``, or ``targets[6]`` when its name is
+        shared with another target."""
+        return f"targets[{self._labels[index]}]"
+
+    @functools.cached_property
+    def _labels(self) -> dict[int, str]:
+        return configerrors.target_labels([{"name": t.name} for t in self.targets])
+
+    def _pair(self, index: int, key: str, other: str, texts: tuple[str, str]) -> str:
+        """A problem between two rule values of a target, said where it was written: once
+        at ``defaults.<key>`` when the target inherits both, else at the key the target sets
+        itself. ``texts`` say it from ``key`` ({other}, {value}: the other's value) and from
+        ``other`` ({key}, {value}: the key's value)."""
+        target = self.targets[index]
+        rule = self.rule_for(target)
+        mine, theirs = getattr(target, key), getattr(target, other)
+        if mine is None and theirs is None:
+            value = format_duration(getattr(rule, other))
+            return f"defaults.{key}: " + texts[0].format(other=f"defaults.{other}", value=value)
+        if mine is not None:
+            value = format_duration(getattr(rule, other))
+            if theirs is None:
+                value += ", from defaults"
+            return f"{self.where(index)}.{key}: " + texts[0].format(other=other, value=value)
+        value = format_duration(getattr(rule, key)) + ", from defaults"
+        return f"{self.where(index)}.{other}: " + texts[1].format(key=key, value=value)
 
     def _window_problems(self) -> list[str]:
         problems: list[str] = []
@@ -665,12 +716,12 @@ class Settings(BaseSettings):
             if target.locations is None:
                 continue
             if self.cluster is None:
-                problems.append(f"targets[{index}].locations: only in a cluster (no cluster "
-                                "section)")
+                problems.append(f"{self.where(index)}.locations: only in a cluster (no "
+                                "cluster section)")
                 continue
             unknown = [n for n in target.locations if n not in expected]
             if unknown:
-                problems.append(f"targets[{index}].locations: {', '.join(unknown)} not in "
+                problems.append(f"{self.where(index)}.locations: {', '.join(unknown)} not in "
                                 f"cluster.locations ({', '.join(self.cluster.locations)})")
         return problems
 
@@ -698,11 +749,48 @@ class Settings(BaseSettings):
         )
 
 
-def load_settings(path: Path | str) -> Settings:
-    """Load and validate the configuration file; raise ConfigError with one line per problem."""
+def config_warnings(settings: Settings) -> list[str]:
+    """What loads but will not do what an operator expects, one line each: printed by
+    ``check-config`` and logged (``config_warning``) when the daemon starts."""
+    warnings = []
+    if settings.notify is None:
+        warnings.append("notify: no section: no incident or maintenance mail is sent to "
+                        "anyone (add notify: {smtp: {host: ...}, sender: ...})")
+    for name, platform in settings.platforms.items():
+        if not platform.incident_recipients:
+            warnings.append(f"platforms.{name}.incident_recipients: empty: outages of "
+                            f"platform {name} are mailed to nobody")
+        if not platform.info_recipients:
+            warnings.append(f"platforms.{name}.info_recipients: empty: maintenance of "
+                            f"platform {name} is announced to nobody")
+    for index, target in enumerate(settings.targets):
+        rule = settings.rule_for(target)
+        if rule.interval > rule.window:
+            warnings.append(settings._pair(index, "interval", "window", (  # noqa: SLF001
+                ("longer than {other} ({value}): one BAD run is an outage, no second run "
+                "falls within the window"),
+                ("shorter than {key} ({value}): one BAD run is an outage, no second run "
+                "falls within the window"))))
+        if rule.threshold >= rule.window:
+            warnings.append(settings._pair(index, "threshold", "window", (  # noqa: SLF001
+                ("not shorter than {other} ({value}): a slow run is BAD only once the "
+                "window has passed"),
+                ("not longer than {key} ({value}): a slow run is BAD only once the window "
+                "has passed"))))
+    return list(dict.fromkeys(warnings))  # a default's warning once, not once per target
+
+
+def load_settings(path: Path | str, *, only_targets: Collection[str] | None = None) -> Settings:
+    """Load and validate the configuration file; raise ConfigError with one line per problem.
+
+    ``only_targets``: resolve the secrets (password_file, password_env) of these targets
+    only; the others load without their password (``outagewatch probe -t NAME``). The daemon
+    and ``check-config`` resolve all."""
     data = _read(Path(path))
+    origins, problems = _environment(data)
+    token = _ONLY_TARGETS.set(None if only_targets is None else frozenset(only_targets))
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except SettingsError as exc:  # an OUTAGEWATCH_* variable that is not the JSON it must be
         field = _SETTINGS_FIELD.search(str(exc))
         name = f"OUTAGEWATCH_{field.group(1).upper()}" if field else "an OUTAGEWATCH_* variable"
@@ -710,14 +798,79 @@ def load_settings(path: Path | str) -> Settings:
                            f"with {name}__KEY=value, or give the whole section as JSON")]) \
             from None
     except ValidationError as exc:
-        problems: list[str] = []
+        labels = configerrors.target_labels(_targets_as_given(data, origins))
         for error in exc.errors():
             nested = (error.get("ctx") or {}).get("error")
             if isinstance(nested, ConfigError):  # the cross-checks: already one line each
                 problems.extend(nested.problems)
             else:
-                problems.append(_format_error(error))
-        raise ConfigError(problems) from None
+                problems.append(_format_error(error, labels=labels, origins=origins))
+        raise ConfigError([_with_origin(line, origins)
+                           for line in dict.fromkeys(problems)]) from None
+    finally:
+        _ONLY_TARGETS.reset(token)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _environment(data: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """The settings the ``OUTAGEWATCH_*`` variables give, as ``{"defaults.threshold":
+    "OUTAGEWATCH_DEFAULTS__THRESHOLD"}``, and one problem per variable that looks like a
+    setting but names no section (pydantic-settings would ignore it). Variables that are no
+    settings (OUTAGEWATCH_CONFIG, _URL, _TOKEN, a password named by a ``*_env`` key) pass."""
+    sections = list(Settings.model_fields)
+    named = set(_named_variables(data))
+    origins: dict[str, str] = {}
+    problems: list[str] = []
+    for variable in sorted(os.environ):
+        if not variable.upper().startswith(configerrors.ENV_PREFIX) or variable in named:
+            continue
+        parts = variable[len(configerrors.ENV_PREFIX):].lower().split("__")
+        if parts[0] in sections:
+            origins[".".join(parts)] = variable
+            continue
+        near = configerrors.did_you_mean(parts[0], sections)
+        looks_like_json = os.environ[variable].lstrip()[:1] in {"{", "["}
+        if len(parts) < 2 and not (near and looks_like_json):
+            continue  # not written as a setting: someone else's variable
+        hint = (f"did you mean {configerrors.ENV_PREFIX}{near.upper()}"
+                f"{variable[len(configerrors.ENV_PREFIX) + len(parts[0]):]}?" if near else
+                f"sections: {', '.join(sections)}")
+        problems.append(f"{variable} (environment): no section {parts[0]!r}; {hint}")
+    return origins, problems
+
+
+def _named_variables(data: object) -> list[str]:
+    """Every variable a ``*_env`` key of the file names (a secret, not a setting)."""
+    if isinstance(data, dict):
+        return [str(v) for k, v in data.items() if str(k).endswith("_env")] + [
+            n for v in data.values() for n in _named_variables(v)]
+    if isinstance(data, list):
+        return [n for v in data for n in _named_variables(v)]
+    return []
+
+
+def _targets_as_given(data: Mapping[str, Any], origins: Mapping[str, str]) -> object:
+    """The targets as the operator wrote them: the file's, or a whole list from the
+    environment (OUTAGEWATCH_TARGETS='[...]')."""
+    variable = origins.get("targets")
+    if variable is not None:
+        try:
+            return json.loads(os.environ.get(variable, ""))
+        except ValueError:
+            return None
+    return data.get("targets")
+
+
+def _with_origin(line: str, origins: Mapping[str, str]) -> str:
+    """``defaults.threshold: ...`` -> ``defaults.threshold (from OUTAGEWATCH_...): ...`` when
+    the environment gave that value (or the section or list it is part of)."""
+    path, sep, rest = line.partition(": ")
+    for where, variable in origins.items():
+        if path == where or path.startswith((f"{where}.", f"{where}[")):
+            return f"{path} (from {variable}){sep}{rest}"
+    return line
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -734,6 +887,8 @@ def _read(path: Path) -> dict[str, Any]:
         raise ConfigError([f"{where}: cannot read: {exc}"]) from None
     try:
         data = yaml.safe_load(text)
+    except ValueError as exc:  # a date that does not exist: 2026-13-01
+        raise ConfigError([f"{where}: invalid YAML: {exc}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         pos = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
@@ -750,29 +905,18 @@ _SETTINGS_FIELD = re.compile(r'field "([a-z_]+)"')
 _TAGS = frozenset(t.value for t in ProbeType)
 
 
-def _format_error(error: Mapping[str, Any]) -> str:
+def _format_error(error: Mapping[str, Any], *, labels: Mapping[int, str],
+                  origins: Mapping[str, str]) -> str:
     loc = list(error.get("loc", ()))
-    parts: list[str] = []
-    for i, item in enumerate(loc):
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif item in _TAGS and i > 0 and isinstance(loc[i - 1], int) and loc[0] == "targets":
-            continue  # the discriminated union's tag, not a key the user wrote
-        else:
-            parts.append(("." if parts else "") + str(item))
-    path = "".join(parts) or "config"
+    path = configerrors.path_of(loc, labels, _TAGS)
     kind = error.get("type", "")
-    msg = str(error.get("msg", "invalid"))
-    if kind == "extra_forbidden":
-        msg = "unknown key"
-    elif kind == "missing":
-        msg = "required key is missing"
-    elif kind == "union_tag_invalid":
-        got = (error.get("ctx") or {}).get("tag", "")
-        path, msg = f"{path}.type", f"must be one of {', '.join(sorted(_TAGS))}, not {got}"
-    elif kind == "union_tag_not_found":
-        path, msg = f"{path}.type", f"required key is missing (one of {', '.join(sorted(_TAGS))})"
-    msg = msg.removeprefix("Value error, ")
+    if kind in {"union_tag_invalid", "union_tag_not_found"}:
+        path += ".type"
+    msg = configerrors.describe(error, root=Settings, tags=_TAGS)
+    variable = origins.get(path)
+    if kind == "extra_forbidden" and variable is not None and "did you mean " in msg:
+        near = msg.rsplit("did you mean ", 1)[1].rstrip("?")
+        msg = f"unknown key; did you mean {variable.rsplit('__', 1)[0]}__{near.upper()}?"
     key = _KEY_PREFIX.match(msg)
     if key:  # a model-level check that names its key: "password_file: ..." -> path.password_file
         path, msg = f"{path}.{key.group(1)}", key.group(2)

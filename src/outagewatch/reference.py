@@ -101,6 +101,31 @@ def config_reference() -> str:
         ("Every key may be overridden by `OUTAGEWATCH_<SECTION>__<KEY>`; durations accept "
          "`30s`, `15m`, `1h30m`, `500ms`, ISO 8601 or seconds."),
         "",
+        "## Checking a configuration",
+        "",
+        ("`outagewatch check-config -c FILE` prints one line per problem (exit 2), then one "
+         "`warning: ...` line per thing that loads but will not do what you expect (no "
+         "`notify` section, a platform without recipients, an `interval` longer than the "
+         "`window`, a `threshold` not below it), then `ok` (exit 0). The daemon logs the same "
+         "warnings as `config_warning` when it starts."),
+        ("Beyond the file it checks what `run` would meet: the state file and its directory "
+         "must be writable by the user that runs it (nothing is created), and a planned window "
+         "in the file must have its notice today (a window a running daemon registered "
+         "earlier may be flagged too once its notice has passed)."),
+        ("A problem names the target (`targets[imap-eu].password_env`), a value from the "
+         "environment names its variable (`defaults.threshold (from "
+         "OUTAGEWATCH_DEFAULTS__THRESHOLD)`), and an `OUTAGEWATCH_<SECTION>__<KEY>` variable "
+         "naming no section is an error. `OUTAGEWATCH_CONFIG`, `_URL`, `_TOKEN` and the "
+         "variables a `*_env` key names are not settings."),
+        ("`config/outagewatch.example.yaml` passes once its secrets exist: put files "
+         "`imap-probe`, `pop3-probe` and `relay` in a directory, and run "
+         "`CREDENTIALS_DIRECTORY=DIR SMTP_PROBE_PASSWORD=... outagewatch check-config -c "
+         "config/outagewatch.example.yaml` as the daemon's user (or point the state elsewhere "
+         "with `OUTAGEWATCH_STATE__PATH=...`). Relative `*_file` names are read from "
+         "`$CREDENTIALS_DIRECTORY` (systemd's `LoadCredential=`, a Kubernetes Secret), else "
+         "from the working directory. A test runs exactly this."),
+        ("`outagewatch probe -t NAME` needs only the selected targets' secrets."),
+        "",
         "## Sections",
         "",
         *header,

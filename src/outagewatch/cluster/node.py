@@ -36,6 +36,7 @@ from outagewatch.app import (
     backoff_of,
     channels_of,
     labels_of,
+    log_config_warnings,
     metrics_for,
     outbox_of,
     start_watchdog,
@@ -224,6 +225,7 @@ class ClusterDaemon(Daemon):
                  supervised("windows", lambda: self._follow_windows(store, engine)),
                  supervised("cluster_status", lambda: self._watch_cluster(store))]
         self._ready = True
+        log_config_warnings(settings)
         log.info("daemon_started", listen=f"{server.host}:{web_server.port}",
                  node=cluster.node, location=cluster.location,
                  targets=len(self._mine(settings)))
