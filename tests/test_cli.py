@@ -10,6 +10,7 @@ import sys
 import pytest
 from tests.helpers.daemon import config_text
 from tests.helpers.ports import free_port
+from tests.helpers.scripted import Scripted
 
 
 async def outagewatch(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -143,6 +144,44 @@ class TestProbeCommand:
                                                 record["result"], record["bad"])
         assert {"greeting", "starttls", "login", "stat", "logout"} <= set(record["phases"])
         assert record["cert_expiry"] > 0
+
+    @pytest.mark.parametrize("as_json", [False, True])
+    async def test_results_print_as_they_finish(self, tmp_path, http_server, as_json):
+        """Issue 12: a fast target's result is printed while a hung one is still running
+        (nothing for 35 s, then the whole table before), in fixed columns."""
+
+        async def silent(reader, _writer):
+            await reader.read()  # accepts, never greets: the probe runs to its deadline
+
+        async with Scripted(silent) as hung:
+            path = write(tmp_path, config_text(9817, [
+                (f"{{name: hung-smtp-server, platform: eu, type: smtp, host: 127.0.0.1,"
+                 f" port: {hung.port}, tls: none}}"),
+                f"{{name: w, platform: eu, type: http, url: 'http://127.0.0.1:{http_server.port}/'}}",
+            ], timeout="3s"))
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "outagewatch", "probe", "-c", str(path),
+                *(["--json"] if as_json else []),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            assert process.stdout is not None
+            loop = asyncio.get_running_loop()
+            lines = []
+            while line := await asyncio.wait_for(process.stdout.readline(), 30):
+                lines.append((loop.time(), line.decode().rstrip("\n")))
+            assert 1 == await process.wait()
+        rows = lines if as_json else lines[1:]
+        names = [(json.loads(text)["target"] if as_json else text.split()[0])
+                 for _, text in rows]
+        assert ["w", "hung-smtp-server"] == names, "in finishing order"
+        (fast_at, _), (slow_at, _) = rows
+        assert slow_at - fast_at > 1.5, "the fast result came long before the deadline's"
+        if not as_json:
+            header, fast, slow = (text for _, text in lines)
+            for column in ("TYPE", "RESULT", "TIME", "PHASES", "DETAIL"):
+                at = header.index(column)
+                for row in (fast, slow):
+                    assert (row[at - 2:at] == "  " and row[at] != " ") or len(row) <= at, column
+            assert "greeting: no answer within the 3s deadline" in slow
 
     async def test_uvloop_switch(self, tmp_path, http_server):
         """engine.uvloop runs the same probes on uvloop."""

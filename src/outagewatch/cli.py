@@ -19,7 +19,7 @@ from outagewatch.clock import SystemClock
 from outagewatch.config import Settings, load_settings
 from outagewatch.errors import ConfigError, OutagewatchError
 from outagewatch.logs import LEVELS, configure_logging
-from outagewatch.model import ProbeType, Sample, sample_json
+from outagewatch.model import Phase, ProbeType, Result, Sample, sample_json
 from outagewatch.probes import ProbeContext, new_http_session, phases_of, run_probe
 
 if TYPE_CHECKING:
@@ -216,27 +216,59 @@ def _probe(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, stream=sys.stderr)
     settings = load_settings(_config_path(args))
     targets = _select(settings, args.target)
+    columns = _Columns(targets)
+
+    async def one(index: int, target: Target, ctx: ProbeContext) -> bool:
+        """Probe one target and print its result at once: True when it is BAD."""
+        sample = await _staggered(index, target, ctx, settings)
+        threshold = settings.rule_for(target).threshold
+        if args.json:
+            print(json.dumps(_as_json(target, sample, threshold)), flush=True)
+        else:
+            print(columns.line(_row(target, sample, threshold)), flush=True)
+        return sample.is_bad(threshold)
 
     async def main() -> int:
+        if not args.json:
+            print(columns.line(list(PROBE_HEADER)), flush=True)
         async with new_http_session() as session:
             ctx = ProbeContext(clock=SystemClock(), session=session)
-            samples = await asyncio.gather(*(
-                _staggered(i, t, ctx, settings) for i, t in enumerate(targets)
-            ))
-        bad = False
-        rows = []
-        for target, sample in zip(targets, samples, strict=True):
-            threshold = settings.rule_for(target).threshold
-            bad |= sample.is_bad(threshold)
-            if args.json:
-                print(json.dumps(_as_json(target, sample, threshold)), flush=True)
-            else:
-                rows.append(_row(target, sample, threshold))
-        if rows:
-            print(client.table(rows, ["TARGET", "TYPE", "RESULT", "TIME", "PHASES", "DETAIL"]))
-        return EXIT_BAD if bad else EXIT_OK
+            bad = await asyncio.gather(*(one(i, t, ctx) for i, t in enumerate(targets)))
+        return EXIT_BAD if any(bad) else EXIT_OK
 
     return _run_loop(settings, main())
+
+
+PROBE_HEADER = ("TARGET", "TYPE", "RESULT", "TIME", "PHASES", "DETAIL")
+
+
+class _Columns:
+    """Fixed column widths for ``probe``'s table, known before the first result, so that rows
+    print as their probes finish and still line up. PHASES is sized for sub-second phases; a
+    longer one only pushes that row's DETAIL to the right."""
+
+    def __init__(self, targets: Sequence[Target]) -> None:
+        verdicts = [r.value for r in Result] + ["SLOW"]
+        self.widths = [
+            max([len(PROBE_HEADER[0])] + [len(t.name) for t in targets]),
+            max(len(PROBE_HEADER[1]), *(len(t.value) for t in ProbeType)),
+            max(len(PROBE_HEADER[2]), *(len(v) for v in verdicts)),
+            len("9999ms"),
+            max([len(PROBE_HEADER[4])] + [_phases_width(t) for t in targets]),
+        ]
+
+    def line(self, row: list[str]) -> str:
+        cells = [c.ljust(w) for c, w in zip(row, self.widths, strict=False)]
+        return "  ".join([*cells, *row[len(self.widths):]]).rstrip()
+
+
+def _phases_width(target: Target) -> int:
+    """The width of the target's PHASES cell when each phase took 100 to 999 ms."""
+    tls = getattr(target, "tls", None)
+    skip = {"none": {Phase.TLS, Phase.STARTTLS}, "starttls": {Phase.TLS},
+            "implicit": {Phase.STARTTLS}}.get(tls or "", set())
+    names = [p.value for p in phases_of(ProbeType(target.type)) if p not in skip]
+    return sum(len(f"{name}=999ms") for name in names) + len(names) - 1
 
 
 STAGGER = 0.003  # seconds between starts: a burst would be measured as the servers' slowness
