@@ -193,10 +193,60 @@ class TestProbeCommand:
         assert "ok" == json.loads(out)["result"]
 
 
-async def test_version():
-    code, out, _ = await outagewatch("--version")
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+async def test_version(flag):
+    code, out, _ = await outagewatch(flag)
     assert 0 == code
     assert out.startswith("outagewatch ")
+
+
+def _every_parser(parser, prog=()):
+    """The parser and each (sub)command's, depth first, with the words that reach it."""
+    import argparse
+
+    yield prog, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _every_parser(sub, (*prog, name))
+
+
+class TestHelp:
+    """Issue 12: an operator learns the CLI from --help: every option with help (its format
+    and an example), each command's exit codes, and no reST markup."""
+
+    def test_every_option_of_every_command_has_help(self):
+        from outagewatch.cli import _parser
+
+        missing, markup, no_exits = [], [], []
+        parsers = list(_every_parser(_parser()))
+        assert len(parsers) > 15  # walked into maintenance, incident, cluster ...
+        for words, parser in parsers:
+            for action in parser._actions:
+                name = "/".join(action.option_strings) or action.dest
+                if action.dest not in {"help", "command", "action"} and not action.help:
+                    missing.append(f"{' '.join(words)} {name}")
+            text = parser.format_help()
+            if "``" in text or ":ref:" in text or ".. " in text:
+                markup.append(" ".join(words))
+            if "exit status: 0" not in text:
+                no_exits.append(" ".join(words) or "outagewatch")
+        assert [] == missing
+        assert [] == markup
+        assert [] == no_exits
+
+    async def test_times_are_explained_with_an_example(self):
+        code, out, _ = await outagewatch("maintenance", "add", "--help")
+        assert 0 == code
+        assert "ISO 8601 with a zone, e.g. 2026-12-16T03:00:00+01:00" in " ".join(out.split())
+
+    async def test_top_level_help_has_no_markup(self):
+        code, out, _ = await outagewatch("--help")
+        assert 0 == code
+        assert "``" not in out
+        assert "exit status: 0" in out
+        code, out, _ = await outagewatch("probe", "--help")
+        assert "1 a probe BAD" in " ".join(out.split())
 
 
 _ = free_port
