@@ -193,6 +193,62 @@ class TestProbeCommand:
         assert "ok" == json.loads(out)["result"]
 
 
+class TestMaintenanceCommands:
+    """Issue 12, against the real daemon: ``--url`` without a scheme, ids in any case, and
+    ``update`` that changes only what it is given."""
+
+    async def test_url_ids_and_partial_update(self, tmp_path, http_server, relay):
+        from datetime import UTC, datetime, timedelta
+
+        from tests.helpers.daemon import DaemonProcess
+
+        def iso(minutes):
+            return (datetime.now(UTC) + timedelta(minutes=minutes)).isoformat()
+
+        port = free_port()
+        token = "operator-token-0123456789abcdef"
+        notify = (f"notify: {{smtp: {{host: 127.0.0.1, port: {relay.port}, tls: none}},"
+                  " sender: 'NOC <noc@example.com>'}\n")
+        path = write(tmp_path, config_text(port, [
+            f"{{name: w, platform: eu, type: http, url: 'http://127.0.0.1:{http_server.port}/'}}",
+        ], state=tmp_path / "state.db", extra=notify, server="token_env: OW_TOKEN"))
+        daemon = await DaemonProcess(path, env={"OW_TOKEN": token}).start(port)
+        env = {"OUTAGEWATCH_TOKEN": token, "OUTAGEWATCH_URL": ""}
+        url = ["--url", f"127.0.0.1:{port}", "--json"]  # no scheme: http:// it is
+        try:
+            start, end = iso(60), iso(90)
+            code, out, err = await outagewatch(
+                "maintenance", "add", "--id", "DB-Upgrade", "--platform", "eu", "--start",
+                start, "--end", end, "--emergency", *url, env=env)
+            assert (0, "") == (code, err)
+            added = json.loads(out)
+            assert "db-upgrade" == added["id"]
+            code, out, err = await outagewatch("maintenance", "show", "DB-UPGRADE", *url,
+                                               env=env)
+            assert (0, "db-upgrade") == (code, json.loads(out)["id"]), err
+            later = iso(120)
+            code, out, err = await outagewatch("maintenance", "update", "Db-Upgrade",
+                                               "--end", later, *url, env=env)
+            assert 0 == code, err
+            moved = json.loads(out)
+            assert added["start"] == moved["start"], "the start stays"
+            assert moved["end"] != added["end"]
+            earlier = iso(45)
+            code, out, err = await outagewatch("maintenance", "update", "db-upgrade",
+                                               "--start", earlier, *url, env=env)
+            assert 0 == code, err
+            assert moved["end"] == json.loads(out)["end"], "the end stays"
+            code, _, err = await outagewatch("maintenance", "update", "db-upgrade", *url,
+                                             env=env)
+            assert (2, "outagewatch: maintenance update: give --start, --end or both\n") \
+                == (code, err)
+            code, out, err = await outagewatch("maintenance", "cancel", "DB-UPGRADE", *url,
+                                               env=env)
+            assert (0, "cancelled") == (code, json.loads(out)["state"]), err
+        finally:
+            await daemon.stop()
+
+
 @pytest.mark.parametrize("flag", ["--version", "-V"])
 async def test_version(flag):
     code, out, _ = await outagewatch(flag)
