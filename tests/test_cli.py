@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import sys
 
@@ -142,8 +143,11 @@ class TestProbeCommand:
         (record,) = [json.loads(line) for line in out.splitlines()]
         assert ("pop", "pop3", "ok", False) == (record["target"], record["type"],
                                                 record["result"], record["bad"])
-        assert {"greeting", "starttls", "login", "stat", "logout"} <= set(record["phases"])
-        assert record["cert_expiry"] > 0
+        assert {"greeting", "starttls", "login", "stat", "logout"} <= set(record["phases_s"])
+        assert record["duration_s"] > 0
+        # issue 12: one time format for machines, ISO 8601 UTC
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", record["cert_expiry"])
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z", record["started_at"])
 
     @pytest.mark.parametrize("as_json", [False, True])
     async def test_results_print_as_they_finish(self, tmp_path, http_server, as_json):

@@ -246,7 +246,7 @@ class Api:
             if self._location_results is not None:  # ...and its latest result
                 entry["location_results"] = dict(self._location_results(name))
             targets.append(entry)
-        return web.json_response({"generated_at": self._clock.now().isoformat(),
+        return web.json_response({"generated_at": iso_utc(self._clock.now().timestamp()),
                                   "targets": targets})
 
     async def incidents(self, _request: web.Request) -> web.Response:

@@ -132,7 +132,7 @@ def _wrap(text: str) -> str:
 
 _ID_HELP = {
     "maintenance": "the window's id, as 'maintenance list' shows it (any case), e.g. db-upgrade",
-    "incident": "the incident's id, as 'incident list' shows it, e.g. EU-2026-0042",
+    "incident": "the incident's id, as 'incident list' shows it, e.g. EU-20261216-0300",
 }
 
 
