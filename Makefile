@@ -12,13 +12,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e . --group dev
 	touch $@
 
-# Dovecot for the IMAP/POP3 tests (Debian packages). As root they are installed when missing;
-# the package's own system-wide Dovecot is kept from starting: the tests run their own.
+# The Debian packages the tests need (the README says the same). As root they are installed
+# when their command is missing, without recommended packages, each announced with the reason
+# and the list of what apt-get adds; their own system-wide services are kept from starting:
+# the tests run private servers on free loopback ports.
 system-deps:
-	@sh tools/apt-install.sh dovecot dovecot-imapd dovecot-pop3d
-	@sh tools/apt-install.sh systemd-analyze systemd
-	@sh tools/apt-install.sh promtool prometheus
-	@sh tools/apt-install.sh pg_ctlcluster postgresql
+	@sh tools/apt-install.sh dovecot "IMAP/POP3 probe tests run a private Dovecot" \
+		dovecot-imapd dovecot-pop3d
+	@sh tools/apt-install.sh pg_ctlcluster "state and cluster tests run a private PostgreSQL" \
+		postgresql
+	@sh tools/apt-install.sh systemd-analyze "a test verifies the shipped systemd unit" systemd
+	@sh tools/apt-install.sh promtool "a test checks the shipped Prometheus alert rules" \
+		prometheus
 
 demo: $(STAMP)
 	$(BIN)/outagewatch demo
@@ -33,7 +38,8 @@ lint: $(STAMP)
 check: lint test
 
 bench-deps: $(STAMP)
-	@sh tools/apt-install.sh prometheus-blackbox-exporter prometheus-blackbox-exporter
+	@sh tools/apt-install.sh prometheus-blackbox-exporter \
+		"the probe-cost bench compares with blackbox_exporter" prometheus-blackbox-exporter
 
 bench: bench-deps system-deps
 	$(BIN)/python -m bench.probe_cost --vs-blackbox

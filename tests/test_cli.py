@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import sys
 
 import pytest
 from tests.helpers.daemon import config_text
 from tests.helpers.ports import free_port
+from tests.helpers.scripted import Scripted
 
 
 async def outagewatch(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -144,8 +146,49 @@ class TestProbeCommand:
         (record,) = [json.loads(line) for line in out.splitlines()]
         assert ("pop", "pop3", "ok", False) == (record["target"], record["type"],
                                                 record["result"], record["bad"])
-        assert {"greeting", "starttls", "login", "stat", "logout"} <= set(record["phases"])
-        assert record["cert_expiry"] > 0
+        assert {"greeting", "starttls", "login", "stat", "logout"} <= set(record["phases_s"])
+        assert record["duration_s"] > 0
+        # issue 12: one time format for machines, ISO 8601 UTC
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", record["cert_expiry"])
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z", record["started_at"])
+
+    @pytest.mark.parametrize("as_json", [False, True])
+    async def test_results_print_as_they_finish(self, tmp_path, http_server, as_json):
+        """Issue 12: a fast target's result is printed while a hung one is still running
+        (nothing for 35 s, then the whole table before), in fixed columns."""
+
+        async def silent(reader, _writer):
+            await reader.read()  # accepts, never greets: the probe runs to its deadline
+
+        async with Scripted(silent) as hung:
+            path = write(tmp_path, config_text(9817, [
+                (f"{{name: hung-smtp-server, platform: eu, type: smtp, host: 127.0.0.1,"
+                 f" port: {hung.port}, tls: none}}"),
+                f"{{name: w, platform: eu, type: http, url: 'http://127.0.0.1:{http_server.port}/'}}",
+            ], timeout="3s"))
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "outagewatch", "probe", "-c", str(path),
+                *(["--json"] if as_json else []),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            assert process.stdout is not None
+            loop = asyncio.get_running_loop()
+            lines = []
+            while line := await asyncio.wait_for(process.stdout.readline(), 30):
+                lines.append((loop.time(), line.decode().rstrip("\n")))
+            assert 1 == await process.wait()
+        rows = lines if as_json else lines[1:]
+        names = [(json.loads(text)["target"] if as_json else text.split()[0])
+                 for _, text in rows]
+        assert ["w", "hung-smtp-server"] == names, "in finishing order"
+        (fast_at, _), (slow_at, _) = rows
+        assert slow_at - fast_at > 1.5, "the fast result came long before the deadline's"
+        if not as_json:
+            header, fast, slow = (text for _, text in lines)
+            for column in ("TYPE", "RESULT", "TIME", "PHASES", "DETAIL"):
+                at = header.index(column)
+                for row in (fast, slow):
+                    assert (row[at - 2:at] == "  " and row[at] != " ") or len(row) <= at, column
+            assert "greeting: no answer within the 3s deadline" in slow
 
     async def test_uvloop_switch(self, tmp_path, http_server):
         """engine.uvloop runs the same probes on uvloop."""
@@ -157,10 +200,116 @@ class TestProbeCommand:
         assert "ok" == json.loads(out)["result"]
 
 
-async def test_version():
-    code, out, _ = await outagewatch("--version")
+class TestMaintenanceCommands:
+    """Issue 12, against the real daemon: ``--url`` without a scheme, ids in any case, and
+    ``update`` that changes only what it is given."""
+
+    async def test_url_ids_and_partial_update(self, tmp_path, http_server, relay):
+        from datetime import UTC, datetime, timedelta
+
+        from tests.helpers.daemon import DaemonProcess
+
+        def iso(minutes):
+            return (datetime.now(UTC) + timedelta(minutes=minutes)).isoformat()
+
+        port = free_port()
+        token = "operator-token-0123456789abcdef"
+        notify = (f"notify: {{smtp: {{host: 127.0.0.1, port: {relay.port}, tls: none}},"
+                  " sender: 'NOC <noc@example.com>'}\n")
+        path = write(tmp_path, config_text(port, [
+            f"{{name: w, platform: eu, type: http, url: 'http://127.0.0.1:{http_server.port}/'}}",
+        ], state=tmp_path / "state.db", extra=notify, server="token_env: OW_TOKEN"))
+        daemon = await DaemonProcess(path, env={"OW_TOKEN": token}).start(port)
+        env = {"OUTAGEWATCH_TOKEN": token, "OUTAGEWATCH_URL": ""}
+        url = ["--url", f"127.0.0.1:{port}", "--json"]  # no scheme: http:// it is
+        try:
+            start, end = iso(60), iso(90)
+            code, out, err = await outagewatch(
+                "maintenance", "add", "--id", "DB-Upgrade", "--platform", "eu", "--start",
+                start, "--end", end, "--emergency", *url, env=env)
+            assert (0, "") == (code, err)
+            added = json.loads(out)
+            assert "db-upgrade" == added["id"]
+            code, out, err = await outagewatch("maintenance", "show", "DB-UPGRADE", *url,
+                                               env=env)
+            assert (0, "db-upgrade") == (code, json.loads(out)["id"]), err
+            later = iso(120)
+            code, out, err = await outagewatch("maintenance", "update", "Db-Upgrade",
+                                               "--end", later, *url, env=env)
+            assert 0 == code, err
+            moved = json.loads(out)
+            assert added["start"] == moved["start"], "the start stays"
+            assert moved["end"] != added["end"]
+            earlier = iso(45)
+            code, out, err = await outagewatch("maintenance", "update", "db-upgrade",
+                                               "--start", earlier, *url, env=env)
+            assert 0 == code, err
+            assert moved["end"] == json.loads(out)["end"], "the end stays"
+            code, _, err = await outagewatch("maintenance", "update", "db-upgrade", *url,
+                                             env=env)
+            assert (2, "outagewatch: maintenance update: give --start, --end or both\n") \
+                == (code, err)
+            code, out, err = await outagewatch("maintenance", "cancel", "DB-UPGRADE", *url,
+                                               env=env)
+            assert (0, "cancelled") == (code, json.loads(out)["state"]), err
+        finally:
+            await daemon.stop()
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+async def test_version(flag):
+    code, out, _ = await outagewatch(flag)
     assert 0 == code
     assert out.startswith("outagewatch ")
+
+
+def _every_parser(parser, prog=()):
+    """The parser and each (sub)command's, depth first, with the words that reach it."""
+    import argparse
+
+    yield prog, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _every_parser(sub, (*prog, name))
+
+
+class TestHelp:
+    """Issue 12: an operator learns the CLI from --help: every option with help (its format
+    and an example), each command's exit codes, and no reST markup."""
+
+    def test_every_option_of_every_command_has_help(self):
+        from outagewatch.cli import _parser
+
+        missing, markup, no_exits = [], [], []
+        parsers = list(_every_parser(_parser()))
+        assert len(parsers) > 15  # walked into maintenance, incident, cluster ...
+        for words, parser in parsers:
+            for action in parser._actions:
+                name = "/".join(action.option_strings) or action.dest
+                if action.dest not in {"help", "command", "action"} and not action.help:
+                    missing.append(f"{' '.join(words)} {name}")
+            text = parser.format_help()
+            if "``" in text or ":ref:" in text or ".. " in text:
+                markup.append(" ".join(words))
+            if "exit status: 0" not in text:
+                no_exits.append(" ".join(words) or "outagewatch")
+        assert [] == missing
+        assert [] == markup
+        assert [] == no_exits
+
+    async def test_times_are_explained_with_an_example(self):
+        code, out, _ = await outagewatch("maintenance", "add", "--help")
+        assert 0 == code
+        assert "ISO 8601 with a zone, e.g. 2026-12-16T03:00:00+01:00" in " ".join(out.split())
+
+    async def test_top_level_help_has_no_markup(self):
+        code, out, _ = await outagewatch("--help")
+        assert 0 == code
+        assert "``" not in out
+        assert "exit status: 0" in out
+        code, out, _ = await outagewatch("probe", "--help")
+        assert "1 a probe BAD" in " ".join(out.split())
 
 
 _ = free_port

@@ -50,3 +50,22 @@ def test_console_on_a_terminal():
     structlog.get_logger("test").info("hello", target="x")
     assert "hello" in stream.getvalue()
     assert not stream.getvalue().lstrip().startswith("{")
+
+
+def test_time_fields_are_iso_8601_utc():
+    """Issue 12: one time format for machines: fields holding a point in time are ISO 8601 UTC
+    whether logged as Unix seconds or a datetime; other numbers stay numbers."""
+    from datetime import UTC, datetime
+
+    stream = io.StringIO()
+    configure_logging("info", json=True, stream=stream)
+    structlog.get_logger("test").warning(
+        "outage_declared", outage_start=1797390000.0, restored_at=1797390000.25,
+        started_at=datetime(2026, 12, 16, 3, 0, tzinfo=UTC), etr=None, duration_s=1.5,
+        count=3, ok=True)
+    record = json.loads(stream.getvalue())
+    assert "2026-12-16T03:00:00Z" == record["outage_start"]
+    assert "2026-12-16T03:00:00.250Z" == record["restored_at"]
+    assert "2026-12-16T03:00:00Z" == record["started_at"]
+    assert (None, 1.5, 3, True) == (record["etr"], record["duration_s"], record["count"],
+                                    record["ok"])

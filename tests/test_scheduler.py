@@ -446,7 +446,7 @@ class TestStalls:
         assert 1 == h.metric("outagewatch_probe_runs_discounted_total", target="a",
                              type="http", platform="eu")
         (event,) = [e for e in logs if e["event"] == "probe_run_discounted"]
-        assert 5.0 == event["stalled"]
+        assert 5.0 == event["stalled_s"]
         assert ["event_loop_stalled"] == h.faults.raised
 
     async def test_a_stall_excuses_one_run_not_the_next_too(self):

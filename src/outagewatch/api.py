@@ -296,7 +296,7 @@ class Api:
             if self._location_results is not None:  # ...and its latest result
                 entry["location_results"] = dict(self._location_results(name))
             targets.append(entry)
-        return web.json_response({"generated_at": self._clock.now().isoformat(),
+        return web.json_response({"generated_at": iso_utc(self._clock.now().timestamp()),
                                   "targets": targets})
 
     async def incidents(self, _request: web.Request) -> web.Response:
@@ -353,11 +353,16 @@ class Api:
         body = await _parse(request, WindowTimes)
         if not isinstance(body, WindowTimes):
             return body
-        refused = _out_of_range(start=body.start, end=body.end)
+        given = {name: value for name, value in (("start", body.start), ("end", body.end))
+                 if value is not None}
+        refused = _out_of_range(**given)
         if refused is not None:
             return refused
-        moved = request[LEADING].maintenance.move(request.match_info["id"],
-                                                  body.start.timestamp(), body.end.timestamp())
+        maintenance = request[LEADING].maintenance
+        window = maintenance.get(request.match_info["id"])  # what is not given stays
+        moved = maintenance.move(window.id,
+                                 body.start.timestamp() if body.start else window.start,
+                                 body.end.timestamp() if body.end else window.end)
         return web.json_response(window_json(moved))
 
     async def cancel_window(self, request: web.Request) -> web.Response:

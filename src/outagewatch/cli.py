@@ -1,6 +1,7 @@
-"""The ``outagewatch`` command.
+"""The ``outagewatch`` command: its parser, and the commands that need no running daemon.
 
-Exit 0 ok, 1 a probe was BAD, 2 bad input (one line, no traceback)."""
+Exit 0 ok, 1 a probe was BAD, 2 bad input (one line, no traceback); each command's ``--help``
+says its own (``EXITS``)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import asyncio
 import json
 import os
 import sys
+import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import structlog
 
@@ -20,12 +22,11 @@ from outagewatch.clock import SystemClock
 from outagewatch.config import Settings, config_warnings, load_settings
 from outagewatch.errors import ConfigError, OutagewatchError
 from outagewatch.logs import LEVELS, configure_logging
-from outagewatch.model import ProbeType, Sample, sample_json
+from outagewatch.model import Phase, ProbeType, Result, Sample, sample_json
 from outagewatch.probes import ProbeContext, new_http_session, phases_of, run_probe
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Sequence
-    from typing import Any
 
     from outagewatch.config import Target
 
@@ -39,20 +40,51 @@ class UsageError(OutagewatchError, ValueError):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
 
 
+DESCRIPTION = """\
+outagewatch: synthetic monitoring of mail platforms. It probes HTTP, SMTP, IMAP and POP3
+services, declares outages by the agreed rules and mails the incident and maintenance lists.
+Each command has its own --help, e.g. outagewatch probe --help."""
+
+EXITS = {
+    "run": "exit status: 0 stopped by SIGTERM or SIGINT; 2 bad configuration or cannot start "
+           "(one line, e.g. the listen port is in use)",
+    "check-config": "exit status: 0 the configuration is valid; 2 it is not (one line per "
+                    "problem) or cannot be read",
+    "config-schema": "exit status: 0",
+    "demo": "exit status: 0 the daemon saw what it should; 1 it did not",
+    "probe": "exit status: 0 every probe good; 1 a probe BAD (failed, or slower than its "
+             "threshold); 2 bad input (configuration, unknown target)",
+}
+OPERATOR_EXITS = ("exit status: 0 done; 2 bad input, or the daemon refused the request or "
+                  "could not be reached (one line saying which)")
+TIME = "ISO 8601 with a zone, e.g. 2026-12-16T03:00:00+01:00"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="outagewatch", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"outagewatch {__version__}")
-    parser.add_argument("--log-level", choices=LEVELS, default="info")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = _Parser(prog="outagewatch", description=DESCRIPTION,
+                     epilog=_wrap("exit status: 0 ok; 1 a probe BAD (probe); 2 bad input; "
+                                  "each command's --help says its own"))
+    parser.add_argument("-V", "--version", action="version", version=f"outagewatch {__version__}",
+                        help="print the version, e.g. 'outagewatch 0.12.0', and exit")
+    parser.add_argument("--log-level", choices=LEVELS, default="info",
+                        help=f"least severe log line shown: {', '.join(LEVELS)} (default: "
+                             "info), e.g. --log-level debug")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                     metavar="COMMAND")
 
     def with_config(name: str, text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, description=text)
-        sub.add_argument("-c", "--config", type=Path,
-                         help="YAML configuration file (default: $OUTAGEWATCH_CONFIG)")
+        sub.add_argument("-c", "--config", type=Path, metavar="FILE",
+                         help="YAML configuration file, e.g. /etc/outagewatch/config.yaml "
+                              "(default: $OUTAGEWATCH_CONFIG)")
         return sub
 
     with_config("run", "run the daemon until SIGTERM or SIGINT; SIGHUP reloads the config")
@@ -62,42 +94,101 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="run the daemon against simulated services and print what it sees",
         description="Start simulated HTTP, SMTP, IMAP and POP3 services on loopback, make "
         "one slow and one dead, heal them, and print the daemon's view. About 25 seconds.")
-    probe = with_config("probe", "probe the selected targets once, now, and print the results")
+    probe = with_config("probe", "probe the selected targets once, now, and print each result "
+                                 "as its probe finishes")
     probe.add_argument("-t", "--target", action="append", default=[], metavar="NAME",
-                       help="probe only this target (repeatable; default: all)")
-    probe.add_argument("--json", action="store_true", help="one JSON object per line")
+                       help="probe only this target, a name from the configuration's targets, "
+                            "e.g. -t imap-eu (repeatable; default: all)")
+    probe.add_argument("--json", action="store_true",
+                       help="one JSON object per result instead of the table, a line each, "
+                            'times in ISO 8601 UTC, e.g. {"target": "imap-eu", '
+                            '"result": "ok", ...}')
     _operator_commands(commands)
+    _document(parser)
     return parser
+
+
+def _document(parser: argparse.ArgumentParser, command: str | None = None) -> None:
+    """Fill in what every command's --help shows: its description (the help line in the
+    parent's list when it has none), its exit codes, and the help of an ``id`` argument."""
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public walk
+        if not isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            continue
+        helps = {a.dest: a.help for a in action._choices_actions}  # noqa: SLF001
+        for name, sub in action.choices.items():
+            top = command or name
+            if sub.description is None:
+                sub.description = helps.get(name)
+            if sub.epilog is None:
+                sub.epilog = _wrap(EXITS.get(top, OPERATOR_EXITS))
+            for argument in sub._actions:  # noqa: SLF001
+                if argument.dest == "id" and not argument.help and not argument.option_strings:
+                    argument.help = _ID_HELP.get(top, "its id")
+            _document(sub, top)
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, width=79, subsequent_indent="  ")
+
+
+_ID_HELP = {
+    "maintenance": "the window's id, as 'maintenance list' shows it (any case), e.g. db-upgrade",
+    "incident": "the incident's id, as 'incident list' shows it, e.g. EU-20261216-0300",
+}
 
 
 def _operator_commands(commands: Any) -> None:
     """``maintenance`` and ``incident``: clients of a running daemon's API."""
 
     def client_options(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--url", help="the daemon (default $OUTAGEWATCH_URL or "
-                         "http://127.0.0.1:9817)")
-        sub.add_argument("--token", help="operator token (default $OUTAGEWATCH_TOKEN)")
-        sub.add_argument("--token-file", type=Path, help="file holding the token")
-        sub.add_argument("--json", action="store_true", help="print the API's JSON")
+        sub.add_argument("--url", metavar="URL",
+                         help="the daemon's API, a URL or host:port (http:// when no scheme), "
+                              "e.g. http://127.0.0.1:9817 (default: $OUTAGEWATCH_URL, else "
+                              "http://127.0.0.1:9817)")
+        sub.add_argument("--token", metavar="TOKEN",
+                         help="operator token, the value of the daemon's server.token_env "
+                              "variable (default: $OUTAGEWATCH_TOKEN); other users can read a "
+                              "command line: prefer --token-file or the variable")
+        sub.add_argument("--token-file", type=Path, metavar="FILE",
+                         help="file holding the operator token on its first line, e.g. "
+                              "/etc/outagewatch/token")
+        sub.add_argument("--json", action="store_true",
+                         help="print the API's JSON answer instead of a table (times in ISO "
+                              "8601 UTC)")
 
-    m = commands.add_parser("maintenance", help="list, add, move or cancel maintenance")
-    ms = m.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    client_options(ms.add_parser("list", help="every window"))
+    m = commands.add_parser("maintenance", help="list, add, move or cancel maintenance windows")
+    ms = m.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="ACTION")
+    client_options(ms.add_parser("list", help="every window, past and future"))
     show = ms.add_parser("show", help="one window")
     show.add_argument("id")
     client_options(show)
-    add = ms.add_parser("add", help="register (and announce) a window")
-    for name in ("--id", "--platform", "--start", "--end"):
-        add.add_argument(name, required=True)
-    add.add_argument("--target", action="append", default=[], help="repeatable; default all")
-    add.add_argument("--emergency", action="store_true", help="no notice needed")
-    add.add_argument("--description", default="")
-    add.add_argument("--impact", default="")
+    add = ms.add_parser("add", help="register a window and mail its ANNOUNCEMENT")
+    add.add_argument("--id", required=True,
+                     help="a new window id: lower-case letters, digits, '_', '.', '-', e.g. "
+                          "db-upgrade-2026-12")
+    add.add_argument("--platform", required=True,
+                     help="a platform of the configuration, e.g. eu")
+    add.add_argument("--start", required=True, help=f"when the window starts, {TIME}")
+    add.add_argument("--end", required=True,
+                     help="when it ends, after --start, ISO 8601 with a zone, e.g. "
+                          "2026-12-16T05:00:00+01:00")
+    add.add_argument("--target", action="append", default=[], metavar="NAME",
+                     help="a target of the platform it covers, e.g. --target imap-eu "
+                          "(repeatable; default: all the platform's targets)")
+    add.add_argument("--emergency", action="store_true",
+                     help="an emergency window, announced without notice (default: planned, "
+                          "maintenance.notice_days business days ahead)")
+    add.add_argument("--description", default="",
+                     help="what is done, for the mails, e.g. 'Database upgrade' (default: none)")
+    add.add_argument("--impact", default="",
+                     help="what users notice, for the mails, e.g. 'Web-Mail unavailable for "
+                          "10 minutes' (default: none)")
     client_options(add)
-    update = ms.add_parser("update", help="move a window (mails UPDATED)")
+    update = ms.add_parser("update", help="move a window's start and/or end (mails UPDATED)")
     update.add_argument("id")
-    update.add_argument("--start", required=True)
-    update.add_argument("--end", required=True)
+    update.add_argument("--start", help=f"the new start, {TIME} (default: unchanged)")
+    update.add_argument("--end", help="the new end, ISO 8601 with a zone, e.g. "
+                                      "2026-12-16T05:00:00+01:00 (default: unchanged)")
     client_options(update)
     cancel = ms.add_parser("cancel", help="withdraw a window (mails CANCELLED)")
     cancel.add_argument("id")
@@ -280,27 +371,59 @@ def _probe(args: argparse.Namespace) -> int:
     # only the selected targets' secrets are needed (and must be there)
     settings = load_settings(_config_path(args), only_targets=args.target or None)
     targets = _select(settings, args.target)
+    columns = _Columns(targets)
+
+    async def one(index: int, target: Target, ctx: ProbeContext) -> bool:
+        """Probe one target and print its result at once: True when it is BAD."""
+        sample = await _staggered(index, target, ctx, settings)
+        threshold = settings.rule_for(target).threshold
+        if args.json:
+            print(json.dumps(_as_json(target, sample, threshold)), flush=True)
+        else:
+            print(columns.line(_row(target, sample, threshold)), flush=True)
+        return sample.is_bad(threshold)
 
     async def main() -> int:
+        if not args.json:
+            print(columns.line(list(PROBE_HEADER)), flush=True)
         async with new_http_session() as session:
             ctx = ProbeContext(clock=SystemClock(), session=session)
-            samples = await asyncio.gather(*(
-                _staggered(i, t, ctx, settings) for i, t in enumerate(targets)
-            ))
-        bad = False
-        rows = []
-        for target, sample in zip(targets, samples, strict=True):
-            threshold = settings.rule_for(target).threshold
-            bad |= sample.is_bad(threshold)
-            if args.json:
-                print(json.dumps(_as_json(target, sample, threshold)), flush=True)
-            else:
-                rows.append(_row(target, sample, threshold))
-        if rows:
-            print(client.table(rows, ["TARGET", "TYPE", "RESULT", "TIME", "PHASES", "DETAIL"]))
-        return EXIT_BAD if bad else EXIT_OK
+            bad = await asyncio.gather(*(one(i, t, ctx) for i, t in enumerate(targets)))
+        return EXIT_BAD if any(bad) else EXIT_OK
 
     return _run_loop(settings, main())
+
+
+PROBE_HEADER = ("TARGET", "TYPE", "RESULT", "TIME", "PHASES", "DETAIL")
+
+
+class _Columns:
+    """Fixed column widths for ``probe``'s table, known before the first result, so that rows
+    print as their probes finish and still line up. PHASES is sized for sub-second phases; a
+    longer one only pushes that row's DETAIL to the right."""
+
+    def __init__(self, targets: Sequence[Target]) -> None:
+        verdicts = [r.value for r in Result] + ["SLOW"]
+        self.widths = [
+            max([len(PROBE_HEADER[0])] + [len(t.name) for t in targets]),
+            max(len(PROBE_HEADER[1]), *(len(t.value) for t in ProbeType)),
+            max(len(PROBE_HEADER[2]), *(len(v) for v in verdicts)),
+            len("9999ms"),
+            max([len(PROBE_HEADER[4])] + [_phases_width(t) for t in targets]),
+        ]
+
+    def line(self, row: list[str]) -> str:
+        cells = [c.ljust(w) for c, w in zip(row, self.widths, strict=False)]
+        return "  ".join([*cells, *row[len(self.widths):]]).rstrip()
+
+
+def _phases_width(target: Target) -> int:
+    """The width of the target's PHASES cell when each phase took 100 to 999 ms."""
+    tls = getattr(target, "tls", None)
+    skip = {"none": {Phase.TLS, Phase.STARTTLS}, "starttls": {Phase.TLS},
+            "implicit": {Phase.STARTTLS}}.get(tls or "", set())
+    names = [p.value for p in phases_of(ProbeType(target.type)) if p not in skip]
+    return sum(len(f"{name}=999ms") for name in names) + len(names) - 1
 
 
 STAGGER = 0.003  # seconds between starts: a burst would be measured as the servers' slowness

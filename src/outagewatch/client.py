@@ -24,6 +24,9 @@ class ApiError(OutagewatchError, RuntimeError):
 
 class Client:
     def __init__(self, url: str, token: str | None, *, timeout: float = 10.0) -> None:
+        url = url.strip()
+        if "://" not in url:  # 127.0.0.1:9817, as the daemon's server.listen is written
+            url = f"http://{url}"
         self._url = url.rstrip("/")
         self._token = token
         self._timeout = timeout
@@ -65,6 +68,11 @@ def table(rows: list[list[str]], header: list[str]) -> str:
                      for row in [header, *rows])
 
 
+def _quoted(ident: str) -> str:
+    """An id (a window's, an incident's) as one path segment; the daemon takes any case."""
+    return urllib.parse.quote(ident, safe="")
+
+
 def maintenance(args: argparse.Namespace) -> str:
     client = client_from(args)
     match args.action:
@@ -72,21 +80,23 @@ def maintenance(args: argparse.Namespace) -> str:
             result = client.call("GET", "/api/v1/maintenance")
             rows = result["windows"]
         case "show":
-            result = client.call("GET", f"/api/v1/maintenance/{args.id}")
+            result = client.call("GET", f"/api/v1/maintenance/{_quoted(args.id)}")
             rows = [result]
         case "add":
             result = client.call("POST", "/api/v1/maintenance", {
-                "id": args.id, "platform": args.platform, "targets": args.target,
+                "id": args.id.lower(), "platform": args.platform, "targets": args.target,
                 "start": args.start, "end": args.end,
                 "kind": "emergency" if args.emergency else "planned",
                 "description": args.description, "impact": args.impact})
             rows = [result]
         case "update":
-            result = client.call("PATCH", f"/api/v1/maintenance/{args.id}",
-                                 {"start": args.start, "end": args.end})
+            times = {k: v for k, v in (("start", args.start), ("end", args.end)) if v}
+            if not times:
+                raise ApiError("maintenance update: give --start, --end or both")
+            result = client.call("PATCH", f"/api/v1/maintenance/{_quoted(args.id)}", times)
             rows = [result]
         case _:
-            result = client.call("DELETE", f"/api/v1/maintenance/{args.id}")
+            result = client.call("DELETE", f"/api/v1/maintenance/{_quoted(args.id)}")
             rows = [result]
     if args.json:
         return json.dumps(result, indent=2)
@@ -129,10 +139,6 @@ def incident(args: argparse.Namespace) -> str:
             result = client.call("PATCH", f"/api/v1/incidents/{_quoted(args.id)}", body)
             done = f"ok: {result['id']} updated, mail queued"
     return json.dumps(result, indent=2) if args.json else done
-
-
-def _quoted(ident: str) -> str:
-    return urllib.parse.quote(ident, safe="")
 
 
 def _incident_row(i: dict[str, Any]) -> list[str]:

@@ -480,14 +480,17 @@ class WindowConfig(_Model):
 
 
 class WindowTimes(_Model):
-    """A window's new start and end (the operator API's move)."""
+    """A window's new start and/or end (the operator API's move); one left out is kept."""
 
-    start: AwareDatetime
-    end: AwareDatetime
+    start: AwareDatetime | None = None
+    end: AwareDatetime | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> WindowTimes:
-        _check_ordered(self.start, self.end)
+        if self.start is None and self.end is None:
+            raise ValueError("end: give start, end or both")
+        if self.start is not None and self.end is not None:
+            _check_ordered(self.start, self.end)
         return self
 
 

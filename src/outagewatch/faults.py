@@ -61,7 +61,7 @@ class Faults:
             return
         self._metrics.fault.labels(name).set(0)
         log.info("fault_cleared", fault=name,
-                 lasted=round(self._clock.monotonic() - known.since, 1))
+                 lasted_s=round(self._clock.monotonic() - known.since, 1))
 
     def active(self) -> Mapping[str, Fault]:
         return dict(self._active)

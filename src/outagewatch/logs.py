@@ -2,18 +2,48 @@
 
 Tracebacks never carry local variables (they would carry passwords), and the stdlib loggers
 of aiohttp, asyncio and aioimaplib go through the same renderer.
+
+One time format for machines: a field that holds a point in time (``outage_start``,
+``restored_at``, ``started_at`` ...: the names in ``TIME_FIELDS`` and any ``*_at``) is written
+in ISO 8601 UTC, ``2026-12-16T03:00:00Z``, whether the code logged Unix seconds or a datetime.
+A duration carries its unit in its name instead (``duration_s``, ``lag_s``).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, TextIO
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
+from outagewatch.model import iso_utc
+
+if TYPE_CHECKING:
+    from structlog.typing import EventDict, WrappedLogger
+
 LEVELS = ("debug", "info", "warning", "error")
+
+# Fields holding a point in time (Unix seconds or a datetime), beside every ``*_at``.
+TIME_FIELDS = frozenset({"outage_start", "streak_start", "etr", "cert_expiry"})
+
+
+def _is_time_field(key: str) -> bool:
+    return key in TIME_FIELDS or key.endswith("_at")
+
+
+def iso_times(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
+    """Render the time fields of a log line as ISO 8601 UTC (a structlog processor)."""
+    for key, value in event.items():
+        if not _is_time_field(key) or isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            event[key] = iso_utc(value)
+        elif isinstance(value, datetime):
+            event[key] = iso_utc(value.timestamp())
+    return event
 
 
 def configure_logging(
@@ -27,6 +57,7 @@ def configure_logging(
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        iso_times,
     ]
     renderer: list[Any]
     if json:

@@ -62,7 +62,7 @@ class LoopLag:
         while self._stalls and self._stalls[0][1] < woke - self._keep:
             self._stalls.popleft()
         if lateness >= LOGGED:
-            log.warning("event_loop_stalled", seconds=round(lateness, 3))
+            log.warning("event_loop_stalled", lag_s=round(lateness, 3))
 
     def spans(self) -> list[tuple[float, float]]:
         """The stalls kept, oldest first: (since, until), monotonic."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -71,21 +71,32 @@ class Sample:
         return not self.ok or self.duration > threshold
 
 
+@overload
+def iso_utc(ts: float) -> str: ...
+@overload
+def iso_utc(ts: float | None) -> str | None: ...
 def iso_utc(ts: float | None) -> str | None:
-    """Unix seconds as ISO 8601 in UTC, the one time format of every API answer."""
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+    """Unix seconds as ISO 8601 in UTC with a ``Z``, the one time format machines read (API
+    answers, ``probe --json``, log fields): ``2026-12-16T03:00:00Z``, milliseconds when the
+    time has a fraction of a second (``2026-12-16T03:00:00.250Z``)."""
+    if ts is None:
+        return None
+    moment = datetime.fromtimestamp(ts, UTC)
+    spec = "seconds" if moment.microsecond == 0 else "milliseconds"
+    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
 
 
 def sample_json(sample: Sample) -> dict[str, object]:
-    """A sample as JSON-ready data (the status API and ``probe --json``)."""
+    """A sample as JSON-ready data (the status API and ``probe --json``): times in ISO 8601
+    UTC, durations in seconds with ``_s`` in their names."""
     return {
-        "started_at": sample.started_at.isoformat(),
-        "duration": round(sample.duration, 6),
+        "started_at": iso_utc(sample.started_at.timestamp()),
+        "duration_s": round(sample.duration, 6),
         "result": sample.result.value,
         "phase": sample.phase.value if sample.phase else None,
-        "phases": {p.value: round(v, 6) for p, v in sample.phases.items()},
+        "phases_s": {p.value: round(v, 6) for p, v in sample.phases.items()},
         "detail": sample.detail,
-        "cert_expiry": sample.cert_expiry,
+        "cert_expiry": iso_utc(sample.cert_expiry),
     }
 
 

@@ -36,12 +36,12 @@ class SampleRecorder:
             "type": target.type,
             "platform": target.platform,
             "result": sample.result.value,
-            "duration": round(sample.duration, 4),
+            "duration_s": round(sample.duration, 4),
         }
         if not sample.ok:
             log.warning("probe_failed", phase=sample.phase, detail=sample.detail, **fields)
         elif sample.duration > rule.threshold:
-            log.warning("probe_slow", threshold=rule.threshold, **fields)
+            log.warning("probe_slow", threshold_s=rule.threshold, **fields)
         else:
             log.debug("probe_finished", **fields)
         for listener in self._listeners:
@@ -50,7 +50,7 @@ class SampleRecorder:
     def overdue(self, target: Target, rule: Rule, started_at: datetime) -> None:
         self._metrics.mark_overdue(target.name)
         log.warning("probe_overdue", target=target.name, platform=target.platform,
-                    threshold=rule.threshold, started_at=started_at.isoformat())
+                    threshold_s=rule.threshold, started_at=started_at)
         for listener in self._listeners:
             listener.overdue(target, rule, started_at)
 

@@ -445,7 +445,7 @@ class Scheduler:
                 # a stall excuses one run, not the ones after it: a loop that stands still
                 # run after run is a saturated daemon, and a dead server must be declared
                 log.warning("probe_run_counted_despite_stall", target=target.name,
-                            stalled=round(stalled, 4), note="the previous run was already "
+                            stalled_s=round(stalled, 4), note="the previous run was already "
                             "discounted: the daemon is saturated (see scheduler_overloaded)")
                 stalled = 0.0
             if stalled:
@@ -470,8 +470,8 @@ class Scheduler:
                   stalled: float) -> None:
         self._metrics.discounted.labels(target.name, target.type, target.platform).inc()
         log.warning("probe_run_discounted", target=target.name, platform=target.platform,
-                    result=sample.result.value, duration=round(sample.duration, 4),
-                    stalled=round(stalled, 4), threshold=rule.threshold,
+                    result=sample.result.value, duration_s=round(sample.duration, 4),
+                    stalled_s=round(stalled, 4), threshold_s=rule.threshold,
                     note="BAD only because the daemon stood still; counted as unseen")
         self._overloaded(target.platform, "discounted", fault=STALLED)
         self._report(self._recorder.abandoned, target, rule, started_at)
@@ -500,7 +500,7 @@ class Scheduler:
                 del self._signs[fault]
                 if self._faults is not None:
                     self._faults.clear(fault)
-                log.info("scheduler_caught_up", fault=fault, quiet=QUIET)
+                log.info("scheduler_caught_up", fault=fault, quiet_s=QUIET)
 
 
 def _capacity(max_in_flight: int | None) -> int:

@@ -61,6 +61,6 @@ async def watchdog(period: float, heartbeat_age: Callable[[], float], *,
             line = status()
             send(f"WATCHDOG=1\nSTATUS={line}" if line else "WATCHDOG=1")
         else:
-            log.error("watchdog_withheld", heartbeat_age=round(age, 1),
+            log.error("watchdog_withheld", heartbeat_age_s=round(age, 1),
                       note="the scheduler is stuck; systemd will restart us")
         await asyncio.sleep(period)

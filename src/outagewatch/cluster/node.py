@@ -454,7 +454,7 @@ class ClusterDaemon(Daemon):
             term.writer.submit(Changes(prune_mails_before=clock.now().timestamp() - keep))
             gone = await store.forget_nodes(NODE_FORGOTTEN)
             if gone:
-                log.warning("nodes_forgotten", nodes=gone, silent_for=NODE_FORGOTTEN)
+                log.warning("nodes_forgotten", nodes=gone, silent_for_s=NODE_FORGOTTEN)
             await clock.sleep_until(clock.monotonic() + HOUSEKEEPING)
 
     # -- every node ---------------------------------------------------------------------------
@@ -501,7 +501,7 @@ class ClusterDaemon(Daemon):
             return {}
         latest = {s.location: s for s in store.recent_of(name)}  # oldest first: last wins
         return {location: {"start": iso_utc(s.start), "result": s.result, "phase": s.phase,
-                           "duration": round(s.duration, 4), "bad": s.bad}
+                           "duration_s": round(s.duration, 4), "bad": s.bad}
                 for location, s in sorted(latest.items())}
 
     def _locations(self, name: str) -> dict[str, str]:

@@ -127,6 +127,10 @@ class ProbeRun:
     timeout: float
 
 
+_SILENT = (": connected, but no greeting came (a port where the client speaks first,"
+           " like HTTP or implicit TLS?)")
+
+
 async def run_probe(target: Target, ctx: ProbeContext, *, timeout: float) -> Sample:
     """Probe ``target`` once within ``timeout`` seconds; return a Sample, never raise
     (except CancelledError when the caller cancels)."""
@@ -146,6 +150,8 @@ async def run_probe(target: Target, ctx: ProbeContext, *, timeout: float) -> Sam
         phase = exc.phase if isinstance(exc, ProbeFailure) and exc.phase else timer.current
         if deadline.expired():
             result, detail = Result.TIMEOUT, f"no answer within the {timeout:g}s deadline"
+            if phase is Phase.GREETING:  # connected, and the server waits for us to speak
+                detail += _SILENT
         else:
             result = classify(exc)
             detail = exc.detail if isinstance(exc, ProbeFailure) else describe(exc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import re
 import socket
 import ssl
 import time
@@ -21,6 +22,40 @@ class ProbeFailure(Exception):
         self.result = result
         self.detail = detail
         self.phase = phase
+
+
+# What other servers say first (or answer), to name the server a wrong port reached.
+_SIGNATURES: tuple[tuple[re.Pattern[bytes], str, str], ...] = (
+    (re.compile(rb"^\* (?:OK|PREAUTH|BYE)\b", re.IGNORECASE), "IMAP", "an IMAP server"),
+    (re.compile(rb"^(?:\+OK|-ERR)\b", re.IGNORECASE), "POP3", "a POP3 server"),
+    (re.compile(rb"^[2-5]\d\d(?:[ -]|$)"), "SMTP", "an SMTP server"),
+    (re.compile(rb"^HTTP/\d"), "HTTP", "an HTTP server"),
+    (re.compile(rb"^SSH-\d"), "SSH", "an SSH server"),
+)
+
+
+def other_protocol(line: bytes, expected: str) -> str | None:
+    """Which server ``line`` sounds like, when it is not the ``expected`` protocol's."""
+    for pattern, name, server in _SIGNATURES:
+        if name != expected and pattern.match(line.lstrip()):
+            return server
+    return None
+
+
+def printable(line: bytes, limit: int = 60) -> str:
+    """A server's line, short and printable (no terminal escapes into logs)."""
+    text = line.decode("utf-8", "replace").strip()
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def mismatch(expected: str, line: bytes, *, what: str = "greeting") -> ProbeFailure:
+    """The failure of a port that answers another protocol (or garbage):
+    ``expected an IMAP greeting, got '+OK ...': a POP3 server?``."""
+    article = "an" if expected[0] in "AEFHILMNORSX" else "a"
+    detail = f"expected {article} {expected} {what}, got {printable(line)!r}"
+    server = other_protocol(line, expected)
+    return ProbeFailure(Result.PROTOCOL, f"{detail}: {server}?" if server else detail)
 
 
 class PhaseTimer:

@@ -6,13 +6,15 @@ handshake: aiohttp has no signal between TCP and TLS.
 
 from __future__ import annotations
 
+import ast
 import re
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+from aiohttp.http_exceptions import BadStatusLine
 
 from outagewatch.model import Phase, Result
-from outagewatch.probes._common import PhaseTimer, ProbeFailure
+from outagewatch.probes._common import PhaseTimer, ProbeFailure, mismatch
 
 if TYPE_CHECKING:
     from types import SimpleNamespace
@@ -59,15 +61,21 @@ TRACE = _build_trace()
 async def probe(target: HttpTarget, run: ProbeRun) -> None:
     timer = run.timer
     timer.enter(Phase.CONNECT)
-    async with run.ctx.session.get(
-        target.url,
-        ssl=run.tls if run.tls is not None else False,
-        allow_redirects=target.max_redirects > 0,
-        max_redirects=max(target.max_redirects, 1),
-        trace_request_ctx=timer,
-        headers={"User-Agent": "outagewatch", "Connection": "close"},
-    ) as response:
-        body = await _read_bounded(response)
+    try:
+        async with run.ctx.session.get(
+            target.url,
+            ssl=run.tls if run.tls is not None else False,
+            allow_redirects=target.max_redirects > 0,
+            max_redirects=max(target.max_redirects, 1),
+            trace_request_ctx=timer,
+            headers={"User-Agent": "outagewatch", "Connection": "close"},
+        ) as response:
+            body = await _read_bounded(response)
+    except aiohttp.ClientResponseError as exc:
+        line = _bad_status_line(exc)
+        if line is None:
+            raise
+        raise mismatch("HTTP", line, what="response") from None
     timer.finish()
     _check_status(target, response.status)
     if target.expect_body is not None:
@@ -91,6 +99,27 @@ async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)
+
+
+_QUOTED_LINE = re.compile(r"""(b'[^\n]*'|b"[^\n]*")""")
+
+
+def _bad_status_line(exc: BaseException) -> bytes | None:
+    """The line a server answered instead of an HTTP status line, if that was the failure."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, BadStatusLine):
+            # aiohttp keeps the line's repr: in .line (Python parser) or the message (C parser)
+            quoted = _QUOTED_LINE.search(seen.line or seen.message)
+            try:
+                line = ast.literal_eval(quoted.group(1)) if quoted else seen.line
+            except (ValueError, SyntaxError):
+                line = seen.line
+            return line if isinstance(line, bytes) else str(line).encode()
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _check_status(target: HttpTarget, status: int) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import aioimaplib
 
 from outagewatch.model import Phase, Result
-from outagewatch.probes._common import ProbeFailure, open_socket
+from outagewatch.probes._common import ProbeFailure, mismatch, open_socket
 
 if TYPE_CHECKING:
     import socket
@@ -78,6 +78,10 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
             if self._greeting_seen:
                 return None
             self._greeting_seen = True
+            if not _IMAP_GREETING.match(line):  # '+OK' contains 'OK': aioimaplib would go on
+                if not self.greeted.done():
+                    self.greeted.set_exception(mismatch("IMAP", line))
+                return None
         return super()._handle_line(line, current_cmd)
 
     def _fail(self, reason: str) -> None:
@@ -106,6 +110,7 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
                 self.greeted.set_result(None)
 
 
+_IMAP_GREETING = re.compile(rb"^\* (?:OK|PREAUTH|BYE)\b", re.IGNORECASE)
 _GREETING_CAPABILITY = re.compile(rb"^\* OK \[CAPABILITY ([^\]]+)\]", re.IGNORECASE)
 
 

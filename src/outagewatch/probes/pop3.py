@@ -26,7 +26,12 @@ from typing import TYPE_CHECKING
 import anyio
 
 from outagewatch.model import Phase, Result
-from outagewatch.probes._common import PhaseTimer, ProbeFailure, open_socket
+from outagewatch.probes._common import (
+    PhaseTimer,
+    ProbeFailure,
+    mismatch,
+    open_socket,
+)
 
 if TYPE_CHECKING:
     import ssl
@@ -81,11 +86,14 @@ class _Pop3(poplib.POP3):
     def _getresp(self) -> bytes:
         """A one-line reply; a ``-`` reply raises error_proto (a refusal), anything else that
         is not ``+`` is no POP3 reply at all."""
+        greeting = not hasattr(self, "welcome")  # poplib sets it from the first reply
         try:
             reply: bytes = super()._getresp()  # type: ignore[misc]  # private, not in typeshed
         except poplib.error_proto as exc:
-            if not _reply(exc).startswith("-"):
-                raise ProbeFailure(Result.PROTOCOL, f"not a POP3 reply: {_reply(exc)}") from None
+            arg = exc.args[0] if exc.args else b""
+            line = arg if isinstance(arg, bytes) else str(arg).encode()
+            if not line.startswith(b"-"):
+                raise mismatch("POP3", line, what="greeting" if greeting else "reply") from None
             raise
         return reply
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import aiosmtplib
 
 from outagewatch.model import Phase, Result
-from outagewatch.probes._common import ProbeFailure, open_socket
+from outagewatch.probes._common import ProbeFailure, mismatch, open_socket
 
 if TYPE_CHECKING:
     import socket
@@ -28,6 +28,8 @@ PHASES: tuple[Phase, ...] = (
     Phase.DNS, Phase.CONNECT, Phase.TLS, Phase.GREETING, Phase.EHLO,
     Phase.STARTTLS, Phase.LOGIN, Phase.LOGOUT,
 )
+
+_MALFORMED = "Malformed SMTP response line: "  # aiosmtplib's words, then the server's line
 
 
 class SmtpSession:
@@ -117,7 +119,12 @@ async def open_session(
     try:
         timer.enter(Phase.TLS if tls_mode == "implicit" else Phase.GREETING)
         connected_at = timer.current_since()
-        await client.connect()
+        try:
+            await client.connect()
+        except aiosmtplib.SMTPResponseException as exc:
+            if exc.code == -1 and exc.message.startswith(_MALFORMED):  # no 'NNN text' banner
+                raise mismatch("SMTP", exc.message[len(_MALFORMED):].encode()) from None
+            raise
         if tls_mode == "implicit" and tls is not None and tls.handshake_done is not None:
             # one call did handshake and banner; split them at the recorded handshake end
             timer.enter(Phase.GREETING, at=max(tls.handshake_done, connected_at))
