@@ -357,9 +357,22 @@ class SmtpRelay(_Tls, _Credentials):
     def effective_port(self) -> int:
         return self.port or _DEFAULT_PORTS["smtp"][self.tls]
 
+    @property
+    def address(self) -> str:
+        """``host:port``, how logs and ``notify test`` name the relay."""
+        return f"{self.host}:{self.effective_port}"
+
+
+def _relay_list(value: Any) -> Any:
+    """One relay (a mapping) or several (a list), tried in order for each mail."""
+    return [value] if isinstance(value, dict | SmtpRelay) else value
+
 
 class NotifyConfig(_Model):
-    smtp: SmtpRelay
+    smtp: Annotated[list[SmtpRelay], BeforeValidator(_relay_list)] = Field(
+        min_length=1, description="the relay, or a list of relays tried in order for each "
+                                  "mail (the next one when a relay defers, cannot be "
+                                  "reached or refuses our login)")
     sender: str = Field(description='From: header, e.g. "NOC <noc@example.com>"')
     update_interval: UpdateInterval = Field(timedelta(seconds=DEFAULT_UPDATE_INTERVAL),
                                             description="time between UPDATE mails")
