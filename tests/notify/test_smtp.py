@@ -18,14 +18,14 @@ from outagewatch.notify.queue import Letter
 from outagewatch.store import EnvelopeKey
 
 ONCALL = "oncall@example.com"
-SECRET = "relay-Pa55word"  # noqa: S105 - a test relay's password
+SECRET = "relay-Pa55word"
 
 
 class Relay:
     """Accepts mail, or answers what a test sets, at MAIL or DATA."""
 
     def __init__(self) -> None:
-        self.received = []
+        self.received: list[tuple[tuple[str, ...], object]] = []
         self.mail = ""  # a reply to MAIL FROM instead of accepting it
         self.data = "250 OK"
         self.port = 0
@@ -163,6 +163,7 @@ class TestRelays:
         item = letter(channel)
         outcome, attempts = await channel.send(channel.email(item), [ONCALL])
         assert isinstance(outcome, Delivered)
+        assert outcome.close is not None
         await outcome.close()
         refused, took = attempts
         assert ["connect", "EHLO", "AUTH"] == [r.step for r in refused.replies]
