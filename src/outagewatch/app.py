@@ -198,7 +198,7 @@ async def build(settings: Settings, *, clock: Clock, registry: CollectorRegistry
                                   max_in_flight=settings.engine.max_in_flight,
                                   faults=core.faults, stalls=looplag)
             server = settings.server
-            leading = Leading(core.maintenance, engine, core.writer)
+            leading = Leading(core.maintenance, engine, core.writer, core.drainer)
             api = Api(engine=engine, leading=lambda: leading,
                       store=store, last=recorder.last, clock=clock,
                       token=server.token.get_secret_value() if server.token else None,
