@@ -365,6 +365,9 @@ class SmtpRelay(_Tls, _Credentials):
 
 def _relay_list(value: Any) -> Any:
     """One relay (a mapping) or several (a list), tried in order for each mail."""
+    if isinstance(value, list) and not value:
+        raise ValueError("no relay: give one, e.g. {host: smtp.example.com, port: 587}, or "
+                         "a list of them")
     return [value] if isinstance(value, dict | SmtpRelay) else value
 
 
@@ -384,6 +387,25 @@ class NotifyConfig(_Model):
     retry_max: Backoff = Field(timedelta(minutes=5), description="longest retry delay")
     templates: Path | None = Field(
         None, description="directory of subject.txt, open.txt, update.txt, resolved.txt")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_relay_named_as_written(cls, data: Any, handler: Any) -> Any:
+        """One relay written as a mapping (not a list): its errors name ``notify.smtp.host``,
+        not ``notify.smtp[0].host``."""
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            if not (isinstance(data, dict) and isinstance(data.get("smtp"), dict)):
+                raise
+            errors: list[Any] = []
+            for error in exc.errors():
+                loc = tuple(error["loc"])
+                if loc[:2] == ("smtp", 0):
+                    loc = ("smtp", *loc[2:])
+                errors.append({"type": error["type"], "loc": loc, "input": error["input"],
+                               **({"ctx": error["ctx"]} if "ctx" in error else {})})
+            raise ValidationError.from_exception_data(exc.title, errors) from None
 
     @field_validator("templates")
     @classmethod
