@@ -37,7 +37,8 @@ class TestSuperseded:
     async def test_stale_updates_are_not_sent_after_the_relay_heals(self, tmp_path):
         """The relay goes down after the OPEN; two UPDATEs wait; the incident is resolved;
         the relay comes back: OPEN and RESOLVED arrive, the UPDATEs are superseded (kept
-        with that state, never sent), and the order is kept."""
+        with that state, never sent), the order is kept, and the RESOLVED answers the
+        OPEN."""
         port = free_port()
         relay = Relay()
         server = await asyncio.get_running_loop().create_server(
@@ -65,6 +66,9 @@ class TestSuperseded:
             await server.wait_closed()
         assert ["Incident EU-1 #0", "Incident EU-1 #3"] == [
             m["Subject"] for _, m in relay.received]
+        (_, opened), (_, closed) = relay.received
+        assert opened["Message-ID"] == closed["In-Reply-To"]  # not the UPDATE never sent
+        assert opened["Message-ID"] == closed["References"]
         assert [(ONCALL, 0, "sent"), (ONCALL, 1, "superseded"), (ONCALL, 2, "superseded"),
                 (ONCALL, 3, "sent")] == states(stored)
         assert 2 == superseded

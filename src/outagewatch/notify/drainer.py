@@ -165,12 +165,23 @@ class Drainer:
         return letters
 
     def _supersede(self) -> None:
-        for letter in self._queue.supersede():
+        stale = self._queue.supersede()
+        for letter in stale:
             self._record(letter)
             self._metrics.notifications.labels(letter.kind, "superseded").inc()
             log.info("mail_superseded", thread=letter.key.thread, kind=letter.kind,
                      number=letter.key.number, lane=letter.key.lane,
                      note="never delivered, and the RESOLVED mail follows: not sent")
+        # what follows them answers the last message before them, which was sent
+        for follower, parent in self._queue.followers(stale):
+            channel = self._channels.get(follower.key.channel)
+            if channel is None:
+                continue
+            try:
+                follower.payload = channel.rethread(follower.payload, parent=parent)
+            except (KeyError, ValueError, TypeError):  # a payload of an older form: as it is
+                continue
+            self._record(follower)
 
     async def _attempt(self, letter: Letter) -> bool:
         self._idle.clear()

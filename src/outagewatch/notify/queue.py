@@ -111,6 +111,21 @@ class Queue:
             letter.status = "superseded"
         return sorted(stale, key=lambda item: item.key)
 
+    def followers(self, stale: list[Letter]) -> list[tuple[Letter, int]]:
+        """For each lane with superseded letters: its next pending letter, and the number
+        of the last letter before the superseded ones (the message it now answers)."""
+        first: dict[tuple[str, str, str], int] = {}
+        for letter in stale:
+            lane = _lane(letter)
+            first[lane] = min(first.get(lane, letter.key.number), letter.key.number)
+        found = []
+        for lane, number in first.items():
+            after = [letter for letter in self._letters.values() if _lane(letter) == lane
+                     and letter.status == "pending" and letter.key.number > number]
+            if after:
+                found.append((min(after, key=lambda item: item.key.number), number - 1))
+        return found
+
     def resend(self, thread: str, number: int, *, lane: str | None = None,
                now: float) -> list[Letter]:
         """The failed letters of message ``number`` of ``thread`` (a thread id, any case, or

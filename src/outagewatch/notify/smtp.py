@@ -119,6 +119,16 @@ class SmtpChannel:
             common["list_id"] = list_id(message.platform, message.audience, self._domain)
         return {recipient: {**common, "rcpt": [recipient]} for recipient in message.to}
 
+    def rethread(self, payload: Mapping[str, Any], *, parent: int) -> Mapping[str, Any]:
+        """In-Reply-To and References naming message ``parent`` (the ids differ only in
+        the number: ``<kind.id.NUMBER.installation@domain>``)."""
+        local, _, domain = str(payload["message_id"]).strip("<>").rpartition("@")
+        head, _, installation = local.rsplit(".", 2)
+        answered = f"<{head}.{parent}.{installation}@{domain}>"
+        root = f"<{head}.0.{installation}@{domain}>"
+        return {**payload, "in_reply_to": answered,
+                "references": list(dict.fromkeys((root, answered)))}
+
     def email(self, letter: Letter) -> EmailMessage:
         return self.compose(letter.payload, created=letter.created)
 
