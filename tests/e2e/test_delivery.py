@@ -102,6 +102,7 @@ class TestNotifyTest:
         for line in ("connect", "EHLO", "AUTH", "535", "MAIL", "RCPT oncall@example.com",
                      "DATA", "=> refused: relay", "=> took the mail"):
             assert line in out, line
+        assert "250-relay.test" in out  # every line of the EHLO reply, as written
         assert f"oncall@example.com: accepted by 127.0.0.1:{taking.port}" in out
         assert SECRET not in out
         ((rcpt, mail),) = taking.mails

@@ -10,6 +10,7 @@ import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 from structlog.testing import capture_logs
 from tests.helpers.ports import free_port
+from tests.helpers.smtpd import PASSWORD, USER, start_smtpd
 
 from outagewatch.config import NotifyConfig
 from outagewatch.core.render import Message, Thread, ThreadKind
@@ -196,3 +197,26 @@ class TestHeaders:
         (_, mail), = relay.received
         assert mail["List-Id"] is None
         assert "auto-generated" == mail["Auto-Submitted"]
+
+
+class TestStartTls:
+    async def test_starttls_and_login_answers_are_kept(self, server_tls, tls_files):
+        """Through STARTTLS and AUTH, as configured: each answer kept, in order; the
+        password nowhere in them."""
+        server = await start_smtpd(server_tls)
+        try:
+            channel = SmtpChannel(notify({
+                "port": server.port, "tls": "starttls", "ca_file": str(tls_files["ca"]),
+                "username": USER, "password": PASSWORD}), installation="abcd")
+            item = letter(channel)
+            outcome, (attempt,) = await channel.send(channel.email(item), [ONCALL])
+            assert isinstance(outcome, Delivered)
+            assert outcome.close is not None
+            await outcome.close()
+        finally:
+            await server.stop()
+        assert ["connect", "EHLO", "STARTTLS", "EHLO", "AUTH", "MAIL", f"RCPT {ONCALL}",
+                "DATA"] == [r.step for r in attempt.replies]
+        assert [220, 250, 220, 250, 235, 250, 250, 250] == [r.code for r in attempt.replies]
+        assert PASSWORD not in repr(attempt)
+        assert 1 == len(server.sink.messages)

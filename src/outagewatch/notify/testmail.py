@@ -91,10 +91,12 @@ def _attempt_lines(number: int, of: int, attempt: Attempt) -> list[str]:
     lines = [f"relay {number} of {of}: {attempt.relay}"]
     width = max((len(r.step) for r in attempt.replies), default=0)
     for reply in attempt.replies:
-        code = "" if reply.code is None else f"{reply.code} "
-        texts = header_safe(reply.text) if reply.code is None else reply.text
-        for index, text in enumerate(texts.splitlines() or [""]):
+        texts = (header_safe(reply.text) if reply.code is None else reply.text).splitlines()
+        for index, text in enumerate(texts or [""]):
             step = reply.step if index == 0 else ""
+            # as the relay wrote it: 250-... on every line of a reply but its last
+            code = "" if reply.code is None else (
+                f"{reply.code}{'-' if index < len(texts) - 1 else ' '}")
             lines.append(f"  {step:<{width}}  {code}{text}".rstrip())
     if isinstance(attempt.outcome, Delivered):
         lines.append("  => took the mail")
