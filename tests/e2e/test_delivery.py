@@ -203,6 +203,11 @@ class TestDaemonDelivery:
                 assert (2, "") == (code, out)
                 assert "refused (409)" in err
                 assert 1 == len(err.splitlines())
+                for body, expected in (({"id": "EU-1"}, 422), ({"id": "EU-1/0"}, 404),
+                                       ({"id": mail_id, "recipient": "x@example.com"}, 404)):
+                    status, _ = await daemon.request("POST", "/api/v1/mails/resend",
+                                                     json_body=body, token=TOKEN)
+                    assert expected == status, body
                 taking.data = "554 5.7.1 policy rejection"
                 start = datetime.now(UTC) + timedelta(hours=1)
                 status, _ = await daemon.request("POST", "/api/v1/maintenance", token=TOKEN,
