@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from outagewatch.core.incidents import Incident
     from outagewatch.engine import Engine, Maintenance, Writer
     from outagewatch.model import Sample
+    from outagewatch.notify import Drainer
     from outagewatch.store import StateStore, StoredMessage
 
     class IncidentDesk(Protocol):
@@ -74,12 +75,13 @@ FORWARDED = "X-Outagewatch-Forwarded"  # set by the node that forwarded a reques
 
 @dataclass(frozen=True, slots=True)
 class Leading:
-    """What changes go to: the maintenance unit, the incident desk and their writer (one
-    node: always there; a cluster: on the leader only)."""
+    """What changes go to: the maintenance unit, the incident desk, their writer and the
+    drainer that sends the mails (one node: always there; a cluster: on the leader only)."""
 
     maintenance: Maintenance
     desk: IncidentDesk
     writer: Writer
+    drainer: Drainer | None = None
 
 
 LEADING = web.RequestKey("leading", Leading)
@@ -122,6 +124,29 @@ class IncidentResolution(BaseModel):
 
     note: str | None = Field(None, min_length=1, max_length=2000)
 
+class ResendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: StrictStr = Field(min_length=3, max_length=300)  # THREAD/NUMBER: EU-20261129-1423/2
+    recipient: StrictStr | None = Field(None, min_length=1, max_length=320)
+
+
+_MAIL_ID = re.compile(r"^(?:(incident|maintenance):)?([A-Za-z0-9_.-]+)/(\d{1,6})$",
+                      re.IGNORECASE)
+
+
+def mail_threads(mail_id: str) -> tuple[list[Thread], int] | None:
+    """``EU-20261129-1423/2`` (any case; ``incident:`` or ``maintenance:`` in front when a
+    window and an incident share a name): the threads it may name, and the number."""
+    match = _MAIL_ID.match(mail_id.strip())
+    if match is None:
+        return None
+    kind, ident, number = match.groups()
+    kinds = [ThreadKind(kind.lower())] if kind else list(ThreadKind)
+    names = dict.fromkeys((ident, ident.upper(), ident.lower()))
+    return [Thread(k, name) for k in kinds for name in names], int(number)
+
+
 # Dates an operator can mean: anything outside is a typo (0001, 9999) that would otherwise
 # travel into timers, mails and the state file.
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
@@ -155,6 +180,7 @@ def message_json(message: StoredMessage) -> dict[str, Any]:
         "number": message.number, "kind": message.kind, "channel": message.channel,
         "lane": message.lane, "status": message.status, "created": iso_utc(message.created),
         "sent_at": iso_utc(message.sent_at), "attempts": message.attempts,
+        "recipient": message.lane,
         "last_error": message.last_error, "subject": payload.get("subject"),
         "message_id": payload.get("message_id"), "recipients": payload.get("to"),
         "body": payload.get("body"),
@@ -212,6 +238,7 @@ class Api:
             web.post("/api/v1/incidents", guard(self.open_incident)),
             web.patch("/api/v1/incidents/{id}", guard(self.change_incident)),
             web.post("/api/v1/incidents/{id}/resolve", guard(self.resolve_incident)),
+            web.post("/api/v1/mails/resend", guard(self.resend_mail)),
         ]
         if self._cluster is not None:
             routes.append(web.get("/api/v1/cluster", read(self.cluster)))
@@ -331,7 +358,9 @@ class Api:
             window = request[LEADING].maintenance.get(request.match_info["id"])
         except UnknownWindow as exc:
             return error(404, str(exc))
-        return web.json_response(window_json(window))
+        messages = await self._store.thread(Thread(ThreadKind.MAINTENANCE, window.id).key)
+        return web.json_response({**window_json(window),
+                                  "mails": [message_json(m) for m in messages]})
 
     # -- changes ------------------------------------------------------------------------------
 
@@ -434,6 +463,42 @@ class Api:
         incident = request[LEADING].desk.change_incident(
             request.match_info["id"], etr=etr, interval=interval, note=body.note)
         return web.json_response(incident_json(incident, []))
+
+
+    async def resend_mail(self, request: web.Request) -> web.Response:
+        """Send a failed mail again (``mail resend``): its failed deliveries back to pending,
+        with the same Message-ID; 409 when it is not failed."""
+        body = await _parse(request, ResendRequest)
+        if not isinstance(body, ResendRequest):
+            return body
+        named = mail_threads(body.id)
+        if named is None:
+            return error(422, "expected THREAD/NUMBER, e.g. EU-20261129-1423/2 (the "
+                              "incident or maintenance id, then the mail's number)", "id")
+        threads, number = named
+        drainer = request[LEADING].drainer
+        if drainer is None:
+            return error(503, "this daemon sends no mail (no notify section)")
+        for thread in threads:
+            letters = drainer.resend(thread.key, number, lane=body.recipient)
+            if letters:
+                return web.json_response({
+                    "id": f"{thread.id}/{number}", "thread": thread.key, "number": number,
+                    "recipients": [letter.key.lane for letter in letters],
+                    "status": "pending"})
+        return await self._not_resent(body, threads, number)
+
+    async def _not_resent(self, body: ResendRequest, threads: list[Thread],
+                          number: int) -> web.Response:
+        messages = [m for thread in threads for m in await self._store.thread(thread.key)
+                    if m.number == number]
+        if body.recipient is not None:
+            messages = [m for m in messages if m.lane.lower() == body.recipient.lower()]
+        if not messages:
+            whom = f" to {body.recipient}" if body.recipient else ""
+            return error(404, f"no mail {body.id}{whom}")
+        states = ", ".join(sorted({m.status for m in messages}))
+        return error(409, f"mail {body.id} is not failed ({states}): nothing to resend")
 
 
 _KEY_PREFIX = re.compile(r"^(?:Value error, )?([a-z_]+): (.+)$", re.DOTALL)

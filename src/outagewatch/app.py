@@ -206,7 +206,7 @@ async def build(settings: Settings, *, clock: Clock, registry: CollectorRegistry
                                   faults=core.faults, stalls=looplag)
             server = settings.server
             assert engine.desk is not None  # one node: its own desk
-            leading = Leading(core.maintenance, engine.desk, core.writer)
+            leading = Leading(core.maintenance, engine.desk, core.writer, core.drainer)
             api = Api(engine=engine, leading=lambda: leading,
                       store=store, last=recorder.last, clock=clock,
                       token=server.token.get_secret_value() if server.token else None,

@@ -104,8 +104,58 @@ def _parser() -> argparse.ArgumentParser:
                             'times in ISO 8601 UTC, e.g. {"target": "imap-eu", '
                             '"result": "ok", ...}')
     _operator_commands(commands)
+    _delivery_commands(commands)
     _document(parser)
     return parser
+
+
+def _delivery_commands(commands: Any) -> None:
+    """``notify test`` (no daemon needed) and ``mail resend`` (a client of the daemon)."""
+    n = commands.add_parser("notify", help="test mail delivery through the relays")
+    nsub = n.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    test = nsub.add_parser(
+        "test", help="send a marked test mail to a platform's list and print the relays' "
+        "answers (exit 0 accepted, 1 not, 2 bad input)",
+        description="Send one mail, subject '[TEST] outagewatch ...', through the "
+        "configured relays (in order, as real mails go) to a platform's list, and print "
+        "every answer of every relay tried and, per recipient, accepted or refused. "
+        "Needs no running daemon. Exit 0 when every recipient was accepted, 1 when not, "
+        "2 for bad input.")
+    test.add_argument("-c", "--config", type=Path,
+                      help="YAML configuration file (default: $OUTAGEWATCH_CONFIG)")
+    test.add_argument("--platform", required=True,
+                      help="the platform whose list gets the mail, e.g. eu")
+    test.add_argument("--list", dest="audience", choices=("incident", "info"),
+                      default="incident", help="incident (default) or info recipients")
+    m = commands.add_parser("mail", help="resend a mail that failed for good")
+    msub = m.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    resend = msub.add_parser(
+        "resend", help="send a failed mail again, same Message-ID",
+        description="Set the failed deliveries of one mail back to pending, so the daemon "
+        "sends it again (same Message-ID) once you fixed the cause. ID is the incident's "
+        "or window's id and the mail's number, e.g. EU-20261129-1423/2 (any case); "
+        "'incident show' and 'maintenance show' list failed mails with their id.")
+    resend.add_argument("id", help="THREAD/NUMBER, e.g. EU-20261129-1423/2")
+    resend.add_argument("--to", metavar="ADDRESS",
+                        help="only this recipient's delivery (default: every failed one)")
+    _client_options(resend)
+
+
+def _client_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--url", metavar="URL",
+                     help="the daemon's API, a URL or host:port (http:// when no scheme), "
+                          "e.g. http://127.0.0.1:9817 (default: $OUTAGEWATCH_URL, else "
+                          "http://127.0.0.1:9817)")
+    sub.add_argument("--token", metavar="TOKEN",
+                     help="operator token, the value of the daemon's server.token_env "
+                          "variable (default: $OUTAGEWATCH_TOKEN); other users can read a "
+                          "command line: prefer --token-file or the variable")
+    sub.add_argument("--token-file", type=Path, metavar="FILE",
+                     help="file holding the operator token on its first line, e.g. "
+                          "/etc/outagewatch/token")
+    sub.add_argument("--json", action="store_true",
+                     help="print the API's JSON answer instead of a table (times in ISO "
+                          "8601 UTC)")
 
 
 def _document(parser: argparse.ArgumentParser, command: str | None = None) -> None:
@@ -140,21 +190,7 @@ _ID_HELP = {
 def _operator_commands(commands: Any) -> None:
     """``maintenance`` and ``incident``: clients of a running daemon's API."""
 
-    def client_options(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--url", metavar="URL",
-                         help="the daemon's API, a URL or host:port (http:// when no scheme), "
-                              "e.g. http://127.0.0.1:9817 (default: $OUTAGEWATCH_URL, else "
-                              "http://127.0.0.1:9817)")
-        sub.add_argument("--token", metavar="TOKEN",
-                         help="operator token, the value of the daemon's server.token_env "
-                              "variable (default: $OUTAGEWATCH_TOKEN); other users can read a "
-                              "command line: prefer --token-file or the variable")
-        sub.add_argument("--token-file", type=Path, metavar="FILE",
-                         help="file holding the operator token on its first line, e.g. "
-                              "/etc/outagewatch/token")
-        sub.add_argument("--json", action="store_true",
-                         help="print the API's JSON answer instead of a table (times in ISO "
-                              "8601 UTC)")
+    client_options = _client_options
 
     m = commands.add_parser("maintenance", help="list, add, move or cancel maintenance windows")
     ms = m.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="ACTION")
@@ -268,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"check-config": _check_config, "probe": _probe, "run": _run, "demo": _demo,
                 "maintenance": _operator, "incident": _operator, "cluster": _operator,
-                "config-schema": _config_schema}
+                "config-schema": _config_schema, "notify": _notify, "mail": _operator}
     try:
         return commands[args.command](args)
     except OutagewatchError as exc:  # the user's mistake or the environment's: one line each
@@ -282,9 +318,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _operator(args: argparse.Namespace) -> int:
     commands = {"maintenance": client.maintenance, "incident": client.incident,
-                "cluster": client.cluster}
+                "cluster": client.cluster, "mail": client.mail}
     print(commands[args.command](args))
     return EXIT_OK
+
+
+def _notify(args: argparse.Namespace) -> int:
+    """``notify test``: one marked mail through the relays, every answer printed."""
+    from outagewatch.notify.testmail import send_test_mail  # noqa: PLC0415 - this command only
+
+    configure_logging("error", stream=sys.stderr)
+    path = _config_path(args)
+    settings = load_settings(path)
+    report = asyncio.run(send_test_mail(settings, args.platform, args.audience,
+                                        source=str(path)))
+    print(report.text)
+    return EXIT_OK if report.accepted else EXIT_BAD
 
 
 def _config_schema(args: argparse.Namespace) -> int:

@@ -100,9 +100,37 @@ def maintenance(args: argparse.Namespace) -> str:
             rows = [result]
     if args.json:
         return json.dumps(result, indent=2)
-    return table([[w["id"], w["platform"], w["kind"], w["state"], w["start"], w["end"],
+    text = table([[w["id"], w["platform"], w["kind"], w["state"], w["start"], w["end"],
                    ",".join(w["targets"])] for w in rows],
                  ["ID", "PLATFORM", "KIND", "STATE", "START", "END", "TARGETS"])
+    if args.action == "show":
+        text += "".join(f"\n{line}" for line in failed_mails(result["id"],
+                                                               result.get("mails", [])))
+    return text
+
+
+MAIL_STATES = ("sent", "pending", "failed", "superseded")
+
+
+def mails_by_state(mails: list[dict[str, Any]]) -> str:
+    """``3 sent, 1 pending, 1 failed`` (a mail per recipient), or ``-`` for none."""
+    counts: dict[str, int] = {}
+    for item in mails:
+        counts[item["status"]] = counts.get(item["status"], 0) + 1
+    order = [*MAIL_STATES, *sorted(set(counts) - set(MAIL_STATES))]
+    return ", ".join(f"{counts[state]} {state}" for state in order if state in counts) or "-"
+
+
+def failed_mails(thread_id: str, mails: list[dict[str, Any]]) -> list[str]:
+    """The failed mails of an incident or window, each with its id for ``mail resend``,
+    its recipient and the error; nothing when none failed."""
+    failed = [m for m in mails if m["status"] == "failed"]
+    if not failed:
+        return []
+    lines = [f"failed mails ({len(failed)}): fix the cause, then 'outagewatch mail resend ID'"]
+    lines += [f"  {thread_id}/{m['number']}  {m['kind']}  to {m.get('recipient') or '?'}: "
+              f"{m.get('last_error') or 'no error recorded'}" for m in failed]
+    return lines
 
 
 def incident(args: argparse.Namespace) -> str:
@@ -144,7 +172,7 @@ def incident(args: argparse.Namespace) -> str:
 def _incident_row(i: dict[str, Any]) -> list[str]:
     return [i["id"], i["platform"], str(i["severity"]),
             "resolved" if i["resolved_at"] else "open", i["started_at"] or "-",
-            ",".join(i["affected"] or i["involved"]), str(len(i["mails"]))]
+            ",".join(i["affected"] or i["involved"]), mails_by_state(i["mails"])]
 
 
 def timeline(i: dict[str, Any]) -> str:
@@ -178,13 +206,17 @@ def timeline(i: dict[str, Any]) -> str:
         for lane in lanes:
             states[lane["status"]] = states.get(lane["status"], 0) + 1
         said = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
-        errors = sorted({f"{lane.get('lane') or '?'}: {lane['last_error']}" for lane in lanes
+        errors = sorted({f"{lane.get('recipient') or lane.get('lane') or '?'}: "
+                         f"{lane['last_error']}" for lane in lanes
                          if lane["status"] != "sent" and lane.get("last_error")})
         detail = f"{first['subject']} [{said}]" + (f" ({'; '.join(errors)})" if errors else "")
         events.append((first["created"], f"mail {number} {first['kind'].upper()}", detail))
     lines.append("")
     lines.append(table([list(e) for e in sorted(events)], ["TIME", "WHAT", "DETAIL"])
                  if events else "no mails or notes yet")
+    failed = failed_mails(i["id"], i["mails"])
+    if failed:
+        lines += ["", *failed]
     return "\n".join(lines)
 
 
@@ -203,3 +235,13 @@ def cluster(args: argparse.Namespace) -> str:
             else f"leader: none live (epoch {leader['epoch']})")
     return head + "\n" + table(rows, ["NODE", "LOCATION", "ADDRESS", "VERSION", "HEARTBEAT",
                                       "STATE", "ROLE"])
+
+
+def mail(args: argparse.Namespace) -> str:
+    """``outagewatch mail resend ID [--to ADDRESS]``: a failed mail back to pending."""
+    body = {"id": args.id, **({"recipient": args.to} if args.to else {})}
+    result = client_from(args).call("POST", "/api/v1/mails/resend", body)
+    if args.json:
+        return json.dumps(result, indent=2)
+    return (f"ok: mail {result['id']} to {', '.join(result['recipients'])} is pending "
+            "again; the daemon sends it now (same Message-ID)")

@@ -379,9 +379,25 @@ class SmtpRelay(_Tls, _Credentials):
     def effective_port(self) -> int:
         return self.port or _DEFAULT_PORTS["smtp"][self.tls]
 
+    @property
+    def address(self) -> str:
+        """``host:port``, how logs and ``notify test`` name the relay."""
+        return f"{self.host}:{self.effective_port}"
+
+
+def _relay_list(value: Any) -> Any:
+    """One relay (a mapping) or several (a list), tried in order for each mail."""
+    if isinstance(value, list) and not value:
+        raise ValueError("no relay: give one, e.g. {host: smtp.example.com, port: 587}, or "
+                         "a list of them")
+    return [value] if isinstance(value, dict | SmtpRelay) else value
+
 
 class NotifyConfig(_Model):
-    smtp: SmtpRelay
+    smtp: Annotated[list[SmtpRelay], BeforeValidator(_relay_list)] = Field(
+        min_length=1, description="the relay, or a list of relays tried in order for each "
+                                  "mail (the next one when a relay defers, cannot be "
+                                  "reached or refuses our login)")
     sender: str = Field(description='From: header, e.g. "NOC <noc@example.com>"')
     update_interval: UpdateInterval = Field(timedelta(seconds=DEFAULT_UPDATE_INTERVAL),
                                             description="time between UPDATE mails")
@@ -393,6 +409,25 @@ class NotifyConfig(_Model):
     retry_max: Backoff = Field(timedelta(minutes=5), description="longest retry delay")
     templates: Path | None = Field(
         None, description="directory of subject.txt, open.txt, update.txt, resolved.txt")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_relay_named_as_written(cls, data: Any, handler: Any) -> Any:
+        """One relay written as a mapping (not a list): its errors name ``notify.smtp.host``,
+        not ``notify.smtp[0].host``."""
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            if not (isinstance(data, dict) and isinstance(data.get("smtp"), dict)):
+                raise
+            errors: list[Any] = []
+            for error in exc.errors():
+                loc = tuple(error["loc"])
+                if loc[:2] == ("smtp", 0):
+                    loc = ("smtp", *loc[2:])
+                errors.append({"type": error["type"], "loc": loc, "input": error["input"],
+                               **({"ctx": error["ctx"]} if "ctx" in error else {})})
+            raise ValidationError.from_exception_data(exc.title, errors) from None
 
     @field_validator("templates")
     @classmethod

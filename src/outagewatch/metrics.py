@@ -78,6 +78,7 @@ class Metrics:
     outbox_pending: Gauge
     outbox_oldest_age: Gauge
     outbox_unrecorded: Gauge
+    mails_failed: Gauge
     target_outage: Gauge
     incidents_open: Gauge
     maintenance_active: Gauge
@@ -274,7 +275,7 @@ def build_metrics(
         heartbeat=Gauge(f"{ns}_scheduler_heartbeat_timestamp_seconds",
                         "Last time the scheduler loop went round.", registry=registry),
         notifications=Counter(f"{ns}_notifications", "Mail delivery attempts by kind and "
-                              "result (sent, retry, failed).", ("kind", "result"),
+                              "result (sent, retry, failed, superseded).", ("kind", "result"),
                               registry=registry),
         outbox_pending=Gauge(f"{ns}_outbox_pending", "Mails waiting in the outbox.",
                              registry=registry),
@@ -284,6 +285,9 @@ def build_metrics(
         outbox_unrecorded=Gauge(f"{ns}_outbox_unrecorded",
                                 "Mails whose state (queued, sent, failed) is not yet written "
                                 "to the state store.", registry=registry),
+        mails_failed=Gauge(f"{ns}_mails_failed", "Mails refused for good and not sent, now, "
+                           "by kind (fix the cause, then 'outagewatch mail resend').",
+                           ("kind",), registry=registry),
         target_outage=Gauge(f"{ns}_target_outage",
                             "1 while the target is in OUTAGE by the agreement's definition.",
                             _LABELS, registry=registry),

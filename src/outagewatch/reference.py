@@ -11,7 +11,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, SecretStr
 
-from outagewatch.config import NotifyConfig, Settings, Target, WindowConfig
+from outagewatch.config import NotifyConfig, Settings, SmtpRelay, Target, WindowConfig
 
 _SIMPLE = {timedelta: "duration", Path: "path", SecretStr: "secret", str: "string",
            int: "integer", bool: "boolean", float: "number", date: "date",
@@ -130,7 +130,10 @@ def config_reference() -> str:
         "",
         *header,
         *_rows(Settings, "", skip=frozenset({"targets", "notify", "maintenance"})),
-        *_rows(NotifyConfig, "notify."),
+        ("| `notify.smtp` | a relay, or a list of relays | required | "
+         f"{NotifyConfig.model_fields['smtp'].description} |"),
+        *_rows(SmtpRelay, "notify.smtp[]."),
+        *_rows(NotifyConfig, "notify.", skip=frozenset({"smtp"})),
         "| `maintenance.notice_days` | integer | `3` | business days a planned window needs |",
         *_rows(WindowConfig, "maintenance.windows[]."),
     ]

@@ -143,6 +143,20 @@ class StoreContract:
         assert [(1, "pending"), (2, "sent")] == [
             (m.number, m.status) for m in await store.thread("incident:A")]
 
+    async def test_a_superseded_mail_is_listed_not_loaded_and_pruned(self, store):
+        """An UPDATE superseded by its RESOLVED keeps that state in its thread (for the
+        API), is not handed to the drainer again at start, and goes with the old mails."""
+        update, resolved = envelope("incident:A", 1), envelope("incident:A", 2,
+                                                                 kind="resolved")
+        await store.apply(Changes(envelopes=[update, resolved]))
+        await store.apply(Changes(deliveries={update.key: delivered(update, "superseded",
+                                                                    attempts=0)}))
+        assert [(1, "superseded"), (2, "pending")] == [
+            (m.number, m.status) for m in await store.thread("incident:A")]
+        assert [2] == [e.key.number for e, _ in (await store.load(recent=1)).outbox]
+        await store.apply(Changes(prune_mails_before=500.0))
+        assert [2] == [m.number for m in await store.thread("incident:A")]
+
     async def test_incidents_newest_first(self, store):
         book = Book()
         for at in (1000.0, 2000.0, 3000.0):

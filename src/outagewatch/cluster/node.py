@@ -118,7 +118,7 @@ class Term:
     seq: int = 0  # the views read so far
 
     def leading(self) -> Leading:
-        return Leading(self.maintenance, self.desk, self.writer)
+        return Leading(self.maintenance, self.desk, self.writer, self.drainer)
 
 
 class ClusterDaemon(Daemon):

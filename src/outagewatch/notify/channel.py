@@ -56,6 +56,11 @@ class Channel(Protocol):
         attempt sends the same thing."""
         ...
 
+    def rethread(self, payload: Mapping[str, Any], *, parent: int) -> Mapping[str, Any]:
+        """``payload`` answering message ``parent`` of its thread instead of the one before
+        it (the messages between were superseded and never sent)."""
+        ...
+
     async def deliver(self, letter: Letter) -> Delivery:
         """One attempt; never raises for what the other side did."""
         ...

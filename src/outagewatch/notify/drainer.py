@@ -3,8 +3,10 @@
 Only the next letter of a lane (channel, thread, recipient) is tried, so a thread arrives
 in order for everybody, and a recipient that defers holds back only itself. A deferred
 attempt is retried after ``base * 2 ** attempts`` (capped, with jitter); a refused one is
-marked failed (kept, listed, and counted: a configuration error to fix), never retried
-blindly. A delivery is recorded the moment the other side accepted it, before the polite
+marked failed (kept, listed, counted in ``outagewatch_mails_failed``: a configuration
+error to fix), never retried blindly; ``resend`` sends it again once the operator fixed the
+cause. An UPDATE never delivered when the RESOLVED of its lane is queued is superseded (see
+``queue.py``). A delivery is recorded the moment the other side accepted it, before the polite
 end of the conversation. The drainer survives whatever a channel throws; on shutdown it
 finishes the attempt in progress rather than cutting a mail in half.
 
@@ -21,6 +23,7 @@ import asyncio
 import contextlib
 import math
 import random
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import structlog
@@ -76,6 +79,7 @@ class Drainer:
         self._stopping = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._failed_kinds = {"open", "update", "resolved"}  # exported as 0 from the start
 
     def reconfigure(self, channels: Mapping[str, Channel], backoff: tuple[float, float]) -> None:
         self._channels = dict(channels)
@@ -119,6 +123,7 @@ class Drainer:
         """Try every letter that is due now; return how many were delivered."""
         sent = 0
         while not self._stopping:
+            self._supersede()
             due = self._queue.due(self._clock.now().timestamp(), undurable=self._undurable())
             if not due:
                 break
@@ -139,6 +144,44 @@ class Drainer:
         self._metrics.outbox_pending.set(pending)
         self._metrics.outbox_oldest_age.set(oldest)
         self._metrics.outbox_unrecorded.set(unrecorded)
+        failed = Counter(letter.kind for letter in self._queue.failed())
+        for kind in self._failed_kinds | set(failed):
+            self._metrics.mails_failed.labels(kind).set(failed.get(kind, 0))
+        self._failed_kinds |= set(failed)
+
+    def resend(self, thread: str, number: int, *, lane: str | None = None) -> list[Letter]:
+        """Send the failed deliveries of a message again (the operator fixed the cause):
+        back to pending, attempts reset, same payload and Message-ID; recorded through the
+        writer like every change, and tried at once."""
+        letters = self._queue.resend(thread, number, lane=lane,
+                                     now=self._clock.now().timestamp())
+        for letter in letters:
+            self._record(letter)
+            log.info("mail_resend", thread=letter.key.thread, kind=letter.kind,
+                     number=letter.key.number, lane=letter.key.lane)
+        if letters:
+            self.update_gauges()
+            self.poke()
+        return letters
+
+    def _supersede(self) -> None:
+        stale = self._queue.supersede()
+        for letter in stale:
+            self._record(letter)
+            self._metrics.notifications.labels(letter.kind, "superseded").inc()
+            log.info("mail_superseded", thread=letter.key.thread, kind=letter.kind,
+                     number=letter.key.number, lane=letter.key.lane,
+                     note="never delivered, and the RESOLVED mail follows: not sent")
+        # what follows them answers the last message before them, which was sent
+        for follower, parent in self._queue.followers(stale):
+            channel = self._channels.get(follower.key.channel)
+            if channel is None:
+                continue
+            try:
+                follower.payload = channel.rethread(follower.payload, parent=parent)
+            except (KeyError, ValueError, TypeError):  # a payload of an older form: as it is
+                continue
+            self._record(follower)
 
     async def _attempt(self, letter: Letter) -> bool:
         self._idle.clear()

@@ -6,6 +6,11 @@ of their number, one at a time. A letter is normally tried only once it is durab
 change written), so a crash can neither lose nor duplicate it; while the store cannot write
 at all, letters go out anyway and are recorded when it can again (a mail about an outage
 matters more than its bookkeeping).
+
+An UPDATE that was never delivered when the RESOLVED of its thread and lane is queued behind
+it is superseded: not sent (its news is stale, the RESOLVED says what holds now), kept with
+that state. A failed letter can be resent: back to pending, attempts reset, same payload
+(so the same Message-ID).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ class Letter:
     created: float
     attempts: int = 0
     next_attempt: float = 0.0
-    status: str = "pending"  # pending, sent, failed
+    status: str = "pending"  # pending, sent, failed, superseded
     last_error: str | None = None
     sent_at: float | None = None
     durable: bool = False  # its envelope is in the store
@@ -39,6 +44,14 @@ class Letter:
                         self.last_error, self.payload, self.sent_at)
 
 
+UPDATE, RESOLVED = "update", "resolved"
+DONE = frozenset({"sent", "superseded"})  # nothing more to do: leaves memory once recorded
+
+
+def _lane(letter: Letter) -> tuple[str, str, str]:
+    return (letter.key.channel, letter.key.thread, letter.key.lane)
+
+
 class Queue:
     def __init__(self) -> None:
         self._letters: dict[EnvelopeKey, Letter] = {}
@@ -46,6 +59,8 @@ class Queue:
     def load(self, outbox: Iterable[tuple[Envelope, Delivery]]) -> None:
         """The store's pending and failed envelopes, at start."""
         for envelope, delivery in outbox:
+            if delivery.status in DONE:
+                continue
             self._letters[envelope.key] = Letter(
                 envelope.key, envelope.kind, delivery.payload, envelope.created,
                 delivery.attempts, delivery.next_attempt, delivery.status,
@@ -78,8 +93,53 @@ class Queue:
                 self._forget_if_done(letter)
 
     def _forget_if_done(self, letter: Letter) -> None:
-        if letter.status == "sent" and letter.durable and letter.recorded:
+        if letter.status in DONE and letter.durable and letter.recorded:
             del self._letters[letter.key]
+
+    def supersede(self) -> list[Letter]:
+        """Pending UPDATEs with a RESOLVED of their lane queued behind them: superseded
+        (the caller records them)."""
+        resolved: dict[tuple[str, str, str], int] = {}
+        for letter in self._letters.values():
+            if letter.kind == RESOLVED and letter.status == "pending":
+                lane = _lane(letter)
+                resolved[lane] = max(resolved.get(lane, -1), letter.key.number)
+        stale = [letter for letter in self._letters.values()
+                 if letter.kind == UPDATE and letter.status == "pending"
+                 and letter.key.number < resolved.get(_lane(letter), -1)]
+        for letter in stale:
+            letter.status = "superseded"
+        return sorted(stale, key=lambda item: item.key)
+
+    def followers(self, stale: list[Letter]) -> list[tuple[Letter, int]]:
+        """For each lane with superseded letters: its next pending letter, and the number
+        of the last letter before the superseded ones (the message it now answers)."""
+        first: dict[tuple[str, str, str], int] = {}
+        for letter in stale:
+            lane = _lane(letter)
+            first[lane] = min(first.get(lane, letter.key.number), letter.key.number)
+        found = []
+        for lane, number in first.items():
+            after = [letter for letter in self._letters.values() if _lane(letter) == lane
+                     and letter.status == "pending" and letter.key.number > number]
+            if after:
+                found.append((min(after, key=lambda item: item.key.number), number - 1))
+        return found
+
+    def resend(self, thread: str, number: int, *, lane: str | None = None,
+               now: float) -> list[Letter]:
+        """The failed letters of message ``number`` of ``thread`` (a thread id, any case, or
+        a full thread key), optionally of one lane (recipient), back to pending."""
+        wanted = thread.lower()
+        found = [letter for letter in self._letters.values()
+                 if letter.status == "failed" and letter.key.number == number
+                 and wanted in {letter.key.thread.lower(),
+                                letter.key.thread.partition(":")[2].lower()}
+                 and (lane is None or letter.key.lane.lower() == lane.lower())]
+        for letter in found:
+            letter.status, letter.attempts, letter.next_attempt = "pending", 0, now
+            letter.last_error = None
+        return sorted(found, key=lambda item: item.key)
 
     def heads(self) -> list[Letter]:
         """The next letter of each lane: pending, the lowest number."""

@@ -88,7 +88,7 @@ class Delivery:
     """What became of an envelope so far: its state in the outbox, as the drainer left it."""
 
     key: EnvelopeKey
-    status: str  # pending, sent, failed
+    status: str  # pending, sent, failed, superseded (an UPDATE the RESOLVED made stale)
     attempts: int
     next_attempt: float
     last_error: str | None
@@ -104,7 +104,7 @@ class StoredMessage:
     kind: str
     channel: str
     lane: str
-    status: str  # pending, sent, failed
+    status: str  # pending, sent, failed, superseded (an UPDATE the RESOLVED made stale)
     created: float
     sent_at: float | None
     attempts: int

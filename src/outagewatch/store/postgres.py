@@ -506,7 +506,7 @@ class PostgresStore:
             if changes.prune_mails_before is not None:
                 await conn.execute(
                     "DELETE FROM outbox WHERE (status = 'sent' AND sent_at < %s)"
-                    " OR (status = 'failed' AND created < %s)",
+                    " OR (status IN ('failed', 'superseded') AND created < %s)",
                     (changes.prune_mails_before, changes.prune_mails_before))
             await _many(cur, "UPDATE outbox SET status = %s, attempts = %s, next_attempt = %s,"
                         " last_error = %s, payload = %s, sent_at = %s WHERE channel = %s"
@@ -748,7 +748,8 @@ async def _load(conn: Conn, location: str, recent: int) -> State:
             (location, recent))
         outbox_cur = await conn.execute(
             "SELECT channel, thread, lane, number, kind, payload, created, status, attempts,"
-            " next_attempt, last_error, sent_at FROM outbox WHERE status != 'sent' ORDER BY id")
+            " next_attempt, last_error, sent_at FROM outbox"
+            " WHERE status NOT IN ('sent', 'superseded') ORDER BY id")
         meta_cur = await conn.execute("SELECT value FROM meta WHERE key = 'installation'")
         views_cur = await conn.execute(
             "SELECT target, location, health, last_run, outage_start, restored_at FROM views"

@@ -339,8 +339,8 @@ def _load(db: sqlite3.Connection, recent: int) -> State:
     outbox = []
     for r in db.execute(
             "SELECT channel, thread, lane, number, kind, payload, created, status, attempts,"
-            " next_attempt, last_error, sent_at FROM envelopes WHERE status != 'sent'"
-            " ORDER BY id"):
+            " next_attempt, last_error, sent_at FROM envelopes"
+            " WHERE status NOT IN ('sent', 'superseded') ORDER BY id"):
         key, payload = EnvelopeKey(r[0], r[1], r[2], r[3]), json.loads(r[5])
         outbox.append((Envelope(key, r[4], payload, r[6]),
                        Delivery(key, r[7], r[8], r[9], r[10], payload, r[11])))
@@ -380,7 +380,7 @@ def _apply(db: sqlite3.Connection, changes: Changes) -> None:
                              f"already: {exc}") from exc
         if changes.prune_mails_before is not None:
             db.execute("DELETE FROM envelopes WHERE (status = 'sent' AND sent_at < ?)"
-                       " OR (status = 'failed' AND created < ?)",
+                       " OR (status IN ('failed', 'superseded') AND created < ?)",
                        (changes.prune_mails_before, changes.prune_mails_before))
         db.executemany(
             "UPDATE envelopes SET status = ?, attempts = ?, next_attempt = ?, last_error = ?,"
