@@ -325,3 +325,31 @@ async def test_a_node_cut_from_the_database_probes_on_says_so_and_catches_up(clu
         await asyncio.sleep(0.2)
     assert "ok" == target["locations"][cut.location]
     assert [] == relay.mails
+
+
+async def test_an_incident_opened_by_hand_through_a_follower_outlives_its_leader(cluster,
+                                                                                relay):
+    """A customer's report sent to any node: the leader opens it once; killed, the next
+    leader knows it (the book is in PostgreSQL) and resolves it by hand in the same thread."""
+    follower = next(n for n in cluster if not n.leads())
+    code, body = await follower.process.request(
+        "POST", "/api/v1/incidents", token=TOKEN,
+        json_body={"platform": "eu", "severity": 2, "components": ["Calendar sync"],
+                   "impact": "Invitations are not delivered", "ticket": "OX-1"})
+    assert 201 == code, body
+    incident = json.loads(body)["id"]
+    await wait(lambda: relay.kinds() == ["OPEN"], 10, "one OPEN")
+    leader = leader_of(cluster)
+    leader.process.signal(signal.SIGKILL)
+    await leader.process.stop()
+    others = [n for n in cluster if n is not leader]
+    await wait(lambda: any(n.leads() for n in others), 15, "a new leader")
+    code, body = await others[0].process.request(
+        "POST", f"/api/v1/incidents/{incident.lower()}/resolve", token=TOKEN,
+        json_body={"note": "fixed"})
+    assert 200 == code, body
+    await wait(lambda: "RESOLVED" in relay.kinds(), 10, "RESOLVED")
+    await asyncio.sleep(0.5)
+    assert relay.kinds() == ["OPEN", "RESOLVED"]
+    assert all("OX-1" in str(m["Subject"]) for _, m in relay.mails)
+    assert relay.mails[1][1]["References"].split()[0] == relay.mails[0][1]["Message-ID"]
