@@ -81,7 +81,7 @@ def build_topology(settings: Settings, *, today: date) -> Topology:
         name: Platform(name, tuple(Service(t.name, t.critical, t.impact)
                                    for t in settings.targets if t.platform == name),
                        update_interval=interval, coalesce=coalesce,
-                       timezone=config.calendar.timezone)
+                       zone=zoneinfo.ZoneInfo(config.calendar.timezone))
         for name, config in settings.platforms.items()
     }
     custom = settings.notify.template_texts() if settings.notify else {}

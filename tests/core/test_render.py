@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 from outagewatch.core.incidents import Book, Platform, Service, change, declared, restored, tick
 from outagewatch.core.render import Observed, Thread, ThreadKind, render, span, when
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC).timestamp()
+NEW_YORK = ZoneInfo("America/New_York")
 EU = Platform("eu", (Service("imap-eu", impact="Users cannot read mail with their mail programs."),
                      Service("smtp-eu", impact="Users cannot send mail.")))
 
@@ -134,9 +136,9 @@ class TestReadsRight:
         assert "ok after 5.0" not in body
 
     def test_times_in_the_platform_zone_beside_utc(self):
-        us = Platform("us", (Service("imap-us"),), timezone="America/New_York")
+        us = Platform("us", (Service("imap-us"),), zone=NEW_YORK)
         evening = datetime(2026, 12, 16, 3, 0, tzinfo=UTC).timestamp()
-        assert when(evening, "America/New_York") == (
+        assert when(evening, NEW_YORK) == (
             "2026-12-16T03:00:00Z (Tue 15 Dec 2026 22:00 EST, Wed 16 Dec 2026 03:00 UTC)")
         _, [notice] = declared(Book(), us, "imap-us", evening, evening + 900)
         body = render(notice, us, recipients=["a@b.c"], observations=[
@@ -153,7 +155,7 @@ class TestReadsRight:
                         end=start + 3600, kind=WindowKind.PLANNED, description="",
                         impact="", registered_at=0.0)
         _, [mail] = register(window, now=start - 10 * 86400, calendar=Calendar())
-        message = render_maintenance(mail, recipients=["i@b.c"], timezone="America/New_York")
+        message = render_maintenance(mail, recipients=["i@b.c"], zone=NEW_YORK)
         assert message.subject.endswith("imap-us, 2026-12-15 22:00 EST")
         assert "Planned time: 2026-12-16T03:00:00Z (Tue 15 Dec 2026 22:00 EST" in message.body
         assert "Expected impact" not in message.body

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING
 
 from outagewatch.model import DEFAULT_UPDATE_INTERVAL
@@ -58,7 +58,7 @@ class Platform:
     services: tuple[Service, ...]
     update_interval: float = DEFAULT_UPDATE_INTERVAL
     coalesce: float = 0.0  # changes within this many seconds of the first make one UPDATE
-    timezone: str = "UTC"  # the platform's own (IANA), shown beside UTC in its mails
+    zone: tzinfo = UTC  # the platform's own time zone, shown beside UTC in its mails
 
     def service(self, name: str) -> Service:
         for service in self.services:

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import enum
 import string
-import zoneinfo
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from functools import lru_cache
+from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING
 
 from outagewatch.core.incidents import Kind, Origin
@@ -141,28 +139,27 @@ class Message:
     audience: str = ""  # ...and which: "incident" or "info" (a channel may name it, List-Id)
 
 
-def when(ts: float, timezone: str = "UTC") -> str:
+def when(ts: float, zone: tzinfo = UTC) -> str:
     """ISO 8601 UTC plus a readable form, in the platform's own time first when it has one:
     2026-12-16T03:00:00Z (Tue 15 Dec 2026 22:00 EST, Wed 16 Dec 2026 03:00 UTC)."""
     moment = datetime.fromtimestamp(ts, UTC)
     utc = f"{moment:%a %d %b %Y %H:%M} UTC"
-    if timezone in {"UTC", "Etc/UTC"}:
+    if _is_utc(zone):
         return f"{moment:%Y-%m-%dT%H:%M:%SZ} ({utc})"
-    local = moment.astimezone(_zone(timezone))
+    local = moment.astimezone(zone)
     return f"{moment:%Y-%m-%dT%H:%M:%SZ} ({local:%a %d %b %Y %H:%M %Z}, {utc})"
 
 
-def clock_time(ts: float, timezone: str = "UTC") -> str:
+def clock_time(ts: float, zone: tzinfo = UTC) -> str:
     """A time of day for a line in a mail: 09:14Z, or 04:14 EST (09:14Z)."""
     moment = datetime.fromtimestamp(ts, UTC)
-    if timezone in {"UTC", "Etc/UTC"}:
+    if _is_utc(zone):
         return f"{moment:%H:%M}Z"
-    return f"{moment.astimezone(_zone(timezone)):%H:%M %Z} ({moment:%H:%M}Z)"
+    return f"{moment.astimezone(zone):%H:%M %Z} ({moment:%H:%M}Z)"
 
 
-@lru_cache(maxsize=64)
-def _zone(name: str) -> zoneinfo.ZoneInfo:
-    return zoneinfo.ZoneInfo(name)
+def _is_utc(zone: tzinfo) -> bool:
+    return str(zone) in {"UTC", "Etc/UTC"}
 
 
 def span(seconds: float) -> str:
@@ -190,7 +187,7 @@ def render(
     """``seen``: in a cluster, per service, who saw it ("seen from fra and ams; nyc answered
     normally"), told on its impact line."""
     incident = notice.incident
-    tz = platform.timezone
+    tz = platform.zone
     services = incident.services if notice.kind is not Kind.RESOLVED else incident.involved
     impacts = _lines([_impact_line(incident, platform, name, seen or {})
                       for name in services], "- and {} more services") or "- none"
@@ -290,10 +287,10 @@ def render_maintenance(
     *,
     recipients: Sequence[str],
     templates: Mapping[str, str] = MAINTENANCE_TEMPLATES,
-    timezone: str = "UTC",
+    zone: tzinfo = UTC,
 ) -> Message:
     window = mail.window
-    tz = timezone
+    tz = zone
     problems = window.problems
     outcome = ("successful, every affected service answers normally" if not problems else
                "completed with problems: not answering normally at its end: "
@@ -326,11 +323,11 @@ def render_maintenance(
     )
 
 
-def _observations(observed: Sequence[Observed], timezone: str = "UTC") -> list[str]:
+def _observations(observed: Sequence[Observed], zone: tzinfo = UTC) -> list[str]:
     lines = []
     for o in observed:
         origin = f" from {o.location}" if o.location else ""
-        lines.append(f"- {_stamp(o.start, timezone)} {o.service}{origin}: {outcome(o)}")
+        lines.append(f"- {_stamp(o.start, zone)} {o.service}{origin}: {outcome(o)}")
     return lines
 
 
@@ -345,18 +342,18 @@ def outcome(o: Observed) -> str:
     return f"{o.result}{where} after {o.duration:.1f} s"
 
 
-def _period(ts: float, timezone: str) -> str:
+def _period(ts: float, zone: tzinfo) -> str:
     moment = datetime.fromtimestamp(ts, UTC)
-    if timezone in {"UTC", "Etc/UTC"}:
+    if _is_utc(zone):
         return f"{moment:%Y-%m-%d %H:%M}Z"
-    return f"{moment.astimezone(_zone(timezone)):%Y-%m-%d %H:%M %Z}"
+    return f"{moment.astimezone(zone):%Y-%m-%d %H:%M %Z}"
 
 
-def _stamp(ts: float, timezone: str) -> str:
+def _stamp(ts: float, zone: tzinfo) -> str:
     moment = datetime.fromtimestamp(ts, UTC)
-    if timezone in {"UTC", "Etc/UTC"}:
+    if _is_utc(zone):
         return f"{moment:%H:%M:%S}Z"
-    return f"{moment.astimezone(_zone(timezone)):%H:%M:%S %Z} ({moment:%H:%M:%S}Z)"
+    return f"{moment.astimezone(zone):%H:%M:%S %Z} ({moment:%H:%M:%S}Z)"
 
 
 def _over(notice: Notification) -> str:
@@ -374,7 +371,7 @@ def _over(notice: Notification) -> str:
 def _impact_line(incident: Incident, platform: Platform, name: str,
                  seen: Mapping[str, str]) -> str:
     """One affected service or component: what users notice, since when, who saw it."""
-    tz = platform.timezone
+    tz = platform.zone
     if name in incident.reported:
         told = incident.impact or _impact(platform, name) or "reported unavailable or too slow"
         probes = (f"; confirmed by the probes since {when(incident.outage_starts[name], tz)}"

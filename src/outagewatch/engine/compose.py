@@ -3,6 +3,7 @@ platform's list, and rendered again by each channel for the outbox."""
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import TYPE_CHECKING
 
 import structlog
@@ -48,7 +49,7 @@ class Composer:
         platform = self.topology.platforms.get(window.platform)
         return self._envelopes(render_maintenance(
             mail, recipients=recipients,
-            timezone=platform.timezone if platform is not None else "UTC"), now)
+            zone=platform.zone if platform is not None else UTC), now)
 
     def _can_send(self, recipients: Sequence[str], what: str, **about: str) -> bool:
         if self.channels and recipients:
