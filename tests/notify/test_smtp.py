@@ -220,3 +220,51 @@ class TestStartTls:
         assert [220, 250, 220, 250, 235, 250, 250, 250] == [r.code for r in attempt.replies]
         assert PASSWORD not in repr(attempt)
         assert 1 == len(server.sink.messages)
+
+
+class TestNonAscii:
+    """Addresses the configuration accepts (``jörg@exämple.com``) go out with SMTPUTF8."""
+
+    async def start(self, *, utf8: bool):
+        relay = Relay()
+        server = await asyncio.get_running_loop().create_server(
+            lambda: SMTP(relay, hostname="relay.test", enable_SMTPUTF8=utf8),
+            "127.0.0.1", 0)
+        relay.port = server.sockets[0].getsockname()[1]
+        return relay, server
+
+    def channel_and_letter(self, port: int) -> tuple[SmtpChannel, Letter]:
+        config = NotifyConfig.model_validate({
+            "smtp": [{"host": "127.0.0.1", "tls": "none", "timeout": 5, "port": port}],
+            "sender": "NÖC <noc@exämple.com>"})
+        channel = SmtpChannel(config, installation="abcd")
+        msg = Message(thread=Thread(ThreadKind.INCIDENT, "EU-1"), number=0, kind="open",
+                      to=("jörg@exämple.com",), subject="Incident EU-1 [OPEN] Störung",
+                      body="Dienst gestört", platform="eu", audience="incident")
+        payload = channel.payloads(msg, created=0.0)["jörg@exämple.com"]
+        return channel, Letter(EnvelopeKey("smtp", msg.thread.key, "jörg@exämple.com", 0),
+                               "open", payload, 1_764_000_000.0)
+
+    async def test_delivered_with_smtputf8(self):
+        relay, server = await self.start(utf8=True)
+        try:
+            channel, item = self.channel_and_letter(relay.port)
+            assert isinstance(await deliver(channel, item), Delivered)
+        finally:
+            server.close()
+            await server.wait_closed()
+        (rcpt, mail), = relay.received
+        assert rcpt == ("jörg@exämple.com",)
+        assert mail["To"] is not None
+
+    async def test_a_relay_without_smtputf8_refuses_in_one_line(self):
+        relay, server = await self.start(utf8=False)
+        try:
+            channel, item = self.channel_and_letter(relay.port)
+            outcome = await deliver(channel, item)
+        finally:
+            server.close()
+            await server.wait_closed()
+        assert isinstance(outcome, Refused)
+        assert "does not offer SMTPUTF8" in outcome.error
+        assert relay.received == []

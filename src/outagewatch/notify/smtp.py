@@ -257,18 +257,24 @@ async def _converse(client: aiosmtplib.SMTP, relay: SmtpRelay,  # noqa: PLR0911 
     refused: dict[str, tuple[int, str]] = {}
     try:
         await _hello(client, relay, say)
-        await say("MAIL", client.mail(extract_sender(mail) or ""))
+        sender = extract_sender(mail) or ""
+        utf8 = not (sender + "".join(recipients)).isascii()  # an address such as jörg@...
+        if utf8 and not client.supports_extension("smtputf8"):
+            return Refused(f"relay {relay.address} does not offer SMTPUTF8, which a non-ASCII "
+                           "address needs")
+        options, encoding = (["SMTPUTF8"], "utf-8") if utf8 else ([], "ascii")
+        await say("MAIL", client.mail(sender, options=options, encoding=encoding))
         for recipient in recipients:
             try:
-                await say(f"RCPT {recipient}", client.rcpt(recipient))
+                await say(f"RCPT {recipient}", client.rcpt(recipient, encoding=encoding))
             except aiosmtplib.SMTPRecipientRefused as exc:
                 say.replies.append(Reply(say.step, exc.code, exc.message))
                 refused[recipient] = (exc.code, exc.message)
         attempt.refused = {r: f"{c} {m}" for r, (c, m) in refused.items()}
         if len(refused) == len(recipients):
             return _by_recipient(refused, recipients)
-        # 7 bit: any relay takes it, with or without 8BITMIME
-        await say("DATA", client.data(flatten_message(mail, cte_type="7bit")))
+        # 7 bit: any relay takes it, with or without 8BITMIME (SMTPUTF8 headers are 8 bit)
+        await say("DATA", client.data(flatten_message(mail, utf8=utf8, cte_type="7bit")))
     except aiosmtplib.SMTPAuthenticationError as exc:
         say.replies.append(Reply(say.step, exc.code, exc.message))
         return Refused(f"relay {relay.address} refused our login: {exc.code} {exc.message}")
