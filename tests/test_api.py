@@ -123,3 +123,54 @@ class TestReadToken:
                     statuses.append(response.status)
         assert [401, 403, 200, 200] == statuses
 
+
+
+OPENING = {"platform": "eu", "severity": 2, "components": ["Calendar sync"],
+           "impact": "Invitations are not delivered", "ticket": "OX-1"}
+
+
+class TestIncidentsByHand:
+    @pytest.mark.parametrize(("over", "field", "said"), [
+        ({"ticket": " \t "}, "ticket", "must not be blank"),
+        ({"impact": "   "}, "impact", "must not be blank"),
+        ({"components": ["\u2028"]}, "components", "must not be blank"),
+        ({"severity": "2"}, "severity", "whole number"),
+        ({"severity": True}, "severity", ""),
+        ({"severity": 0}, "severity", ""),
+        ({"platform": "us"}, "platform", "no platform 'us' (known: eu)"),
+        ({"services": ["nope"]}, "services", "not a service of platform eu"),
+        ({"components": []}, "services", "name at least one service or component"),
+        ({"etr": "+99999999999d"}, "etr", ""),
+        ({"etr": "2020-01-01T00:00:00Z"}, "etr", "is in the past"),
+        ({"since": "+1h"}, "since", "is in the future"),
+        ({"ticket": "x" * 101}, "ticket", ""),
+        ({"colour": "red"}, "colour", "unknown key"),
+    ])
+    async def test_bad_openings_are_422_naming_the_field_and_open_nothing(
+            self, api, over, field, said):
+        body = {**OPENING, **over}
+        status, answer = await call(api, "POST", "/api/v1/incidents", body)
+        assert (422, field) == (status, answer.get("field")), answer
+        assert said in answer["error"]
+        assert "Input should" not in answer["error"]
+        assert "Python int" not in answer["error"]
+        assert api.harness.desk.book("eu").open is None
+
+    async def test_line_breaks_in_a_ticket_become_spaces_and_mail_goes(self, api):
+        """A ticket with U+2028 (or \\x85, \\v, ...) was accepted and then made every mail of
+        the incident unsendable: it ends in a mail header."""
+        status, answer = await call(api, "POST", "/api/v1/incidents",
+                                    {**OPENING, "ticket": "OX-1\u2028\x85\x0bB\x1b[0m"})
+        assert 201 == status, answer
+        assert answer["ticket"] == "OX-1 B [0m"
+        status, answer = await call(api, "PATCH", f"/api/v1/incidents/{answer['id']}",
+                                    {"severity": 1, "reason": "security:\u2029exposure"})
+        assert 200 == status, answer
+
+    async def test_resolve_takes_an_empty_body(self, api):
+        status, answer = await call(api, "POST", "/api/v1/incidents", OPENING)
+        assert 201 == status
+        response = await api.post(f"/api/v1/incidents/{answer['id'].lower()}/resolve",
+                                  headers={"Authorization": f"Bearer {TOKEN}"})
+        assert 200 == response.status, await response.text()
+        assert (await response.json())["resolved_at"] is not None

@@ -319,3 +319,19 @@ async def test_config_schema():
     code, out, _ = await outagewatch("config-schema")
     assert 0 == code
     assert out.startswith("# Configuration reference")
+
+
+def test_a_reader_that_stops_early_is_no_traceback():
+    """``outagewatch incident list | head -3`` ended in a BrokenPipeError traceback."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        done = subprocess.run([sys.executable, "-m", "outagewatch", "config-schema"],
+                              stdout=write, stderr=subprocess.PIPE, timeout=60, check=False)
+    finally:
+        os.close(write)
+    assert (done.returncode, b"Traceback" in done.stderr) == (0, False), done.stderr

@@ -22,10 +22,11 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from aiohttp import web
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -37,12 +38,13 @@ from pydantic import (
 )
 
 from outagewatch.config import WindowConfig, WindowTimes
+from outagewatch.configerrors import describe
 from outagewatch.core import incidents
 from outagewatch.core.maintenance import Refused, Window, WindowKind
 from outagewatch.core.render import Thread, ThreadKind
 from outagewatch.durations import parse_duration, parse_moment
 from outagewatch.errors import UnknownIncident, UnknownWindow
-from outagewatch.model import iso_utc, sample_json
+from outagewatch.model import iso_utc, one_line, sample_json
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -56,8 +58,9 @@ if TYPE_CHECKING:
 
     class IncidentDesk(Protocol):
         def change_incident(self, incident_id: str, *, etr: float | None = None,
-                            interval: float | None = None,
-                            note: str | None = None) -> Incident: ...
+                            interval: float | None = None, note: str | None = None,
+                            ticket: str | None = None,
+                            reported: tuple[str, ...] = ()) -> Incident: ...
 
         def open_incident(self, platform: str, *, reported: tuple[str, ...], severity: int,
                           impact: str, since: float | None = None, ticket: str | None = None,
@@ -88,7 +91,20 @@ LEADING = web.RequestKey("leading", Leading)
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
 
-ONE_LINE = r"^[^\r\n]+$"
+MAX_COMPONENT = 100  # characters in a component's name
+
+
+def _line(value: str | None) -> str | None:
+    """One line of text (see ``model.one_line``), never blank."""
+    if value is None:
+        return None
+    text = one_line(value)
+    if not text:
+        raise ValueError("must not be blank")
+    return text
+
+
+Line = Annotated[StrictStr, AfterValidator(_line)]
 
 
 class IncidentRequest(BaseModel):
@@ -100,7 +116,11 @@ class IncidentRequest(BaseModel):
     update_interval: StrictStr | StrictInt | StrictFloat | None = None  # never true or false
     note: str | None = Field(None, min_length=1, max_length=2000)
     severity: StrictInt | None = Field(None, ge=1, le=3)
-    reason: StrictStr | None = Field(None, min_length=1, max_length=500, pattern=ONE_LINE)
+    reason: Line | None = Field(None, min_length=1, max_length=500)
+    ticket: Line | None = Field(None, min_length=1, max_length=100)
+    services: list[StrictStr] = Field(default_factory=list, max_length=100)
+    components: list[Annotated[Line, Field(max_length=MAX_COMPONENT)]] = Field(
+        default_factory=list, max_length=20)
 
 
 class IncidentOpening(BaseModel):
@@ -111,9 +131,10 @@ class IncidentOpening(BaseModel):
     platform: StrictStr = Field(max_length=100)
     severity: StrictInt = Field(ge=1, le=3)
     services: list[StrictStr] = Field(default_factory=list, max_length=100)
-    components: list[StrictStr] = Field(default_factory=list, max_length=20)
-    impact: StrictStr = Field(min_length=1, max_length=2000)
-    ticket: StrictStr | None = Field(None, min_length=1, max_length=100, pattern=ONE_LINE)
+    components: list[Annotated[Line, Field(max_length=MAX_COMPONENT)]] = Field(
+        default_factory=list, max_length=20)
+    impact: Line = Field(min_length=1, max_length=2000)
+    ticket: Line | None = Field(None, min_length=1, max_length=100)
     etr: StrictStr | None = Field(None, max_length=64)
     since: StrictStr | None = Field(None, max_length=64)
     until_restored: StrictBool = False
@@ -153,7 +174,6 @@ EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 MIN_INTERVAL, MAX_INTERVAL = 60.0, 7 * 86400.0  # an operator's update interval
 MAX_BODY = 64 * 1024
-MAX_COMPONENT = 100  # characters in a component's name
 FIND_AMONG = 500  # incidents searched for one asked for by id
 MAX_DEPTH = 20
 
@@ -193,8 +213,8 @@ def incident_json(incident: Incident, messages: list[StoredMessage]) -> dict[str
         "origin": incident.origin.value, "ticket": incident.ticket,
         "reported": list(incident.reported), "impact": incident.impact,
         "severity_set": incident.severity_set, "until_restored": incident.until_restored,
-        "unmonitored": sorted(incident.unmonitored),
-        "affected": incident.services, "involved": incident.involved,
+        "unmonitored": sorted(incident.unmonitored), "services": incident.services,
+        "affected": sorted(incident.affected), "involved": incident.involved,
         "started_at": iso_utc(incident.started_at), "opened_at": iso_utc(incident.opened_at),
         "resolved_at": iso_utc(incident.resolved_at),
         "restored_at": iso_utc(incident.restored_at), "etr": iso_utc(incident.etr),
@@ -412,10 +432,8 @@ class Api:
             return error(422, f"{', '.join(unknown)}: not a service of platform "
                               f"{body.platform} (its services: {', '.join(known) or 'none'}; "
                               "name anything else as a component)", "services")
-        components = [" ".join(c.split()) for c in body.components]
-        if any(not c or len(c) > MAX_COMPONENT for c in components):
-            return error(422, f"a component is a name of 1 to {MAX_COMPONENT} characters",
-                         "components")
+        if not body.services and not body.components:
+            return error(422, "name at least one service or component", "services")
         now = self._clock.now()
         moments: dict[str, float | None] = {}
         for name, text, future in (("etr", body.etr, True), ("since", body.since, False)):
@@ -424,8 +442,8 @@ class Api:
                 return moment
             moments[name] = moment
         incident = request[LEADING].desk.open_incident(
-            body.platform, reported=(*body.services, *components), severity=body.severity,
-            impact=" ".join(body.impact.split()), since=moments["since"], ticket=body.ticket,
+            body.platform, reported=(*body.services, *body.components), severity=body.severity,
+            impact=body.impact, since=moments["since"], ticket=body.ticket,
             etr=moments["etr"], until_restored=body.until_restored)
         return web.json_response(incident_json(incident, []), status=201)
 
@@ -446,14 +464,26 @@ class Api:
         return web.json_response(incident_json(request[LEADING].desk.set_severity(
             request.match_info["id"], body.severity, body.reason), []))
 
+    def _change_refused(self, body: IncidentRequest) -> web.Response | None:
+        unknown = [name for name in body.services if name not in self._engine.topology.targets]
+        if unknown:
+            return error(422, f"{', '.join(unknown)}: not a monitored service (name anything "
+                              "else as a component)", "services")
+        if body.etr is None and body.update_interval is None and body.note is None and \
+                body.ticket is None and not body.services and not body.components:
+            return error(422, "give etr, update_interval, note, ticket, services or "
+                              "components, or severity with reason")
+        return None
+
     async def change_incident(self, request: web.Request) -> web.Response:
         body = await _parse(request, IncidentRequest)
         if not isinstance(body, IncidentRequest):
             return body
         if body.severity is not None or body.reason is not None:
             return self._set_severity(request, body)
-        if body.etr is None and body.update_interval is None and body.note is None:
-            return error(422, "give etr, update_interval, note, or severity with reason")
+        refused = self._change_refused(body)
+        if refused is not None:
+            return refused
         interval = _interval(body.update_interval)
         if isinstance(interval, web.Response):
             return interval
@@ -461,7 +491,8 @@ class Api:
         if isinstance(etr, web.Response):
             return etr
         incident = request[LEADING].desk.change_incident(
-            request.match_info["id"], etr=etr, interval=interval, note=body.note)
+            request.match_info["id"], etr=etr, interval=interval, note=body.note,
+            ticket=body.ticket, reported=(*body.services, *body.components))
         return web.json_response(incident_json(incident, []))
 
 
@@ -563,16 +594,20 @@ def _depth(text: str) -> int:
     return deepest
 
 
-async def _read_json(request: web.Request) -> Any:
+async def _read_json(request: web.Request) -> Any:  # noqa: PLR0911 - one answer per fault
     """The body as JSON data, or the error response: bounded in size and in depth."""
+    too_large = error(413, f"the body is larger than {MAX_BODY} bytes")
     if request.content_length is not None and request.content_length > MAX_BODY:
-        return error(413, f"the body is larger than {MAX_BODY} bytes")
+        return too_large
+    data = await request.read()
+    if len(data) > MAX_BODY:
+        return too_large
     try:
-        text = (await request.read()).decode()
+        text = data.decode()
     except UnicodeDecodeError:
         return error(400, "the body is not JSON")
-    if len(text) > MAX_BODY:
-        return error(413, f"the body is larger than {MAX_BODY} bytes")
+    if not text.strip():  # no body: no fields (a request whose fields are all optional)
+        return {}
     if _depth(text) > MAX_DEPTH:
         return error(400, f"the body nests deeper than {MAX_DEPTH} levels")
     try:
@@ -590,7 +625,7 @@ async def _parse(request: web.Request, model: type[BodyT]) -> BodyT | web.Respon
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else None  # the field, not its type
-        message = first["msg"]
+        message = describe(first, root=model, tags=frozenset())
         named = _KEY_PREFIX.match(message)
         if field is None and named is not None:  # a model-level check naming its field
             field, message = named.group(1), named.group(2)

@@ -60,6 +60,8 @@ EXITS = {
                     "problem) or cannot be read",
     "config-schema": "exit status: 0",
     "demo": "exit status: 0 the daemon saw what it should; 1 it did not",
+    "notify": "exit status: 0 every recipient accepted; 1 a recipient refused or no relay "
+              "took the mail; 2 bad input (configuration, unknown platform, empty list)",
     "probe": "exit status: 0 every probe good; 1 a probe BAD (failed, or slower than its "
              "threshold); 2 bad input (configuration, unknown target)",
 }
@@ -73,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
                      epilog=_wrap("exit status: 0 ok; 1 a probe BAD (probe); 2 bad input; "
                                   "each command's --help says its own"))
     parser.add_argument("-V", "--version", action="version", version=f"outagewatch {__version__}",
-                        help="print the version, e.g. 'outagewatch 0.12.0', and exit")
+                        help=f"print the version ('outagewatch {__version__}') and exit")
     parser.add_argument("--log-level", choices=LEVELS, default="info",
                         help=f"least severe log line shown: {', '.join(LEVELS)} (default: "
                              "info), e.g. --log-level debug")
@@ -82,9 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def with_config(name: str, text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, description=text)
-        sub.add_argument("-c", "--config", type=Path, metavar="FILE",
-                         help="YAML configuration file, e.g. /etc/outagewatch/config.yaml "
-                              "(default: $OUTAGEWATCH_CONFIG)")
+        config_option(sub)
         return sub
 
     with_config("run", "run the daemon until SIGTERM or SIGINT; SIGHUP reloads the config")
@@ -121,8 +121,7 @@ def _delivery_commands(commands: Any) -> None:
         "every answer of every relay tried and, per recipient, accepted or refused. "
         "Needs no running daemon. Exit 0 when every recipient was accepted, 1 when not, "
         "2 for bad input.")
-    test.add_argument("-c", "--config", type=Path,
-                      help="YAML configuration file (default: $OUTAGEWATCH_CONFIG)")
+    config_option(test)
     test.add_argument("--platform", required=True,
                       help="the platform whose list gets the mail, e.g. eu")
     test.add_argument("--list", dest="audience", choices=("incident", "info"),
@@ -158,6 +157,12 @@ def _client_options(sub: argparse.ArgumentParser) -> None:
                           "8601 UTC)")
 
 
+def config_option(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("-c", "--config", type=Path, metavar="FILE",
+                     help="YAML configuration file, e.g. /etc/outagewatch/config.yaml "
+                          "(default: $OUTAGEWATCH_CONFIG)")
+
+
 def _document(parser: argparse.ArgumentParser, command: str | None = None) -> None:
     """Fill in what every command's --help shows: its description (the help line in the
     parent's list when it has none), its exit codes, and the help of an ``id`` argument."""
@@ -169,6 +174,8 @@ def _document(parser: argparse.ArgumentParser, command: str | None = None) -> No
             top = command or name
             if sub.description is None:
                 sub.description = helps.get(name)
+            if sub.description and "\n" not in sub.description:
+                sub.description = textwrap.fill(sub.description, width=79)
             if sub.epilog is None:
                 sub.epilog = _wrap(EXITS.get(top, OPERATOR_EXITS))
             for argument in sub._actions:  # noqa: SLF001
@@ -183,7 +190,8 @@ def _wrap(text: str) -> str:
 
 _ID_HELP = {
     "maintenance": "the window's id, as 'maintenance list' shows it (any case), e.g. db-upgrade",
-    "incident": "the incident's id, as 'incident list' shows it, e.g. EU-20261216-0300",
+    "incident": "the incident's id, as 'incident list' shows it (any case), e.g. "
+                "EU-20261216-0300",
 }
 
 
@@ -239,7 +247,7 @@ def _operator_commands(commands: Any) -> None:
     isub = i.add_subparsers(dest="action", required=True, parser_class=_Parser)
     client_options(isub.add_parser("list", help="open and recent incidents"))
     ishow = isub.add_parser("show", help="one incident with its timeline of mails and notes")
-    ishow.add_argument("id", help="incident id, e.g. EU-20261129-1423 (any case)")
+    ishow.add_argument("id")
     client_options(ishow)
     _incident_by_hand(isub, client_options)
     etr = ("expected time to restoration: ISO 8601 with a zone "
@@ -248,7 +256,7 @@ def _operator_commands(commands: Any) -> None:
                          ("set-interval", "update interval, e.g. 30m"),
                          ("note", "a note for the next mail (sent at once)")):
         sub = isub.add_parser(action, help=what)
-        sub.add_argument("id", help="incident id, e.g. EU-20261129-1423 (any case)")
+        sub.add_argument("id")
         sub.add_argument("value", help=what)
         client_options(sub)
 
@@ -286,18 +294,31 @@ def _incident_by_hand(isub: Any, client_options: Any) -> None:
                          "(only for --service; default: only 'incident resolve' does)")
     client_options(opening)
     resolving = isub.add_parser("resolve", help="resolve an incident by hand: RESOLVED mail")
-    resolving.add_argument("id", help="incident id, e.g. EU-20261129-1423 (any case)")
+    resolving.add_argument("id")
     resolving.add_argument("--note", help="what was done, quoted in the mail")
     client_options(resolving)
     severity = isub.add_parser(
         "set-severity", help="set the severity by hand (UPDATE mail with the reason); "
         "probe changes never lower it")
-    severity.add_argument("id", help="incident id, e.g. EU-20261129-1423 (any case)")
+    severity.add_argument("id")
     severity.add_argument("level", type=int, choices=(1, 2, 3), help="1, 2 or 3")
     severity.add_argument("--reason", required=True,
                           help='why, quoted in the mail, e.g. "security: possible data '
                           'exposure"')
     client_options(severity)
+    attach = isub.add_parser(
+        "attach", help="attach a customer's ticket and what they reported to an open "
+        "incident (one UPDATE mail)")
+    attach.add_argument("id")
+    attach.add_argument("--ticket", help="the customer's ticket, quoted in every mail from "
+                        "now on, e.g. OX-12345")
+    attach.add_argument("--service", action="append", default=[], metavar="NAME",
+                        help="a monitored service reported affected, e.g. imap-eu "
+                        "(repeatable)")
+    attach.add_argument("--component", action="append", default=[], metavar="TEXT",
+                        help='anything else reported affected, e.g. "Calendar sync" '
+                        "(repeatable)")
+    client_options(attach)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -314,6 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `outagewatch incident list | head -3`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def _operator(args: argparse.Namespace) -> int:

@@ -156,6 +156,11 @@ def incident(args: argparse.Namespace) -> str:
             result = client.call("POST", f"/api/v1/incidents/{_quoted(args.id)}/resolve",
                                  {"note": args.note} if args.note else {})
             done = f"ok: incident {result['id']} resolved, RESOLVED mail queued"
+        case "attach":
+            result = client.call("PATCH", f"/api/v1/incidents/{_quoted(args.id)}", {
+                "ticket": args.ticket, "services": args.service,
+                "components": args.component})
+            done = f"ok: attached to {result['id']}, UPDATE mail queued"
         case "set-severity":
             result = client.call("PATCH", f"/api/v1/incidents/{_quoted(args.id)}",
                                  {"severity": args.level, "reason": args.reason})
@@ -170,9 +175,23 @@ def incident(args: argparse.Namespace) -> str:
 
 
 def _incident_row(i: dict[str, Any]) -> list[str]:
+    services = i.get("services") or i["involved"]
     return [i["id"], i["platform"], str(i["severity"]),
             "resolved" if i["resolved_at"] else "open", i["started_at"] or "-",
-            ",".join(i["affected"] or i["involved"]), mails_by_state(i["mails"])]
+            _capped(",".join(services), SERVICES_WIDTH), mails_by_state(i["mails"])]
+
+
+SERVICES_WIDTH = 60  # characters of the SERVICES column: one incident must not widen them all
+
+
+def _capped(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _every(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"every {minutes} min" + (f" {rest} s" if rest else "") if minutes else \
+        f"every {rest} s"
 
 
 def timeline(i: dict[str, Any]) -> str:
@@ -182,17 +201,18 @@ def timeline(i: dict[str, Any]) -> str:
     head = [
         ("Incident", f"{i['id']} ({'resolved' if i['resolved_at'] else 'open'})"),
         ("Platform", i["platform"]),
-        ("Severity", str(i["severity"]) + (" (set by hand)" if i.get("severity_set") else "")),
+        ("Severity", str(i["severity"]) + (" (set by hand)" if i.get("severity_set") ==
+                                           i["severity"] else "")),
         ("Opened by", "the operators" if by_hand else "the probes"),
         ("Ticket", i.get("ticket") or "-"),
-        ("Services", ", ".join(i["affected"] or i["involved"]) or "-"),
+        ("Services", ", ".join(i.get("services") or i["involved"]) or "-"),
         ("Impact", i.get("impact") or "-"),
         ("Started", i["started_at"] or "-"),
         ("Opened", i["opened_at"] or "-"),
         ("ETR", i["etr"] or "unknown"),
         ("Restored", i["restored_at"] or "-"),
         ("Resolved", i["resolved_at"] or "-"),
-        ("Updates", f"every {i['update_interval'] / 60:g} min"),
+        ("Updates", _every(i["update_interval"])),
     ]
     width = max(len(k) for k, _ in head) + 1
     lines = [f"{key + ':':<{width}} {value}" for key, value in head]
@@ -202,10 +222,7 @@ def timeline(i: dict[str, Any]) -> str:
         mails.setdefault(mail["number"], []).append(mail)
     for number, lanes in sorted(mails.items()):
         first = lanes[0]
-        states: dict[str, int] = {}
-        for lane in lanes:
-            states[lane["status"]] = states.get(lane["status"], 0) + 1
-        said = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
+        said = mails_by_state(lanes)
         errors = sorted({f"{lane.get('recipient') or lane.get('lane') or '?'}: "
                          f"{lane['last_error']}" for lane in lanes
                          if lane["status"] != "sent" and lane.get("last_error")})

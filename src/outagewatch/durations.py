@@ -69,7 +69,10 @@ def parse_moment(text: str, *, now: datetime, future: bool = True) -> datetime:
     relative = text.removeprefix("+")
     if relative and (relative[0].isdigit() or relative.startswith("-")) and \
             _COMPOUND.fullmatch(relative.removeprefix("-")):
-        moment = now + _parse_text(relative)
+        try:
+            moment = now + _parse_text(relative)
+        except OverflowError:
+            raise ValueError(f"{text!r} is too far from now") from None
     else:
         try:
             moment = datetime.fromisoformat(text.replace("z", "Z"))

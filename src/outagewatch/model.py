@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, overload
@@ -112,3 +113,11 @@ class Rule:
 
 
 DEFAULT_UPDATE_INTERVAL = 3600.0  # seconds between UPDATE mails: the agreement's "hourly"
+
+
+def one_line(text: str) -> str:
+    """Text that stays one line wherever it goes (a mail header, a log line, a table): every
+    line break ``str.splitlines`` knows (\\n, \\r, U+2028, U+0085, ...) and every other
+    control character becomes a space, and runs of spaces one."""
+    return " ".join("".join(" " if unicodedata.category(c)[0] == "C" else c
+                            for c in text).split())

@@ -18,6 +18,7 @@ from outagewatch.core.incidents import (
     Platform,
     Refused,
     Service,
+    change,
     declared,
     next_deadline,
     opened,
@@ -209,3 +210,44 @@ class TestPeriodicThenResolved:
         assert (update.kind, update.number, update.reasons) == (
             Kind.UPDATE, 1, ("periodic update",))
         assert next_deadline(book, p) == T0 + 2 * H  # hourly, however long it was collected
+
+
+class TestReviewFindings:
+    def test_until_restored_waits_for_every_named_service(self):
+        """Opened for imap-eu and smtp-eu: imap-eu's recovery alone does not resolve it
+        (smtp-eu was never seen to recover)."""
+        book, _ = open_by_hand(reported=("imap-eu", "smtp-eu"), until_restored=True)
+        book, _ = declared(book, EU, "imap-eu", T0, T0 + 900)
+        book, [update] = restored(book, EU, "imap-eu", T0 + 1200, T0 + 1260)
+        assert update.kind is Kind.UPDATE
+        body = render(update, EU, recipients=["a@b.c"]).body
+        assert "the probes saw it recover at 09:20Z" in body
+        assert "see it down" not in body
+        book, _ = declared(book, EU, "smtp-eu", T0 + 1300, T0 + 2200)
+        book, [done] = restored(book, EU, "smtp-eu", T0 + 2500, T0 + 2560)
+        assert done.kind is Kind.RESOLVED
+
+    def test_the_severity_reason_is_in_every_later_mail_and_the_resolved_one(self):
+        book, _ = declared(Book(), EU, "pop3-eu", T0 - 900, T0)
+        book, _ = set_severity(book, the(book).id, 1, "security: possible data exposure",
+                               T0 + 60)
+        book, [tick_update] = tick(book, EU, T0 + 60 + H)
+        book, [done] = restored(book, EU, "pop3-eu", T0 + H + 10, T0 + H + 70)
+        for notice in (tick_update, done):
+            body = render(notice, EU, recipients=["a@b.c"]).body
+            assert ("Severity 1: complete outage, all users affected (set by the operators: "
+                    "security: possible data exposure)") in body
+
+    def test_the_same_severity_again_is_kept_not_an_arrow(self):
+        book, _ = declared(Book(), EU, "imap-eu", T0 - 900, T0)
+        book, [notice] = set_severity(book, the(book).id, 2, "customer escalation", T0 + 60)
+        assert notice.reasons == ("severity 2 kept by the operators: customer escalation",)
+
+    def test_a_ticket_and_components_attached_to_an_open_incident(self):
+        book, _ = declared(Book(), EU, "imap-eu", T0 - 900, T0)
+        book, [update] = change(book, T0 + 60, ticket="OX-9", reported=("Calendar sync",))
+        assert update.reasons == ("ticket OX-9", "reported by the operators: Calendar sync")
+        message = render(update, EU, recipients=["a@b.c"])
+        assert "OX-9" in message.subject
+        assert "- Calendar sync:" in message.body
+        assert change(book, T0 + 120, ticket="OX-9", reported=("Calendar sync",)) == (book, [])

@@ -156,7 +156,7 @@ class TestReadsRight:
                         impact="", registered_at=0.0)
         _, [mail] = register(window, now=start - 10 * 86400, calendar=Calendar())
         message = render_maintenance(mail, recipients=["i@b.c"], zone=NEW_YORK)
-        assert message.subject.endswith("imap-us, 2026-12-15 22:00 EST")
+        assert message.subject.endswith("imap-us, 2026-12-15 22:00 EST (2026-12-16 03:00Z)")
         assert "Planned time: 2026-12-16T03:00:00Z (Tue 15 Dec 2026 22:00 EST" in message.body
         assert "Expected impact" not in message.body
         assert "\n\n\n" not in message.body

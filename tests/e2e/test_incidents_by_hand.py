@@ -133,8 +133,8 @@ class TestCustomerReported:
             assert "imap-eu: not a service of platform eu (its services: webmail-0" in err
             code, _, err = await cli(daemon, "incident", "open", "--platform", "eu",
                                      "--severity", "2", "--impact", "y")
-            assert (2, "outagewatch: refused (409): name at least one service or component\n"
-                    ) == (code, err)
+            assert (2, "outagewatch: refused (422): name at least one service or component "
+                    "(services)\n") == (code, err)
             code, out, err = await cli(daemon, "incident", "open", "--platform", "eu",
                                        "--severity", "2", "--service", "webmail-0",
                                        "--impact", "Slow logins", "--etr",
@@ -153,16 +153,23 @@ class TestCustomerReported:
             assert "is in the past" in err
             code, _, err = await cli(daemon, "incident", "set-etr", incident, "90m")
             assert (0, "") == (code, err)
+            code, _, err = await cli(daemon, "incident", "attach", incident, "--ticket",
+                                     "OX-77", "--component", "Calendar sync")
+            assert (0, "") == (code, err)
             code, _, err = await cli(daemon, "incident", "open", "--platform", "eu",
                                      "--severity", "2", "--component", "x", "--impact", "y")
             assert code == 2
-            assert f"already has an open incident {incident}" in err
-            await wait(lambda: len(relay.mails) >= 2, 5, "OPEN and UPDATE")
+            assert f"already has an open incident {incident}: attach" in err
+            await wait(lambda: len(relay.mails) >= 3, 5, "OPEN and two UPDATEs")
         finally:
             await daemon.stop()
         etr = body(relay.mails[1][1])
         assert "expected time to restoration set" in etr
         assert "Expected time to restoration: 20" in etr
+        attached = relay.mails[2][1]
+        assert "(ticket OX-77)" in str(attached["Subject"])
+        assert "reported by the operators: Calendar sync" in body(attached)
+        assert "- Calendar sync: Slow logins" in body(attached)
 
 
 class TestRemovedByAReload:

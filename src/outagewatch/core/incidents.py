@@ -90,7 +90,8 @@ class Incident:
     reported: tuple[str, ...] = ()  # services and components named by hand, affected until
     impact: str = ""  # ...the operator resolves it, and the user impact the operator gave
     ticket: str | None = None  # the customer's ticket, quoted in every mail
-    severity_set: int | None = None  # a severity set by hand: no probe change lowers it
+    severity_set: int | None = None  # a severity set by hand: no probe change lowers it...
+    severity_reason: str | None = None  # ...and why, told with the severity in every mail
     until_restored: bool = False  # opened by hand for probed services: resolve with them
     unmonitored: Mapping[str, float] = field(default_factory=dict)  # removed by a reload
 
@@ -241,7 +242,8 @@ def opened(book: Book, platform: Platform, now: float, *, reported: tuple[str, .
     One incident per platform: when one is open, the operator adds to it instead."""
     if book.open is not None:
         raise Refused(f"platform {platform.name} already has an open incident "
-                      f"{book.open.id}: add a note to it or set its severity")
+                      f"{book.open.id}: attach the ticket and what was reported to it "
+                      "('incident attach'), add a note or set its severity")
     if not reported:
         raise Refused("name at least one service or component")
     if severity not in SEVERITIES:
@@ -282,8 +284,12 @@ def set_severity(book: Book, incident_id: str, level: int, reason: str,
         raise Refused(f"severity must be 1, 2 or 3, not {level}")
     if not reason.strip():
         raise Refused("give the reason for the severity")
-    why = f"severity {incident.severity} -> {level} set by the operators: {reason.strip()}"
-    return _mail(book, replace(incident, severity=level, severity_set=level), now, (why,))
+    reason = reason.strip()
+    change = (f"severity {level} kept" if level == incident.severity
+              else f"severity {incident.severity} -> {level} set")
+    why = f"{change} by the operators: {reason}"
+    return _mail(book, replace(incident, severity=level, severity_set=level,
+                               severity_reason=reason), now, (why,))
 
 
 SEVERITIES = (1, 2, 3)
@@ -303,8 +309,12 @@ def _the_open(book: Book, incident_id: str) -> Incident:
 
 def _resolves_with_probes(incident: Incident) -> bool:
     """Probes recovering resolve it: their own incident, or one opened by hand for probed
-    services when the operator said so."""
-    return incident.origin is Origin.PROBES or incident.until_restored
+    services when the operator said so, once the probes saw every one of them recover (a
+    service they never saw down cannot be seen to recover: that needs the operator)."""
+    if incident.origin is Origin.PROBES:
+        return True
+    return incident.until_restored and all(name in incident.restored
+                                           for name in incident.reported)
 
 
 def _resolve(book: Book, incident: Incident, now: float, back: float | None,
@@ -339,14 +349,23 @@ def tick(book: Book, platform: Platform, now: float) -> Step:
 
 
 def change(book: Book, now: float, *, etr: float | None = None,
-           interval: float | None = None, note: str | None = None) -> Step:
+           interval: float | None = None, note: str | None = None,
+           ticket: str | None = None, reported: tuple[str, ...] = ()) -> Step:
     """An operator's change to the open incident: a new expected time to restoration, a new
-    update interval, a note. One UPDATE mail names everything that changed; nothing changes,
-    no mail."""
+    update interval, a note, the customer's ticket, services or components a customer
+    reported (affected until resolved by hand). One UPDATE mail names everything that
+    changed; nothing changes, no mail."""
     incident = book.open
     if incident is None:
         return book, []
     reasons: list[str] = []
+    if ticket is not None and ticket != incident.ticket:
+        incident = replace(incident, ticket=ticket)
+        reasons.append(f"ticket {ticket}")
+    added = tuple(name for name in dict.fromkeys(reported) if name not in incident.reported)
+    if added:
+        incident = replace(incident, reported=(*incident.reported, *added))
+        reasons.append(f"reported by the operators: {', '.join(added)}")
     if etr is not None and etr != incident.etr:
         incident = replace(incident, etr=etr)
         reasons.append("expected time to restoration set")

@@ -75,6 +75,7 @@ $recovered
 Outage began:   $since
 Restored:       $restored
 Total duration: $duration
+$severity_text
 $notes
 Incident $id is closed.
 $ticket_line""",
@@ -142,20 +143,26 @@ class Message:
 def when(ts: float, zone: tzinfo = UTC) -> str:
     """ISO 8601 UTC plus a readable form, in the platform's own time first when it has one:
     2026-12-16T03:00:00Z (Tue 15 Dec 2026 22:00 EST, Wed 16 Dec 2026 03:00 UTC)."""
-    moment = datetime.fromtimestamp(ts, UTC)
-    utc = f"{moment:%a %d %b %Y %H:%M} UTC"
+    iso = f"{datetime.fromtimestamp(ts, UTC):%Y-%m-%dT%H:%M:%SZ}"
     if _is_utc(zone):
-        return f"{moment:%Y-%m-%dT%H:%M:%SZ} ({utc})"
-    local = moment.astimezone(zone)
-    return f"{moment:%Y-%m-%dT%H:%M:%SZ} ({local:%a %d %b %Y %H:%M %Z}, {utc})"
+        return f"{iso} ({_local(ts, UTC, '%a %d %b %Y %H:%M')} UTC)"
+    return (f"{iso} ({_local(ts, zone, '%a %d %b %Y %H:%M %Z')}, "
+            f"{_local(ts, UTC, '%a %d %b %Y %H:%M')} UTC)")
 
 
 def clock_time(ts: float, zone: tzinfo = UTC) -> str:
     """A time of day for a line in a mail: 09:14Z, or 04:14 EST (09:14Z)."""
-    moment = datetime.fromtimestamp(ts, UTC)
-    if _is_utc(zone):
-        return f"{moment:%H:%M}Z"
-    return f"{moment.astimezone(zone):%H:%M %Z} ({moment:%H:%M}Z)"
+    return _beside_utc(ts, zone, "%H:%M")
+
+
+def _beside_utc(ts: float, zone: tzinfo, fmt: str) -> str:
+    """``fmt`` in UTC (09:14Z), or in the platform's time with UTC beside it."""
+    utc = f"{_local(ts, UTC, fmt)}Z"
+    return utc if _is_utc(zone) else f"{_local(ts, zone, fmt + ' %Z')} ({utc})"
+
+
+def _local(ts: float, zone: tzinfo, fmt: str) -> str:
+    return datetime.fromtimestamp(ts, UTC).astimezone(zone).strftime(fmt)
 
 
 def _is_utc(zone: tzinfo) -> bool:
@@ -206,7 +213,9 @@ def render(
         "id": incident.id,
         "state": notice.kind.value.upper(),
         "severity": str(incident.severity),
-        "severity_text": SEVERITY_TEXT[incident.severity],
+        "severity_text": SEVERITY_TEXT[incident.severity] + (
+            f" (set by the operators: {incident.severity_reason})"
+            if incident.severity_reason and incident.severity == incident.severity_set else ""),
         "platform": platform.name,
         "services": names(services) or "-",
         "impacts": impacts,
@@ -343,17 +352,11 @@ def outcome(o: Observed) -> str:
 
 
 def _period(ts: float, zone: tzinfo) -> str:
-    moment = datetime.fromtimestamp(ts, UTC)
-    if _is_utc(zone):
-        return f"{moment:%Y-%m-%d %H:%M}Z"
-    return f"{moment.astimezone(zone):%Y-%m-%d %H:%M %Z}"
+    return _beside_utc(ts, zone, "%Y-%m-%d %H:%M")
 
 
 def _stamp(ts: float, zone: tzinfo) -> str:
-    moment = datetime.fromtimestamp(ts, UTC)
-    if _is_utc(zone):
-        return f"{moment:%H:%M:%S}Z"
-    return f"{moment.astimezone(zone):%H:%M:%S %Z} ({moment:%H:%M:%S}Z)"
+    return _beside_utc(ts, zone, "%H:%M:%S")
 
 
 def _over(notice: Notification) -> str:
@@ -374,9 +377,13 @@ def _impact_line(incident: Incident, platform: Platform, name: str,
     tz = platform.zone
     if name in incident.reported:
         told = incident.impact or _impact(platform, name) or "reported unavailable or too slow"
-        probes = (f"; confirmed by the probes since {when(incident.outage_starts[name], tz)}"
-                  if name in incident.outage_starts else "")
-        return f"- {name}: {told} (reported since {when(incident.started_at, tz)}{probes})"
+        probes = ""
+        if name in incident.affected:
+            down = clock_time(incident.outage_starts[name], tz)
+            probes = f"; the probes see it down since {down}"
+        elif name in incident.restored:
+            probes = f"; the probes saw it recover at {clock_time(incident.restored[name], tz)}"
+        return f"- {name}: {told} (reported since {clock_time(incident.started_at, tz)}{probes})"
     if name in incident.unmonitored and name not in incident.outage_starts:
         return f"- {name}: no longer monitored"
     told = _impact(platform, name) or "service unavailable or too slow"

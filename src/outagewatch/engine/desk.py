@@ -108,8 +108,8 @@ class Desk:
                       until_restored: bool = False) -> incidents.Incident:
         """An incident opened by hand (a customer's report): the same OPEN mail, UPDATEs."""
         if platform not in self.topology.platforms:
-            raise UnknownIncident(f"no platform {platform!r} (known: "
-                                  f"{', '.join(sorted(self.topology.platforms))})")
+            raise incidents.Refused(f"no platform {platform!r} (known: "
+                                    f"{', '.join(sorted(self.topology.platforms))})")
         now = self._clock.now().timestamp()
         step = incidents.opened(self.book(platform), self._platform(platform), now,
                                 reported=reported, severity=severity, impact=impact,
@@ -133,13 +133,15 @@ class Desk:
             book, incident_id, level, reason, now), now)
 
     def change_incident(self, incident_id: str, *, etr: float | None = None,
-                        interval: float | None = None,
-                        note: str | None = None) -> incidents.Incident:
+                        interval: float | None = None, note: str | None = None,
+                        ticket: str | None = None,
+                        reported: tuple[str, ...] = ()) -> incidents.Incident:
         """An operator's change to an open incident: one UPDATE mail naming all of it."""
         platform, book = self._open(incident_id)
         now = self._clock.now().timestamp()
         return self._operator_step(platform, incidents.change(
-            book, now, etr=etr, interval=interval, note=note), now)
+            book, now, etr=etr, interval=interval, note=note, ticket=ticket,
+            reported=reported), now)
 
     def _open(self, incident_id: str) -> tuple[str, Book]:
         for platform, book in self._books.items():

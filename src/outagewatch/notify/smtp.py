@@ -31,6 +31,7 @@ import aiosmtplib
 import structlog
 from aiosmtplib.email import extract_sender, flatten_message
 
+from outagewatch.model import one_line
 from outagewatch.notify.channel import Channel, Deferred, Delivered, Delivery, Refused
 from outagewatch.tls import make_tls_context
 
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("outagewatch.notify")
 
 QUIT_TIMEOUT = 5.0
-_LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
 
 
@@ -62,7 +62,7 @@ def list_id(platform: str, audience: str, domain: str) -> str:
 
 def header_safe(value: str) -> str:
     """A header value on one line: a line break in a subject would end the header."""
-    return _LINE_BREAKS.sub(" ", value).strip()
+    return one_line(value)
 
 
 @dataclass(frozen=True, slots=True)

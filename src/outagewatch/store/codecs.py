@@ -83,7 +83,8 @@ def incident_to_json(incident: Incident) -> Json:
         "pending": list(incident.pending), "pending_since": incident.pending_since,
         "origin": incident.origin.value, "reported": list(incident.reported),
         "impact": incident.impact, "ticket": incident.ticket,
-        "severity_set": incident.severity_set, "until_restored": incident.until_restored,
+        "severity_set": incident.severity_set, "severity_reason": incident.severity_reason,
+        "until_restored": incident.until_restored,
         "unmonitored": dict(incident.unmonitored),
     }
 
@@ -104,6 +105,7 @@ def incident_from_json(data: Json) -> Incident:
         origin=Origin(data.get("origin", Origin.PROBES.value)),
         reported=tuple(data.get("reported", ())), impact=data.get("impact", ""),
         ticket=data.get("ticket"), severity_set=data.get("severity_set"),
+        severity_reason=data.get("severity_reason"),
         until_restored=bool(data.get("until_restored", False)),
         unmonitored=dict(data.get("unmonitored", {})),
     )
