@@ -218,7 +218,7 @@ def incident_json(incident: Incident, messages: list[StoredMessage]) -> dict[str
         "started_at": iso_utc(incident.started_at), "opened_at": iso_utc(incident.opened_at),
         "resolved_at": iso_utc(incident.resolved_at),
         "restored_at": iso_utc(incident.restored_at), "etr": iso_utc(incident.etr),
-        "update_interval": incident.update_interval,
+        "update_interval_s": incident.update_interval,
         "notes": [{"at": iso_utc(at), "text": text} for at, text in incident.notes],
         "mails": [message_json(m) for m in messages],
     }

@@ -212,7 +212,7 @@ def timeline(i: dict[str, Any]) -> str:
         ("ETR", i["etr"] or "unknown"),
         ("Restored", i["restored_at"] or "-"),
         ("Resolved", i["resolved_at"] or "-"),
-        ("Updates", _every(i["update_interval"])),
+        ("Updates", _every(i["update_interval_s"])),
     ]
     width = max(len(k) for k, _ in head) + 1
     lines = [f"{key + ':':<{width}} {value}" for key, value in head]
@@ -244,11 +244,11 @@ def cluster(args: argparse.Namespace) -> str:
         return json.dumps(result, indent=2)
     leader = result["leader"]
     rows = [[n["node"], n["location"], n["address"], n["version"],
-             f"{n['heartbeat_age']:.1f}s ago", "live" if n["live"] else "STALE",
+             f"{n['heartbeat_age_s']:.1f}s ago", "live" if n["live"] else "STALE",
              "leader" if n["node"] == leader["node"] and leader["live"] else ""]
             for n in result["nodes"]]
     head = (f"leader: {leader['node']} (epoch {leader['epoch']}, heard from "
-            f"{leader['heartbeat_age']:.1f}s ago)" if leader["live"]
+            f"{leader['heartbeat_age_s']:.1f}s ago)" if leader["live"]
             else f"leader: none live (epoch {leader['epoch']})")
     return head + "\n" + table(rows, ["NODE", "LOCATION", "ADDRESS", "VERSION", "HEARTBEAT",
                                       "STATE", "ROLE"])

@@ -133,8 +133,8 @@ class TestCustomerReported:
             assert "imap-eu: not a service of platform eu (its services: webmail-0" in err
             code, _, err = await cli(daemon, "incident", "open", "--platform", "eu",
                                      "--severity", "2", "--impact", "y")
-            assert (2, "outagewatch: refused (422): name at least one service or component "
-                    "(services)\n") == (code, err)
+            said = "name at least one service or component (services)"
+            assert (code, err) == (2, f"outagewatch: refused (422): {said}\n")
             code, out, err = await cli(daemon, "incident", "open", "--platform", "eu",
                                        "--severity", "2", "--service", "webmail-0",
                                        "--impact", "Slow logins", "--etr",

@@ -482,7 +482,7 @@ class ClusterDaemon(Daemon):
                 metrics.cluster_database_up.set(1 if leadership is None
                                                 or leadership.connected else 0)
                 metrics.cluster_epoch.set(status["leader"]["epoch"] or 0)
-                metrics.observe_nodes({n["node"]: n["heartbeat_age"] for n in status["nodes"]},
+                metrics.observe_nodes({n["node"]: n["heartbeat_age_s"] for n in status["nodes"]},
                                       status["lease"])
             if self._node_writer is not None:
                 metrics.buffered_changes.set(self._node_writer.pending)

@@ -211,7 +211,7 @@ class Drainer:
                 self._metrics.notifications.labels(letter.kind, "retry").inc()
                 log.warning("mail_deferred", thread=letter.key.thread, kind=letter.kind,
                             lane=letter.key.lane, error=outcome.error,
-                            retry_in=round(delay, 1), attempt=letter.attempts)
+                            retry_in_s=round(delay, 1), attempt=letter.attempts)
                 return False
             self._fail(letter, outcome.error)
             return False

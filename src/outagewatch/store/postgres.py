@@ -340,11 +340,11 @@ class PostgresStore:
             age = _age(leader[3])
             return {
                 "nodes": [{"node": n[0], "location": n[1], "address": n[2], "version": n[3],
-                           "up_for": _age(n[4]), "heartbeat_age": _age(n[5]),
+                           "up_for_s": _age(n[4]), "heartbeat_age_s": _age(n[5]),
                            "live": _age(n[5]) <= lease} for n in nodes],
                 "leader": {"epoch": int(leader[0]), "node": leader[1],
                            "since": None if leader[2] is None else _age(leader[2]),
-                           "heartbeat_age": age, "live": leader[1] is not None and age <= lease},
+                           "heartbeat_age_s": age, "live": leader[1] is not None and age <= lease},
                 "lease": lease,
             }
 
