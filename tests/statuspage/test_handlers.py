@@ -59,6 +59,9 @@ async def test_with_a_read_token_the_internal_view_needs_it_the_public_one_does_
             assert 403 == (await http.get(path, headers=auth("wrong-token-000000"))).status
             assert 200 == (await http.get(path, headers=auth(READ))).status
             assert 200 == (await http.get(path, headers=auth(OPERATOR))).status
+    operator_only = StatusPage(source(), title="S", public=False, token=OPERATOR)
+    async with client(operator_only) as http:  # reads are open without a read token
+        assert 200 == (await http.get("/")).status
     public = StatusPage(source(), title="S", public=True, read_token=READ, token=OPERATOR)
     async with client(public) as http:
         for path in ("/", "/feed.atom"):

@@ -291,13 +291,14 @@ def response_chart(times: Sequence[tuple[float, float | None, bool]], *, thresho
     marks: list[str] = []
     pen_down = False
     for column, value in enumerate(p95):
-        x = column * _COL_W + _COL_W / 2
+        x = column * _COL_W
         if bad[column]:
             marks.append(f"M{column * _COL_W} {_CHART_H - 4}h{_COL_W}v4h-{_COL_W}z")
         if value is None:
             pen_down = False
             continue
-        line.append(f"{'L' if pen_down else 'M'}{x:g} {y(value)}")
+        # a step across the column: a lone quarter-hour is visible too
+        line.append(f"{'L' if pen_down else 'M'}{x} {y(value)}H{x + _COL_W}")
         pen_down = True
     bad_count = sum(bad)
     label = (f"Response time (95th percentile) over the last 24 hours: highest "

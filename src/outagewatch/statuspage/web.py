@@ -29,7 +29,8 @@ class StatusPage:
         self.source = source
         self.title = title
         self.public = public
-        self._tokens = [t for t in (read_token, token) if t is not None]
+        # as the API's reads: open unless a read token is set; then it or the operator's
+        self._tokens = [t for t in (read_token, token) if t is not None] if read_token else []
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/", self.page), web.get("/status", self.page),
