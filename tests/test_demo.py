@@ -12,7 +12,7 @@ async def test_demo_story_comes_out_as_expected():
     status page is reachable at the URL it prints while it runs, and shows the outage."""
     out = io.StringIO()
     demo = asyncio.create_task(_demo(out))
-    pages = []
+    pages: list[tuple[int, str]] = []
     async with aiohttp.ClientSession() as session:
         while not demo.done():
             await asyncio.sleep(0.1)
