@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from xml.etree import ElementTree as ET
 
 from aiohttp.test_utils import TestClient, TestServer
@@ -81,3 +82,22 @@ async def test_the_feed_and_its_platform_filter():
         response = await http.get("/feed.atom?platform=nope")
         assert 404 == response.status
         assert "platform: no platform 'nope' (known: p0, p1)\n" == await response.text()
+
+
+async def test_the_page_is_rendered_off_the_event_loop(monkeypatch):
+    """1,000 services take a few hundred ms to draw the first time: not on the probes' loop."""
+    from outagewatch.statuspage import render
+    from outagewatch.statuspage import web as page_web
+
+    where: list[threading.Thread] = []
+    real = render.render_page
+
+    def noting(page):
+        where.append(threading.current_thread())
+        return real(page)
+
+    monkeypatch.setattr(page_web, "render_page", noting)
+    async with client(StatusPage(source(), title="S", public=True)) as http:
+        assert 200 == (await http.get("/")).status
+    assert where
+    assert threading.current_thread() not in where
