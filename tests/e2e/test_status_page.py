@@ -122,12 +122,20 @@ async def test_the_page_in_a_browser_shows_states_the_incident_and_maintenance(
 
 
 async def test_the_public_page_needs_no_token_and_names_no_host(tmp_path, http_server, relay):
+    """...and shows a running window's service as under maintenance."""
     async with FaultProxy(http_server.port, Fault("stall")) as proxy:
         daemon = await start(
             tmp_path, healthy=http_server.port, dead=proxy.port, relay=relay.port,
-            server="read_token_env: OW_READ, status_page: {public: true}")
+            server="token_env: OW_TOKEN, read_token_env: OW_READ, status_page: {public: true}")
         try:
             await wait(lambda: "OPEN" in relay.kinds(), 8, "the incident's OPEN mail")
+            now = datetime.now(UTC)
+            status, body = await daemon.request("POST", "/api/v1/maintenance", token=TOKEN,
+                                                json_body={**window(), "id": "hotfix",
+                                                           "start": now.isoformat(),
+                                                           "end": (now + timedelta(hours=1))
+                                                           .isoformat()})
+            assert 201 == status, body
             status, page = await daemon.get("/")
             assert 401 == (await daemon.get("/api/v1/status"))[0]  # reads still need it
             dom, console = await browse(f"http://127.0.0.1:{daemon.port}/status",
@@ -141,3 +149,6 @@ async def test_the_public_page_needs_no_token_and_names_no_host(tmp_path, http_s
         assert "/api/v1" not in text
         assert "timeout" not in text  # the probe's error detail
         assert "Major outage" in text
+        assert "Under maintenance" in text  # webmail-eu, in the running window
+        assert "Emergency maintenance: hotfix" in text
+        assert "In progress" in text
