@@ -113,7 +113,8 @@ async def test_the_page_in_a_browser_shows_states_the_incident_and_maintenance(
     assert "Emergency maintenance: db-upgrade" in dom
     assert "Database upgrade" in dom
     assert "<strong>OPEN</strong> We have detected an outage on platform eu." in dom
-    assert "localhost" in dom  # the internal view names the host
+    assert "localhost" in dom  # the internal view names the host...
+    assert "timeout in " in dom  # ...and the last run's error
     assert dom.count('role="img"') >= 2  # the charts carry their text alternatives
     assert 200 == status
     entries = ET.fromstring(feed_text).findall(f"{A}entry")
