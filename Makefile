@@ -24,6 +24,8 @@ system-deps:
 	@sh tools/apt-install.sh systemd-analyze "a test verifies the shipped systemd unit" systemd
 	@sh tools/apt-install.sh promtool "a test checks the shipped Prometheus alert rules" \
 		prometheus
+	@sh tools/apt-install.sh chromium "the status page is tested in a headless browser" \
+		chromium fonts-dejavu-core
 
 demo: $(STAMP)
 	$(BIN)/outagewatch demo

@@ -33,6 +33,8 @@ from outagewatch.notify.queue import Queue
 from outagewatch.probes import ProbeContext, new_http_session, phases_of, run_probe
 from outagewatch.recorder import SampleRecorder
 from outagewatch.scheduler import MAX_NAP, Scheduler
+from outagewatch.statuspage.live import DaemonStatusSource
+from outagewatch.statuspage.web import StatusPage
 from outagewatch.store import Changes, StoreError
 from outagewatch.store.sqlite import SqliteStore
 from outagewatch.topology import build_topology
@@ -41,6 +43,8 @@ from outagewatch.web import WebServer, build_app
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
     from pathlib import Path
+
+    from aiohttp.web import RouteDef
 
     from outagewatch.config import NotifyConfig, Target
     from outagewatch.model import Rule, Sample
@@ -181,6 +185,12 @@ class Runtime:
     scheduler: Scheduler
     looplag: LoopLag
     api: Api
+    status_page: StatusPage | None = None  # server.status_page.enabled
+
+    def routes(self) -> list[RouteDef]:
+        """The API's routes and the status page's."""
+        page = self.status_page.routes() if self.status_page is not None else []
+        return [*self.api.routes(), *page]
 
 
 @contextlib.asynccontextmanager
@@ -212,15 +222,32 @@ async def build(settings: Settings, *, clock: Clock, registry: CollectorRegistry
                       token=server.token.get_secret_value() if server.token else None,
                       read_token=server.read_token.get_secret_value() if server.read_token
                       else None)
+            page = status_page_of(settings, core=core, store=store, clock=clock,
+                                  recorder=recorder)
             try:
                 yield Runtime(settings=settings, clock=clock, registry=registry,
                               metrics=metrics, ctx=ctx, store=store, core=core,
                               recorder=recorder, scheduler=scheduler, looplag=looplag,
-                              api=api)
+                              api=api, status_page=page)
             finally:
                 engine.close()
     finally:
         await store.close()
+
+
+def status_page_of(settings: Settings, *, core: Core, store: StateStore, clock: Clock,
+                   recorder: SampleRecorder) -> StatusPage | None:
+    """The status page and feed on this node's engine, maintenance and store (issue 13)."""
+    server = settings.server
+    config = server.status_page
+    if not config.enabled:
+        return None
+    source = DaemonStatusSource(engine=core.engine, maintenance=core.maintenance, store=store,
+                                clock=clock, targets=settings.targets, last=recorder.last)
+    return StatusPage(
+        source, title=config.title, public=config.public,
+        read_token=server.read_token.get_secret_value() if server.read_token else None,
+        token=server.token.get_secret_value() if server.token else None)
 
 
 class Daemon:
@@ -278,7 +305,7 @@ class Daemon:
         settings, clock = runtime.settings, runtime.clock
         self._apply(runtime, settings)
         web = WebServer(build_app(registry=runtime.registry, readiness=self.readiness,
-                                  faults=self.faults, routes=runtime.api.routes()))
+                                  faults=self.faults, routes=runtime.routes()))
         try:
             await web.start(settings.server.host, settings.server.port)
         except OSError as exc:
@@ -363,6 +390,9 @@ class Daemon:
                 runtime.recorder.forget(name)
                 runtime.core.engine.forget(name)
         runtime.core.maintenance.configure(topology)
+        page = runtime.status_page
+        if page is not None and isinstance(page.source, DaemonStatusSource):
+            page.source.configure(settings.targets)
         for target in settings.targets:
             runtime.metrics.add_target(labels_of(target))
         runtime.scheduler.apply([(t, settings.rule_for(t)) for t in settings.targets])

@@ -160,6 +160,16 @@ def _check_address(value: str) -> str:
 Address = Annotated[str, BeforeValidator(lambda v: _check_address(str(v)))]
 
 
+class StatusPageConfig(_Model):
+    enabled: bool = Field(default=True, description="serve the status page at / and /status "
+                                                    "and the Atom feed at /feed.atom")
+    public: bool = Field(default=False, description="the public view: no hostnames, error "
+                                                    "details, internal notes or API links, "
+                                                    "and no read token needed")
+    title: str = Field("Service status", min_length=1, max_length=200,
+                       description="the page's and the feed's title")
+
+
 class ServerConfig(_Model):
     listen: str = Field("127.0.0.1:9817", description="host:port for /metrics, /healthz, /readyz")
     token_file: Path | None = Field(None, description="file holding the operator API token")
@@ -170,6 +180,7 @@ class ServerConfig(_Model):
                           "address others can reach); the operator token works too")
     read_token_env: str | None = Field(None, description="environment variable holding it")
     read_token: SecretStr | None = Field(None, exclude=True, description="resolved; not a key")
+    status_page: StatusPageConfig = StatusPageConfig()
 
     @model_validator(mode="before")
     @classmethod

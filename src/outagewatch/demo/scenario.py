@@ -182,7 +182,8 @@ async def _demo(out: TextIO) -> int:
     print(f"outagewatch demo: 4 simulated services, probed every {INTERVAL:g}s; a run slower "
           f"than {THRESHOLD:g}s is BAD; BAD for {WINDOW:g}s is an OUTAGE (the agreement: 30 s "
           f"and 15 min); incident updates every {UPDATE:g}s (the agreement: 1 h).\n"
-          f"Live: http://127.0.0.1:{port}/metrics and /api/v1/status\n", file=out, flush=True)
+          f"Status page: http://127.0.0.1:{port}/ (Atom feed: /feed.atom); live "
+          f"/metrics and /api/v1/status\n", file=out, flush=True)
     try:
         for act in STORY:
             await asyncio.sleep(max(0.0, timeline.t0 + act.at - loop.time()))
