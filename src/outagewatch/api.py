@@ -16,12 +16,14 @@ request already forwarded once is never forwarded again) and answers what it ans
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hmac
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, tzinfo
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from aiohttp import web
@@ -39,19 +41,24 @@ from pydantic import (
 
 from outagewatch.config import WindowConfig, WindowTimes
 from outagewatch.configerrors import describe
-from outagewatch.core import incidents
+from outagewatch.core import availability, incidents
 from outagewatch.core.maintenance import Refused, Window, WindowKind
 from outagewatch.core.render import Thread, ThreadKind
+from outagewatch.core.report import report_csv, report_json, report_text
 from outagewatch.durations import parse_duration, parse_moment
 from outagewatch.errors import UnknownIncident, UnknownWindow
 from outagewatch.model import iso_utc, one_line, sample_json
+from outagewatch.statuspage.render import render_report
 
 if TYPE_CHECKING:
     from typing import Protocol
 
     from outagewatch.clock import Clock
+    from outagewatch.core.availability import Period
     from outagewatch.core.incidents import Incident
+    from outagewatch.core.report import Report
     from outagewatch.engine import Engine, Maintenance, Writer
+    from outagewatch.history import History
     from outagewatch.model import Sample
     from outagewatch.notify import Drainer
     from outagewatch.store import StateStore, StoredMessage
@@ -231,7 +238,8 @@ class Api:
                  forward: Handler | None = None,
                  cluster: Callable[[], Awaitable[dict[str, Any]]] | None = None,
                  locations: Callable[[str], Mapping[str, str]] | None = None,
-                 location_results: Callable[[str], Mapping[str, Any]] | None = None) -> None:
+                 location_results: Callable[[str], Mapping[str, Any]] | None = None,
+                 history: History | None = None, title: str = "outagewatch") -> None:
         self._engine = engine
         self._leading = leading
         self._store = store
@@ -243,11 +251,14 @@ class Api:
         self._cluster = cluster
         self._locations = locations
         self._location_results = location_results
+        self._history = history  # reports from the ledger
+        self._title = title
 
     def routes(self) -> list[web.RouteDef]:
         guard, read = self._guarded, self._readable
         routes = [
             web.get("/api/v1/status", read(self.status)),
+            web.get("/api/v1/report", read(self.report)),
             web.get("/api/v1/incidents", read(self.incidents)),
             web.get("/api/v1/maintenance", read(self._led(self.list_windows))),
             web.get("/api/v1/maintenance/{id}", read(self._led(self.get_window))),
@@ -353,6 +364,42 @@ class Api:
                  for i in await self._store.incidents()]
         return web.json_response({"open": [i for i in items if i["resolved_at"] is None],
                                   "recent": [i for i in items if i["resolved_at"] is not None]})
+
+    async def report(self, request: web.Request) -> web.Response:
+        """The availability report: ``period`` (2026-11, 2026-Q4, 2026) or ``from`` and
+        ``to`` (dates, ``to`` exclusive); ``platform`` (default every one); ``format`` json
+        (default), csv, html or text."""
+        if self._history is None:
+            return error(404, "no history here")
+        query = request.query
+        fmt = query.get("format", "json")
+        platforms = self._engine.topology.platforms
+        wanted = query.getall("platform", []) or sorted(platforms)
+        unknown = [p for p in wanted if p not in platforms]
+        if fmt not in REPORT_FORMATS or unknown:
+            return (error(422, f"format must be one of {', '.join(REPORT_FORMATS)}", "format")
+                    if fmt not in REPORT_FORMATS else
+                    error(422, f"no platform {', '.join(map(repr, unknown))} (known: "
+                               f"{', '.join(sorted(platforms))})", "platform"))
+        period_in = _period_spec(query)
+        if isinstance(period_in, web.Response):
+            return period_in
+        found = await self._history.report(period_in, wanted,
+                                           now=self._clock.now().timestamp())
+        return await self._report_as(found, fmt)
+
+    async def _report_as(self, found: Report, fmt: str) -> web.Response:
+        match fmt:
+            case "csv":
+                return web.Response(text=report_csv(found), content_type="text/csv")
+            case "text":
+                return web.Response(text=report_text(found), content_type="text/plain")
+            case "html":
+                html = await asyncio.to_thread(render_report, found,
+                                               title=f"{self._title}: availability "
+                                                     f"{found.label}")
+                return web.Response(text=html, content_type="text/html")
+        return web.json_response(report_json(found))
 
     async def get_incident(self, request: web.Request) -> web.Response:
         """One incident with its mails (ids are case-insensitive)."""
@@ -538,6 +585,31 @@ _KEY_PREFIX = re.compile(r"^(?:Value error, )?([a-z_]+): (.+)$", re.DOTALL)
 def _bearer(request: web.Request) -> bytes | None:
     given = request.headers.get("Authorization", "")
     return given[7:].encode() if given.startswith("Bearer ") else None
+
+
+REPORT_FORMATS = ("json", "csv", "html", "text")
+
+
+def _period_spec(query: Mapping[str, str]) -> Callable[[tzinfo], Period] | web.Response:
+    """The report's period from the query, checked once (in UTC) so that a mistake is one
+    422 naming the field; each platform then gets it in its own zone."""
+    text, first, last = query.get("period"), query.get("from"), query.get("to")
+    if text is not None and (first or last):
+        return error(422, "give period, or from and to, not both", "period")
+    if text is None and not (first and last):
+        return error(422, "give period (2026-11, 2026-Q4, 2026) or from and to "
+                          "(2026-11-03 and 2026-11-10, to exclusive)", "period")
+    try:
+        if text is not None:
+            availability.parse_period(text, UTC)
+            return functools.partial(availability.parse_period, text)
+        assert first is not None
+        assert last is not None
+        start, end = date.fromisoformat(first), date.fromisoformat(last)
+        availability.custom_period(start, end, UTC)
+    except ValueError as exc:
+        return error(422, str(exc), "period" if text is not None else "from")
+    return functools.partial(availability.custom_period, start, end)
 
 
 def _interval(value: str | float | None) -> float | web.Response | None:

@@ -24,6 +24,7 @@ from outagewatch.engine import Composer, Desk, Engine, Maintenance, Timers, Writ
 from outagewatch.engine.engine import OBSERVATIONS_IN_MAIL
 from outagewatch.errors import ConfigError, ListenError
 from outagewatch.faults import Faults, supervise
+from outagewatch.history import History
 from outagewatch.looplag import LoopLag
 from outagewatch.metrics import Metrics, TargetLabels, build_metrics, duration_buckets
 from outagewatch.model import ProbeType
@@ -217,13 +218,14 @@ async def build(settings: Settings, *, clock: Clock, registry: CollectorRegistry
             server = settings.server
             assert engine.desk is not None  # one node: its own desk
             leading = Leading(core.maintenance, engine.desk, core.writer, core.drainer)
+            history = History(store, lambda: engine.topology)
             api = Api(engine=engine, leading=lambda: leading,
                       store=store, last=recorder.last, clock=clock,
                       token=server.token.get_secret_value() if server.token else None,
                       read_token=server.read_token.get_secret_value() if server.read_token
-                      else None)
+                      else None, history=history, title=server.status_page.title)
             page = status_page_of(settings, core=core, store=store, clock=clock,
-                                  recorder=recorder)
+                                  recorder=recorder, history=history)
             try:
                 yield Runtime(settings=settings, clock=clock, registry=registry,
                               metrics=metrics, ctx=ctx, store=store, core=core,
@@ -236,14 +238,15 @@ async def build(settings: Settings, *, clock: Clock, registry: CollectorRegistry
 
 
 def status_page_of(settings: Settings, *, core: Core, store: StateStore, clock: Clock,
-                   recorder: SampleRecorder) -> StatusPage | None:
+                   recorder: SampleRecorder, history: History) -> StatusPage | None:
     """The status page and feed on this node's engine, maintenance and store (issue 13)."""
     server = settings.server
     config = server.status_page
     if not config.enabled:
         return None
     source = DaemonStatusSource(engine=core.engine, maintenance=core.maintenance, store=store,
-                                clock=clock, targets=settings.targets, last=recorder.last)
+                                clock=clock, targets=settings.targets, last=recorder.last,
+                                history=history)
     return StatusPage(
         source, title=config.title, public=config.public,
         read_token=server.read_token.get_secret_value() if server.read_token else None,

@@ -1,16 +1,9 @@
-"""``DaemonStatusSource``: the status page's data from what a one-node daemon keeps today.
-
-INTERIM, AND THE PLACE TO REPLACE (issue 13): there is no history store yet. Response times
-come from the engine's few recent samples per target (the chart shows them, the rest of the
-24 h as gaps) and daily availability is "no data" for every day. Once the stores keep
-rollups, coverage and outages and ``core/availability`` computes figures,
-``response_times`` should read the rollups and ``daily`` the per-day figures; the rest
-(states, incidents, windows, mails) already reads the ledger the mails come from.
-"""
+"""The status page's source on one daemon: states from the engine, incidents, windows and
+mails from the store (the ledger the mails come from), response times and daily
+availability from the history (``history.py``: the rollups and ``core/availability``)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from outagewatch.core.evaluator import Health
@@ -35,6 +28,7 @@ if TYPE_CHECKING:
     from outagewatch.core.incidents import Incident
     from outagewatch.core.maintenance import Window
     from outagewatch.engine import Engine, Maintenance
+    from outagewatch.history import History
     from outagewatch.model import Sample
     from outagewatch.store import StateStore, StoredMessage
 
@@ -48,9 +42,10 @@ class DaemonStatusSource:
     """A ``StatusSource`` on the engine, the maintenance unit and the state store."""
 
     def __init__(self, *, engine: Engine, maintenance: Maintenance, store: StateStore,
-                 clock: Clock, targets: Sequence[Target], last: Mapping[str, Sample]
-                 ) -> None:
+                 clock: Clock, targets: Sequence[Target], last: Mapping[str, Sample],
+                 history: History) -> None:
         self._engine = engine
+        self._history = history
         self._maintenance = maintenance
         self._store = store
         self._clock = clock
@@ -99,20 +94,13 @@ class DaemonStatusSource:
 
     async def response_times(self, since: float
                              ) -> dict[str, list[tuple[float, float | None, bool]]]:
-        # interim: the engine keeps only the last few samples of each target
-        return {t.name: [(s.start, s.duration, s.bad) for s in self._engine.recent(t.name)
-                         if s.start >= since]
-                for t in self._targets}
+        return await self._history.response_times([t.name for t in self._targets], since,
+                                                  now=self.now())
 
     async def daily(self, days: int) -> dict[str, list[tuple[str, float | None]]]:
-        # interim: no history store yet, so every day is "no data"
-        zones = self.platforms()
-        now = datetime.fromtimestamp(self.now(), UTC)
         out: dict[str, list[tuple[str, float | None]]] = {}
-        for target in self._targets:
-            today = now.astimezone(zones.get(target.platform, UTC)).date()
-            out[target.name] = [((today - timedelta(days=back)).isoformat(), None)
-                                for back in range(days - 1, -1, -1)]
+        for platform in sorted({t.platform for t in self._targets}):
+            out.update(await self._history.daily(platform, days, now=self.now()))
         return out
 
     async def incidents(self, since: float) -> list[IncidentView]:

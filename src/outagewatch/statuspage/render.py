@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import jinja2
 
 if TYPE_CHECKING:
+    from outagewatch.core.report import Report
     from outagewatch.statuspage.view import Page
 
 
@@ -21,3 +23,20 @@ def environment() -> jinja2.Environment:
 
 def render_page(page: Page) -> str:
     return environment().get_template("page.html.j2").render(page=page)
+
+
+def render_report(report: Report, *, title: str) -> str:
+    """The availability report as a page that prints cleanly (to PDF from a browser), with
+    the status page's daily bars."""
+    from outagewatch.core.report import percent  # noqa: PLC0415 - the report's own wording
+    from outagewatch.statuspage.view import daily_bars  # noqa: PLC0415 - the page's charts
+
+    def mins(seconds: float | None) -> str:
+        return "-" if seconds is None else f"{seconds / 60:.1f} min"
+
+    def iso(ts: float) -> str:
+        return f"{datetime.fromtimestamp(ts, UTC):%Y-%m-%d %H:%M}Z"
+
+    return environment().get_template("report.html.j2").render(
+        report=report, title=title, generated=iso(report.generated_at), percent=percent,
+        mins=mins, iso=iso, bars=daily_bars)

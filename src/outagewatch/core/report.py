@@ -1,0 +1,174 @@
+"""The availability report (issue 13) as data and as text, CSV and JSON. Pure.
+
+A report covers one period and one or more platforms: per platform and per service the
+time-weighted figures of ``core/availability`` (availability, unplanned outage, planned
+outage, maintenance and blind minutes), the incidents by severity, the longest one and the
+mean time to restore, and the list of incidents. The HTML form is the status page's
+(``statuspage``), with the same charts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from outagewatch.core.availability import Figures, IncidentSpan, IncidentStats
+
+CSV_COLUMNS = ("period", "platform", "service", "availability", "unplanned_min",
+               "planned_min", "maintenance_min", "blind_min", "observed_min", "incidents",
+               "sev1", "sev2", "sev3", "longest_min", "mttr_min")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceReport:
+    name: str
+    figures: Figures
+    stats: IncidentStats  # the incidents this service was part of
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformReport:
+    name: str
+    zone: str  # the IANA name the period's calendar counts in
+    figures: Figures
+    stats: IncidentStats
+    services: tuple[ServiceReport, ...]
+    daily: tuple[tuple[str, float | None], ...] = ()  # the platform's availability per day
+    start: float = 0.0  # the period in the platform's own zone
+    end: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    label: str  # 2026-11, 2026-Q4, 2026, 2026-11-03..2026-11-10
+    start: float
+    end: float
+    generated_at: float
+    platforms: tuple[PlatformReport, ...]
+
+
+def percent(value: float | None) -> str:
+    """99.95 %, never rounded up to 100 % while anything was lost; "-" with nothing seen."""
+    if value is None:
+        return "-"
+    shown = f"{value * 100:.3f}"
+    if value < 1 and shown == "100.000":
+        shown = "99.999"
+    return f"{shown} %"
+
+
+def minutes(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds / 60, 2)
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else f"{datetime.fromtimestamp(ts, UTC):%Y-%m-%dT%H:%M:%SZ}"
+
+
+def _figures_json(f: Figures) -> dict[str, Any]:
+    return {"availability": f.availability, "unplanned_min": minutes(f.unplanned_s),
+            "planned_min": minutes(f.planned_s), "maintenance_min": minutes(f.maintenance_s),
+            "blind_min": minutes(f.blind_s), "observed_min": minutes(f.observed_s),
+            "period_min": minutes(f.period_s)}
+
+
+def _stats_json(s: IncidentStats) -> dict[str, Any]:
+    return {"incidents": s.count,
+            "by_severity": {str(level): s.by_severity.get(level, 0) for level in (1, 2, 3)},
+            "longest_min": minutes(s.longest_s), "mttr_min": minutes(s.mttr_s)}
+
+
+def _incident_json(span: IncidentSpan) -> dict[str, Any]:
+    return {"id": span.id, "severity": span.severity, "start": _iso(span.start),
+            "end": _iso(span.end),
+            "duration_min": None if span.end is None else minutes(span.end - span.start),
+            "services": list(span.services), "ticket": span.ticket, "origin": span.origin}
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    return {
+        "period": report.label, "start": _iso(report.start), "end": _iso(report.end),
+        "generated_at": _iso(report.generated_at),
+        "platforms": [{
+            "platform": p.name, "timezone": p.zone, "start": _iso(p.start),
+            "end": _iso(p.end), **_figures_json(p.figures),
+            **_stats_json(p.stats),
+            "daily": [{"day": day, "availability": value} for day, value in p.daily],
+            "services": [{"service": s.name, **_figures_json(s.figures), **_stats_json(s.stats)}
+                         for s in p.services],
+            "incident_list": [_incident_json(i) for i in p.stats.incidents],
+        } for p in report.platforms],
+    }
+
+
+def _row(label: str, platform: str, service: str, f: Figures, s: IncidentStats) -> list[str]:
+    def num(value: float | None) -> str:
+        return "" if value is None else f"{value:g}"
+
+    return [label, platform, service,
+            "" if f.availability is None else f"{f.availability:.6f}",
+            num(minutes(f.unplanned_s)), num(minutes(f.planned_s)),
+            num(minutes(f.maintenance_s)), num(minutes(f.blind_s)),
+            num(minutes(f.observed_s)), str(s.count),
+            *(str(s.by_severity.get(level, 0)) for level in (1, 2, 3)),
+            num(minutes(s.longest_s)), num(minutes(s.mttr_s))]
+
+
+def report_csv(report: Report) -> str:
+    """One row per platform (service empty) and per service; minutes, availability 0..1."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for p in report.platforms:
+        writer.writerow(_row(report.label, p.name, "", p.figures, p.stats))
+        for s in p.services:
+            writer.writerow(_row(report.label, p.name, s.name, s.figures, s.stats))
+    return out.getvalue()
+
+
+def report_text(report: Report) -> str:
+    span = f"{_iso(report.start)} to {_iso(report.end)}"
+    head = f"Availability report {report.label} ({span}, generated {_iso(report.generated_at)})"
+    lines = [head]
+    for p in report.platforms:
+        lines += ["", f"Platform {p.name} ({p.zone}): {percent(p.figures.availability)}",
+                  *_summary(p.figures, p.stats), ""]
+        lines.append(_table(
+            [[s.name, percent(s.figures.availability), _min(s.figures.unplanned_s),
+              _min(s.figures.planned_s), _min(s.figures.maintenance_s),
+              _min(s.figures.blind_s), str(s.stats.count)] for s in p.services],
+            ["SERVICE", "AVAILABILITY", "OUTAGE", "PLANNED", "MAINTENANCE", "BLIND",
+             "INCIDENTS"]))
+        if p.stats.incidents:
+            lines += ["", _table([[i.id, str(i.severity), _iso(i.start) or "-",
+                                   _iso(i.end) or "open",
+                                   _min(None if i.end is None else i.end - i.start),
+                                   i.ticket or "-", ", ".join(i.services)]
+                                  for i in p.stats.incidents],
+                                 ["INCIDENT", "SEV", "START", "END", "DURATION", "TICKET",
+                                  "SERVICES"])]
+    return "\n".join(lines) + "\n"
+
+
+def _summary(f: Figures, s: IncidentStats) -> list[str]:
+    by = ", ".join(f"Sev {level}: {s.by_severity.get(level, 0)}" for level in (1, 2, 3))
+    return [(f"  outage (unplanned) {_min(f.unplanned_s)}, planned outage {_min(f.planned_s)}, "
+            f"maintenance {_min(f.maintenance_s)}, blind {_min(f.blind_s)}"),
+            (f"  incidents {s.count} ({by}); longest {_min(s.longest_s)}, "
+            f"mean time to restore {_min(s.mttr_s)}")]
+
+
+def _min(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in [header, *rows])
