@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.ports import free_port
-from tests.helpers.store_contract import StoreContract, envelope, sample
+from tests.helpers.store_contract import LedgerContract, StoreContract, envelope, sample
 
 from outagewatch.core.evaluator import Health, Verdict
 from outagewatch.core.incidents import Book
@@ -38,7 +38,7 @@ async def _store(pg: Postgres):
     await store.close()
 
 
-class TestPostgresContract(StoreContract):
+class TestPostgresContract(StoreContract, LedgerContract):
     pass
 
 
