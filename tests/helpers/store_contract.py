@@ -281,10 +281,15 @@ class LedgerContract:
         assert 1 == len(await store.outages(["t"], 0.0, 300.0))
 
     async def test_rollups_are_pruned_by_their_retention(self, store):
-        await store.apply(Changes(rollups={("t", "", b): rollup("t", b)
-                                           for b in (0.0, 300.0, 600.0)}))
+        """Of every target at every location (the prune walks them one by one)."""
+        rows = [rollup(t, b, location=where) for t in ("a", "b", "c") for where in ("", "x")
+                for b in (0.0, 300.0, 600.0)]
+        await store.apply(Changes(rollups={(r.target, r.location, r.bucket): r for r in rows}))
         await store.apply(Changes(prune_rollups_before=300.0))
-        assert [300.0, 600.0] == [r.bucket for r in await store.rollups(["t"], 0.0, 1e10)]
+        assert [(t, where, b) for t in ("a", "b", "c") for where in ("", "x")
+                for b in (300.0, 600.0)] == [
+            (r.target, r.location, r.bucket)
+            for r in await store.rollups(["a", "b", "c"], 0.0, 1e10)]
 
     async def test_history_is_pruned_only_when_ended(self, store):
         """What ended before the line goes; what lasts (an open outage, an open incident,
