@@ -44,6 +44,9 @@ Interval = tuple[float, float]  # [start, end), Unix seconds
 
 KEEP_UNWRITTEN_SAMPLES = 10_000  # beyond this, unwritten samples are thinned...
 SAMPLES_PER_TARGET = 3  # ...to the latest few of each target
+# unwritten rollups (10,000 targets: about 2 hours of buckets) beyond which the oldest
+# buckets' go: a day-long store outage loses that day's rollups, not the daemon's memory
+KEEP_UNWRITTEN_ROLLUPS = 250_000
 
 
 class StoreError(OutagewatchError, OSError):
@@ -203,6 +206,9 @@ class Changes:
             for sample in self.samples:
                 latest.setdefault(sample.target, []).append(sample)
             self.samples = [s for kept in latest.values() for s in kept[-SAMPLES_PER_TARGET:]]
+        if len(self.rollups) > KEEP_UNWRITTEN_ROLLUPS:
+            newest = sorted(self.rollups, key=lambda key: key[2])[-KEEP_UNWRITTEN_ROLLUPS // 2:]
+            self.rollups = {key: self.rollups[key] for key in newest}
 
 
 @dataclass(frozen=True, slots=True)
