@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
     from aiohttp.web import RouteDef
 
-    from outagewatch.config import NotifyConfig, Target
+    from outagewatch.config import NotifyConfig, StateConfig, Target
     from outagewatch.model import Rule, Sample
     from outagewatch.scheduler import Recorder
     from outagewatch.store import State, StateStore
@@ -476,12 +476,21 @@ async def watch_state(runtime: Runtime) -> None:
 
 
 async def keep_house(runtime: Runtime) -> None:
-    """Every hour: mails sent longer ago than ``state.keep_mails`` leave the state file."""
+    """Every hour: mails sent longer ago than ``state.keep_mails`` leave the state file, and
+    so do rollups and history past their retention."""
     clock = runtime.clock
     while True:
-        keep = runtime.settings.state.keep_mails.total_seconds()
-        runtime.core.writer.submit(Changes(prune_mails_before=clock.now().timestamp() - keep))
+        runtime.core.writer.submit(pruning(runtime.settings.state, clock.now().timestamp()))
         await clock.sleep_until(clock.monotonic() + HOUSEKEEPING)
+
+
+def pruning(state: StateConfig, now: float) -> Changes:
+    """What the state's retention lets go at ``now`` (the hourly housekeeping's change)."""
+    history = state.keep_history
+    return Changes(prune_mails_before=now - state.keep_mails.total_seconds(),
+                   prune_rollups_before=now - state.keep_rollups.total_seconds(),
+                   prune_history_before=(None if history is None
+                                         else now - history.total_seconds()))
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -565,6 +565,12 @@ class StateConfig(_Model):
     keep_mails: Retention = Field(timedelta(days=400),
                                   description="sent and failed mails older than this leave "
                                               "the state (pending ones never do)")
+    keep_rollups: Retention = Field(timedelta(days=400),
+                                    description="each target's 5-minute rollups older than "
+                                                "this leave the state")
+    keep_history: Retention | None = Field(None, description="outages, coverage, incidents "
+                                           "and maintenance windows ended longer ago than "
+                                           "this leave the state; default: kept for ever")
 
     @model_validator(mode="before")
     @classmethod

@@ -11,6 +11,7 @@ from structlog.testing import capture_logs
 from tests.helpers.engine import EngineHarness
 from tests.helpers.fakeclock import FakeClock
 
+from outagewatch.app import pruning
 from outagewatch.config import Settings
 from outagewatch.core.maintenance import Refused
 from outagewatch.core.render import ThreadKind
@@ -322,3 +323,106 @@ class TestDeadlines:
             again.start()
             await asyncio.wait_for(again.clock.advance(60), timeout=5)
             assert [] == await again.outbox()
+
+
+class TestLedger:
+    """Issue 13: what outlasts the samples, written with them: each sample's 5-minute
+    rollup and its target's coverage (engine), each outage from declared to restored
+    (desk)."""
+
+    async def test_samples_make_rollups_and_coverage(self, tmp_path):
+        async with EngineHarness(settings(tmp_path), FakeClock()) as h:
+            o = h.origin  # 09:00 UTC: a bucket's start; runs at o + 35, o + 95...
+            await every_minute(h, 5)  # 5 timeouts (35 s) in the first bucket
+            await every_minute(h, 2, result=Result.OK, duration=0.2)
+            await h.clock.advance(35)
+            h.run(Result.OK, duration=40.0)  # slower than the threshold: BAD, no error
+            await h.writer.flush()
+            first, second = await h.store.rollups(["imap-eu"], o, o + 600)
+            assert ((o, 5, 5, 35.0, 35.0, 35.0, {"timeout": 5})
+                    == (first.bucket, first.runs, first.bad, first.p50, first.p95, first.max,
+                        dict(first.errors)))
+            assert ((o + 300, 3, 1, 0.2, 40.0, 40.0, {})
+                    == (second.bucket, second.runs, second.bad, second.p50, second.p95,
+                        second.max, dict(second.errors)))
+            assert {"imap-eu": [(o + 35, o + 455 + 60)]} == await h.store.coverage(
+                ["imap-eu"], o, o + 3600)
+
+    async def test_a_gap_longer_than_a_run_opens_a_new_coverage_interval(self, tmp_path):
+        """Runs late by less than interval + timeout extend the interval; the monitor down
+        for longer leaves a blind gap."""
+        async with EngineHarness(settings(tmp_path), FakeClock()) as h:
+            o = h.origin
+            h.run(Result.OK, duration=0.2)                 # sees [o, o + 60)
+            await h.clock.advance(60 + 60 + 35)
+            h.run(Result.OK, duration=0.2)                 # o + 155 <= 60 + 95: extends
+            await h.clock.advance(60 + 60 + 36)
+            h.run(Result.OK, duration=0.2)                 # o + 311 > 215 + 95: a gap
+            await h.writer.flush()
+            assert {"imap-eu": [(o, o + 215), (o + 311, o + 371)]} == await h.store.coverage(
+                ["imap-eu"], o, o + 3600)
+
+    async def test_a_restart_continues_the_bucket(self, tmp_path):
+        """Restarted mid-bucket, the bucket's row counts the runs before and after, with
+        exact percentiles (its samples are still stored), and coverage goes on."""
+        cfg, clock = settings(tmp_path), FakeClock()
+        async with EngineHarness(cfg, clock) as h:
+            o = h.origin
+            for duration in (1.0, 2.0):
+                h.run(Result.OK, duration=duration)
+                await clock.advance(60)
+        async with EngineHarness(cfg, clock) as again:
+            again.start()
+            for duration in (3.0, 4.0):
+                again.run(Result.OK, duration=duration)
+                await clock.advance(60)
+            await again.writer.flush()
+            (row,) = await again.store.rollups(["imap-eu"], o, o + 300)
+            assert (4, 2.0, 4.0, 4.0) == (row.runs, row.p50, row.p95, row.max)
+            assert {"imap-eu": [(o, o + 240)]} == await again.store.coverage(
+                ["imap-eu"], o, o + 3600)
+
+    async def test_an_outage_is_kept_from_declared_to_restored(self, tmp_path):
+        async with EngineHarness(settings(tmp_path), FakeClock()) as h:
+            o = h.origin
+            await every_minute(h, 16)
+            (incident,) = await h.incidents()
+            (span,) = await h.store.outages(["imap-eu"], o, o + 7200)
+            assert ("imap-eu", "eu", o + 35, None, incident.id) == (
+                span.target, span.platform, span.start, span.end, span.incident)
+            await every_minute(h, 2, result=Result.OK, duration=0.2)
+            (incident,) = await h.incidents()
+            (span,) = await h.store.outages(["imap-eu"], o, o + 7200)
+            assert incident.restored_at is not None
+            assert (o + 35, incident.restored_at) == (span.start, span.end)
+
+    async def test_a_removed_target_ends_its_outage_when_removed(self, tmp_path):
+        async with EngineHarness(settings(tmp_path), FakeClock()) as h:
+            await every_minute(h, 16)
+            h.engine.forget("imap-eu")
+            await h.writer.flush()
+            (span,) = await h.store.outages(["imap-eu"], h.origin, h.origin + 7200)
+            assert h.clock.now().timestamp() == span.end
+            assert [5, 5, 5, 1] == [r.runs for r in await h.store.rollups(
+                ["imap-eu"], h.origin, h.origin + 7200)]  # history stays
+
+    async def test_housekeeping_prunes_rollups_and_keeps_history_by_default(self, tmp_path):
+        """``state.keep_rollups`` bounds the rollups; with ``state.keep_history`` unset the
+        outages and coverage stay for ever; set, they go too."""
+        cfg = settings(tmp_path)
+        async with EngineHarness(cfg, FakeClock()) as h:
+            o = h.origin
+            await every_minute(h, 16)
+            await every_minute(h, 2, result=Result.OK, duration=0.2)
+            later = o + 401 * 86400.0
+            h.writer.submit(pruning(cfg.state, later))
+            await h.writer.flush()
+            assert [] == await h.store.rollups(["imap-eu"], o, later)
+            assert 1 == len(await h.store.outages(["imap-eu"], o, later))
+            assert 1 == len((await h.store.coverage(["imap-eu"], o, later))["imap-eu"])
+            kept = cfg.state.model_copy(update={"keep_history": timedelta(days=30)})
+            h.writer.submit(pruning(kept, later))
+            await h.writer.flush()
+            assert [] == await h.store.outages(["imap-eu"], o, later)
+            assert {"imap-eu": []} == await h.store.coverage(["imap-eu"], o, later)
+            assert [] == await h.store.incidents_between(o, later)

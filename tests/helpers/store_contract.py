@@ -5,12 +5,23 @@ yields an empty, open store (``test_sqlite.py``; the PostgreSQL backend runs the
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from outagewatch.core.evaluator import Run, Status, Verdict
 from outagewatch.core.incidents import Book, Platform, Service, declared
-from outagewatch.core.maintenance import Window, WindowKind
-from outagewatch.store import Changes, Delivery, Envelope, EnvelopeKey, StoredSample, StoreError
+from outagewatch.core.maintenance import Window, WindowKind, WindowState
+from outagewatch.core.rollup import Rollup
+from outagewatch.store import (
+    Changes,
+    Delivery,
+    Envelope,
+    EnvelopeKey,
+    OutageSpan,
+    StoredSample,
+    StoreError,
+)
 
 EU = Platform("eu", (Service("imap-eu"), Service("smtp-eu")))
 
@@ -27,8 +38,22 @@ def delivered(item: Envelope, status: str, *, at: float = 20.0, error: str | Non
                     at if status == "sent" else None)
 
 
-def sample(target: str, start: float, *, bad: bool = False) -> StoredSample:
-    return StoredSample(target, start, 0.5, "timeout" if bad else "ok", None, bad)
+def sample(target: str, start: float, *, bad: bool = False,
+           duration: float = 0.5) -> StoredSample:
+    return StoredSample(target, start, duration, "timeout" if bad else "ok", None, bad)
+
+
+def rollup(target: str, bucket: float, *, location: str = "", runs: int = 3, bad: int = 0,
+           errors: dict[str, int] | None = None) -> Rollup:
+    return Rollup(target, location, bucket, runs, bad, 0.25, 1.5, 2.125, errors or {})
+
+
+def window(wid: str, start: float, end: float, *, platform: str = "eu",
+           state: WindowState = WindowState.SCHEDULED,
+           closed_at: float | None = None) -> Window:
+    return Window(id=wid, platform=platform, targets=("imap-eu",), start=start, end=end,
+                  kind=WindowKind.PLANNED, description="d", impact="i", registered_at=0.0,
+                  state=state, closed_at=closed_at)
 
 
 class StoreContract:
@@ -163,3 +188,125 @@ class StoreContract:
             book, (notice,) = declared(Book(last_id=book.last_id), EU, "imap-eu", at, at)
             await store.apply(Changes(incidents={notice.incident.id: notice.incident}))
         assert [3000.0, 2000.0] == [i.opened_at for i in await store.incidents(limit=2)]
+
+
+class LedgerContract:
+    """The ledger that outlasts the samples: rollups, coverage, outages, and incidents and
+    windows by time, for the reports and the status page."""
+
+    async def test_rollups_round_trip_and_are_read_by_range(self, store):
+        rows = [rollup("imap", 600.0, bad=1, errors={"timeout": 1, "refused": 2}),
+                rollup("imap", 900.0), rollup("imap", 1200.0), rollup("smtp", 900.0),
+                rollup("pop3", 900.0)]
+        await store.apply(Changes(rollups={(r.target, r.location, r.bucket): r for r in rows}))
+        found = await store.rollups(["imap", "smtp"], 700.0, 1200.0)
+        # the bucket holding 700 overlaps the range; the one starting at its end does not
+        assert [rows[0], rows[1], rows[3]] == found
+        assert {"timeout": 1, "refused": 2} == dict(found[0].errors)
+        assert [] == await store.rollups(["none"], 0.0, 1e10)
+
+    async def test_a_rollup_is_rewritten_as_its_bucket_fills(self, store):
+        first, later = rollup("imap", 300.0, runs=1), rollup("imap", 300.0, runs=2, bad=1,
+                                                             errors={"timeout": 1})
+        await store.apply(Changes(rollups={("imap", "", 300.0): first}))
+        await store.apply(Changes(rollups={("imap", "", 300.0): later}))
+        assert [later] == await store.rollups(["imap"], 0.0, 1e10)
+
+    async def test_coverage_is_extended_and_read_as_a_union(self, store):
+        await store.apply(Changes(coverage={("imap", "", 100.0): 160.0}))
+        await store.apply(Changes(coverage={("imap", "", 100.0): 220.0,
+                                            ("imap", "", 500.0): 560.0,
+                                            ("imap", "b", 200.0): 300.0,
+                                            ("smtp", "", 0.0): 50.0}))
+        found = await store.coverage(["imap", "smtp", "pop3"], 150.0, 540.0)
+        assert {"imap": [(150.0, 300.0), (500.0, 540.0)], "smtp": [], "pop3": []} == found
+
+    async def test_outages_open_and_close(self, store):
+        opened = OutageSpan("imap", "eu", 100.0, None, "EU-1")
+        await store.apply(Changes(outages={("imap", 100.0): opened}))
+        assert [opened] == await store.outages(["imap"], 5000.0, 6000.0)  # still lasting
+        closed = replace(opened, end=400.0)
+        other = OutageSpan("smtp", "eu", 350.0, 380.0, None)
+        await store.apply(Changes(outages={("imap", 100.0): closed, ("smtp", 350.0): other}))
+        assert [closed, other] == await store.outages(["imap", "smtp"], 300.0, 1000.0)
+        assert [] == await store.outages(["imap", "smtp"], 400.0, 1000.0)
+        assert [other] == await store.outages(["smtp"], 0.0, 1000.0)
+
+    async def test_incidents_and_windows_by_time(self, store):
+        book, (notice,) = declared(Book(), EU, "imap-eu", 1000.0, 1100.0)
+        early = replace(notice.incident, resolved_at=2000.0, restored_at=1900.0)
+        _, (notice,) = declared(Book(last_id=book.last_id), EU, "imap-eu", 5000.0, 5100.0)
+        lasting = notice.incident
+        us = replace(lasting, id="US-1", platform="us")
+        await store.apply(Changes(incidents={i.id: i for i in (early, lasting, us)}))
+        assert [early] == await store.incidents_between(0.0, 3000.0)
+        assert [lasting] == await store.incidents_between(2000.0, 9000.0, "eu")
+        assert [early, lasting, us] == await store.incidents_between(1500.0, 9000.0)
+        assert [] == await store.incidents_between(2000.0, 5000.0)
+        # an incident counts from its outage's start, before it was opened
+        assert [early, lasting] == await store.incidents_between(0.0, 5050.0, "eu")
+        done = window("done", 100.0, 200.0, state=WindowState.FINISHED)
+        cancelled = window("cancelled", 300.0, 400.0, state=WindowState.CANCELLED,
+                           closed_at=350.0)
+        ahead = window("ahead", 800.0, 900.0, platform="us")
+        await store.apply(Changes(windows={w.id: w for w in (done, cancelled, ahead)}))
+        assert [done, cancelled] == await store.windows_between(150.0, 800.0)
+        assert [] == await store.windows_between(150.0, 800.0, "us")
+        assert [ahead] == await store.windows_between(0.0, 1000.0, "us")
+
+    async def test_load_gives_the_open_rollup_and_coverage_to_continue(self, store):
+        """After a restart the engine continues each target's bucket (with the durations
+        of its samples still stored) and its coverage interval."""
+        older, latest = rollup("imap", 300.0), rollup("imap", 600.0, runs=2)
+        await store.apply(Changes(
+            verdicts={"imap": Verdict(last_start=610.0)},
+            samples=[sample("imap", 290.0, duration=9.0), sample("imap", 605.0, duration=1.0),
+                     sample("imap", 610.0, duration=2.0)],
+            rollups={("imap", "", 300.0): older, ("imap", "", 600.0): latest,
+                     ("gone", "", 600.0): rollup("gone", 600.0)},
+            coverage={("imap", "", 10.0): 100.0, ("imap", "", 200.0): 670.0}))
+        state = await store.load(recent=1)
+        assert {"imap": (latest, (1.0, 2.0))} == {
+            k: (r, tuple(sorted(d))) for k, (r, d) in state.rollups.items()}
+        assert {"imap": (200.0, 670.0)} == dict(state.coverage)
+
+    async def test_a_forgotten_target_keeps_its_history(self, store):
+        await store.apply(Changes(verdicts={"t": Verdict(last_start=1.0)},
+                                  rollups={("t", "", 0.0): rollup("t", 0.0)},
+                                  coverage={("t", "", 0.0): 60.0},
+                                  outages={("t", 5.0): OutageSpan("t", "eu", 5.0, 9.0, None)}))
+        await store.apply(Changes(forgotten={"t"}))
+        assert 1 == len(await store.rollups(["t"], 0.0, 300.0))
+        assert {"t": [(0.0, 60.0)]} == await store.coverage(["t"], 0.0, 300.0)
+        assert 1 == len(await store.outages(["t"], 0.0, 300.0))
+
+    async def test_rollups_are_pruned_by_their_retention(self, store):
+        """Of every target at every location (the prune walks them one by one)."""
+        rows = [rollup(t, b, location=where) for t in ("a", "b", "c") for where in ("", "x")
+                for b in (0.0, 300.0, 600.0)]
+        await store.apply(Changes(rollups={(r.target, r.location, r.bucket): r for r in rows}))
+        await store.apply(Changes(prune_rollups_before=300.0))
+        assert [(t, where, b) for t in ("a", "b", "c") for where in ("", "x")
+                for b in (300.0, 600.0)] == [
+            (r.target, r.location, r.bucket)
+            for r in await store.rollups(["a", "b", "c"], 0.0, 1e10)]
+
+    async def test_history_is_pruned_only_when_ended(self, store):
+        """What ended before the line goes; what lasts (an open outage, an open incident,
+        a window ahead) stays whatever its age."""
+        book, (notice,) = declared(Book(), EU, "imap-eu", 10.0, 10.0)
+        resolved = replace(notice.incident, resolved_at=50.0, restored_at=40.0)
+        _, (notice,) = declared(Book(last_id=book.last_id), EU, "imap-eu", 20.0, 20.0)
+        still_open = notice.incident
+        await store.apply(Changes(
+            coverage={("t", "", 0.0): 60.0, ("t", "", 100.0): 300.0},
+            outages={("t", 5.0): OutageSpan("t", "eu", 5.0, 9.0, None),
+                     ("t", 20.0): OutageSpan("t", "eu", 20.0, None, still_open.id)},
+            incidents={resolved.id: resolved, still_open.id: still_open},
+            windows={"old": window("old", 0.0, 50.0, state=WindowState.FINISHED),
+                     "kept": window("kept", 0.0, 50.0, state=WindowState.ACTIVE)}))
+        await store.apply(Changes(prune_history_before=100.0))
+        assert {"t": [(100.0, 300.0)]} == await store.coverage(["t"], 0.0, 1000.0)
+        assert [20.0] == [o.start for o in await store.outages(["t"], 0.0, 1000.0)]
+        assert [still_open.id] == [i.id for i in await store.incidents_between(0.0, 1000.0)]
+        assert ["kept"] == [w.id for w in await store.windows_between(0.0, 1000.0)]

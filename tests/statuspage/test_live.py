@@ -10,13 +10,15 @@ from tests.helpers.engine import EngineHarness
 from tests.helpers.fakeclock import FakeClock
 
 from outagewatch.core.maintenance import Window, WindowKind
+from outagewatch.history import History
 from outagewatch.model import Result
 from outagewatch.statuspage.live import DaemonStatusSource
 
 
 def source_of(h: EngineHarness) -> DaemonStatusSource:
     return DaemonStatusSource(engine=h.engine, maintenance=h.maintenance, store=h.store,
-                              clock=h.clock, targets=h.settings.targets, last={})
+                              clock=h.clock, targets=h.settings.targets, last={},
+                              history=History(h.store, lambda: h.engine.topology))
 
 
 def state(source: DaemonStatusSource) -> str:
@@ -70,8 +72,14 @@ async def test_states_incident_timeline_windows_and_mails(tmp_path):
         opening = next(m for m in mails if m.id == f"incident:{incident.id}/0")
         assert opening.subject.startswith(f"Incident {incident.id} [OPEN]")
 
-        times = await source.response_times(now - 86400)
-        assert 1 <= len(times["imap-eu"]) <= 3  # interim: the engine's last few samples
+        times = (await source.response_times(now - 86400))["imap-eu"]
+        assert 24 * 12 <= len(times) <= 24 * 12 + 1  # every 5-minute bucket of the day
+        seen = [(p95, bad) for _, p95, bad in times if p95 is not None]
+        assert seen  # from the rollups the engine wrote
+        assert seen[-1][1] is True  # the latest runs are BAD
         days = (await source.daily(90))["imap-eu"]
         today = datetime.fromtimestamp(now, UTC).date().isoformat()
-        assert (90, (today, None)) == (len(days), days[-1])  # interim: no history yet
+        assert (90, today) == (len(days), days[-1][0])
+        assert days[0][1] is None  # before monitoring began: nothing observed, no figure
+        assert days[-1][1] is not None
+        assert days[-1][1] < 1  # today: an outage

@@ -12,12 +12,13 @@ import psycopg
 import pytest
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.ports import free_port
-from tests.helpers.store_contract import StoreContract, envelope, sample
+from tests.helpers.store_contract import LedgerContract, StoreContract, envelope, sample
 
 from outagewatch.core.evaluator import Health, Verdict
 from outagewatch.core.incidents import Book
 from outagewatch.core.quorum import Seen
-from outagewatch.store import Changes, StoreError
+from outagewatch.core.rollup import Rollup
+from outagewatch.store import Changes, OutageSpan, StoreError
 from outagewatch.store.postgres import MIGRATIONS, PostgresStore
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ async def _store(pg: Postgres):
     await store.close()
 
 
-class TestPostgresContract(StoreContract):
+class TestPostgresContract(StoreContract, LedgerContract):
     pass
 
 
@@ -438,6 +439,41 @@ class TestClusterState:
             assert "eu" == pg.psql("SELECT platform FROM books")
         finally:
             await store.close()
+
+    async def test_a_deposed_leaders_outage_is_not_written(self, pg):
+        """Outages are the leader's (its desk's): fenced like the rest of its writes."""
+        store = await open_store(pg)
+        try:
+            pg.psql("UPDATE leadership SET epoch = 8")
+            span = OutageSpan("web", "eu", 10.0, None, "EU-1")
+            with pytest.raises(StoreError, match="fenced"):
+                await store.fenced(7).apply(Changes(outages={("web", 10.0): span}))
+            await store.fenced(8).apply(Changes(outages={("web", 10.0): span}))
+            assert [span] == await store.outages(["web"], 0.0, 100.0)
+        finally:
+            await store.close()
+
+    async def test_each_location_keeps_its_rollups_and_coverage(self, pg):
+        """Every node writes its location's rollups and coverage; the reads give every
+        location's rollups and the union of their coverage; load gives a node its own."""
+        a = await open_store(pg, location="a")
+        b = await open_store(pg, location="b")
+        try:
+            for store, where, runs, seen in ((a, "a", 2, (0.0, 100.0)),
+                                             (b, "b", 3, (50.0, 200.0))):
+                rollup = Rollup("web", where, 0.0, runs, 0, 1.0, 1.0, 1.0, {})
+                await store.apply(Changes(verdicts={"web": Verdict(last_start=1.0)},
+                                          rollups={("web", where, 0.0): rollup},
+                                          coverage={("web", where, seen[0]): seen[1]}))
+            assert [("a", 2), ("b", 3)] == [(r.location, r.runs)
+                                            for r in await a.rollups(["web"], 0.0, 300.0)]
+            assert {"web": [(0.0, 200.0)]} == await b.coverage(["web"], 0.0, 300.0)
+            state = await b.load(recent=1)
+            assert [("b", 3)] == [(r.location, r.runs) for r, _ in state.rollups.values()]
+            assert {"web": (50.0, 200.0)} == dict(state.coverage)
+        finally:
+            await a.close()
+            await b.close()
 
     async def test_cluster_status_and_the_leaders_address_in_database_time(self, pg):
         store = await open_store(pg)

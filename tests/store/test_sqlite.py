@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.helpers.store_contract import StoreContract, sample
+from tests.helpers.store_contract import LedgerContract, StoreContract, sample
 
 from outagewatch.core.evaluator import Health, Run, Status
 from outagewatch.store import Changes, StateLocked, StoreError
@@ -25,7 +25,7 @@ async def _store(request, tmp_path):
     await store.close()
 
 
-class TestSqliteContract(StoreContract):
+class TestSqliteContract(StoreContract, LedgerContract):
     pass
 
 

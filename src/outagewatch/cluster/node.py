@@ -39,6 +39,7 @@ from outagewatch.app import (
     log_config_warnings,
     metrics_for,
     outbox_of,
+    pruning,
     start_watchdog,
 )
 from outagewatch.cluster.consensus import Consensus
@@ -56,7 +57,7 @@ from outagewatch.model import iso_utc
 from outagewatch.probes import ProbeContext, new_http_session, run_probe
 from outagewatch.recorder import SampleRecorder
 from outagewatch.scheduler import MAX_NAP, Scheduler
-from outagewatch.store import Changes, StoreError
+from outagewatch.store import StoreError
 from outagewatch.store.postgres import PostgresStore
 from outagewatch.topology import build_topology
 from outagewatch.web import WebServer, build_app
@@ -450,8 +451,7 @@ class ClusterDaemon(Daemon):
     async def _keep_house(self, store: PostgresStore, term: Term) -> None:
         clock = self.clock
         while True:
-            keep = self.settings.state.keep_mails.total_seconds()
-            term.writer.submit(Changes(prune_mails_before=clock.now().timestamp() - keep))
+            term.writer.submit(pruning(self.settings.state, clock.now().timestamp()))
             gone = await store.forget_nodes(NODE_FORGOTTEN)
             if gone:
                 log.warning("nodes_forgotten", nodes=gone, silent_for_s=NODE_FORGOTTEN)

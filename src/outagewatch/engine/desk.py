@@ -5,6 +5,8 @@ location's verdict, or by the cluster's leader from the locations' consensus), a
 operator that an incident changed. It keeps one book per platform, has each notice's
 messages composed, arms each platform's next UPDATE, and adds all of it to the change the
 caller writes. It decides nothing about targets: that is the evaluator's (and the quorum's).
+It also keeps each target's outages in the ledger (``Changes.outages``): opened when
+declared, closed when restored, or when the target leaves the configuration.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from outagewatch.core.incidents import Book, Platform
 from outagewatch.core.render import Observed
 from outagewatch.engine.timers import TimerKind
 from outagewatch.errors import UnknownIncident
-from outagewatch.store import Changes
+from outagewatch.store import Changes, OutageSpan
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -83,11 +85,16 @@ class Desk:
         self._book_changed(platform, incidents.declared(
             self.book(platform), self._platform(platform), name, outage_start, now),
             now, changes)
+        incident = self.book(platform).open
+        if incident is not None and incident.outage_starts.get(name) == outage_start:
+            changes.outages[(name, outage_start)] = OutageSpan(name, platform, outage_start,
+                                                               None, incident.id)
 
     def restored(self, name: str, restored_at: float, now: float, changes: Changes, *,
                  platform: str | None = None) -> None:
         platform = platform or self.topology.targets[name].platform
         log.info("outage_ended", target=name, platform=platform, restored_at=restored_at)
+        self._close_outage(name, platform, restored_at, changes)
         self._book_changed(platform, incidents.restored(
             self.book(platform), self._platform(platform), name, restored_at, now),
             now, changes)
@@ -97,8 +104,19 @@ class Desk:
         its mails say it is no longer monitored (nobody saw it recover)."""
         for platform, book in list(self._books.items()):
             if book.open is not None and name in book.open.affected:
+                self._close_outage(name, platform, now, changes)
                 self._book_changed(platform, incidents.unmonitored(
                     book, self._platform(platform), name, now), now, changes)
+
+    def _close_outage(self, name: str, platform: str, end: float, changes: Changes) -> None:
+        """The ledger: the target's outage, as its open incident knows it, ends at ``end``."""
+        incident = self.book(platform).open
+        start = incident.outage_starts.get(name) if incident is not None else None
+        if incident is None or start is None or name not in incident.affected:
+            log.warning("outage_span_unknown", target=name, platform=platform, end=end)
+            return
+        changes.outages[(name, start)] = OutageSpan(name, platform, start, max(start, end),
+                                                    incident.id)
 
     # -- an operator's changes: each one UPDATE (or OPEN, RESOLVED) mail, written at once ----
 

@@ -6,6 +6,10 @@ incident desk (``desk.py``), which turns it into incident changes and mails; the
 sample, book, incident and envelopes are written as one change. Timers fire at each target's
 deadline. Memory is the truth; the store is its durable copy, loaded at start.
 
+Each sample also updates the ledger that outlasts the samples, in the same change: its
+5-minute bucket's rollup and the target's coverage interval (``core/rollup.py``), per
+location. The desk adds the outages.
+
 In a cluster a node has no desk of its own: the engine publishes what its location sees of
 each target (a ``Seen``, in ``Changes.views``) and the leader's consensus decides
 (``cluster/consensus.py``).
@@ -22,6 +26,7 @@ from outagewatch.core import evaluator
 from outagewatch.core.evaluator import Declared, Health, Observation, Restored, Verdict
 from outagewatch.core.incidents import Book
 from outagewatch.core.quorum import Seen
+from outagewatch.core.rollup import Accumulator, extend
 from outagewatch.engine.timers import TimerKind
 from outagewatch.store import Changes, StoredSample
 
@@ -64,6 +69,10 @@ class Engine:
         self._views = dict(state.views)
         self._recent = {name: deque(samples, maxlen=OBSERVATIONS_IN_MAIL)
                         for name, samples in state.recent.items()}
+        self._rollups = Accumulator()  # each target's open bucket, continued after a restart
+        for rollup, durations in state.rollups.values():
+            self._rollups.resume(rollup, durations)
+        self._coverage = dict(state.coverage)  # each target's latest coverage interval
 
     def configure(self, topology: Topology) -> None:
         """A (re)loaded configuration: platforms, targets and their rules."""
@@ -157,6 +166,8 @@ class Engine:
         self._verdicts.pop(name, None)
         self._recent.pop(name, None)
         self._views.pop(name, None)
+        self._rollups.forget(name)
+        self._coverage.pop(name, None)
         changes = Changes(forgotten={name})
         if self.desk is not None:
             self.desk.forget(name, self._clock.now().timestamp(), changes)
@@ -176,7 +187,23 @@ class Engine:
             changes.keep_after[name] = (stored.start - info.outage.window
                                         - info.outage.coverage_gap - KEEP_SAMPLES)
             self._recent.setdefault(name, deque(maxlen=OBSERVATIONS_IN_MAIL)).append(stored)
+            self._ledger(stored, info.rule.interval, info.rule.timeout, changes)
         self._change(name, step, now, changes, reported=obs.start)
+
+    def _ledger(self, stored: StoredSample, interval: float, timeout: float,
+                changes: Changes) -> None:
+        """A sample's part of the ledger: its bucket's rollup, its target's coverage."""
+        name, location = stored.target, self.location
+        rollup = self._rollups.add(name, location, start=stored.start,
+                                   duration=stored.duration, result=stored.result,
+                                   bad=stored.bad)
+        if rollup is not None:
+            changes.rollups[(name, location, rollup.bucket)] = rollup
+        since, until = extend(self._coverage.get(name), stored.start, interval=interval,
+                              timeout=timeout)
+        if (since, until) != self._coverage.get(name):
+            self._coverage[name] = (since, until)
+            changes.coverage[(name, location, since)] = until
 
     def _tick_target(self, name: str) -> None:
         info = self.topology.targets.get(name)

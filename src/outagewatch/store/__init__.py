@@ -16,18 +16,21 @@ from typing import TYPE_CHECKING, Any, Protocol
 from outagewatch.errors import OutagewatchError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from outagewatch.core.evaluator import Verdict
     from outagewatch.core.incidents import Book, Incident
     from outagewatch.core.maintenance import Window
     from outagewatch.core.quorum import Seen
+    from outagewatch.core.rollup import Rollup
 
 __all__ = [
     "Changes",
     "Delivery",
     "Envelope",
     "EnvelopeKey",
+    "Interval",
+    "OutageSpan",
     "State",
     "StateLocked",
     "StateStore",
@@ -37,8 +40,13 @@ __all__ = [
 ]
 
 
+Interval = tuple[float, float]  # [start, end), Unix seconds
+
 KEEP_UNWRITTEN_SAMPLES = 10_000  # beyond this, unwritten samples are thinned...
 SAMPLES_PER_TARGET = 3  # ...to the latest few of each target
+# unwritten rollups (10,000 targets: about 2 hours of buckets) beyond which the oldest
+# buckets' go: a day-long store outage loses that day's rollups, not the daemon's memory
+KEEP_UNWRITTEN_ROLLUPS = 250_000
 
 
 class StoreError(OutagewatchError, OSError):
@@ -58,6 +66,18 @@ class StoredSample:
     phase: str | None
     bad: bool
     location: str = ""  # in a cluster: the vantage point of the node that ran it
+
+
+@dataclass(frozen=True, slots=True)
+class OutageSpan:
+    """A target's declared outage, as the ledger keeps it: from its start to its restore
+    (``end`` None while it lasts; a target removed during its outage ends it then)."""
+
+    target: str
+    platform: str
+    start: float
+    end: float | None
+    incident: str | None  # the incident it was part of
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -132,11 +152,23 @@ class Changes:
     views: dict[str, Seen] = field(default_factory=dict)
     # ...and the leader's consensus: a target's outage start while in OUTAGE, else None
     consensus: dict[str, float | None] = field(default_factory=dict)
+    # the ledger, kept after the target's samples are gone: per (target, location, bucket)
+    # its runs' rollup; per (target, location, interval start) the end of the time the
+    # monitor saw it; per (target, outage start) the outage
+    rollups: dict[tuple[str, str, float], Rollup] = field(default_factory=dict)
+    coverage: dict[tuple[str, str, float], float] = field(default_factory=dict)
+    outages: dict[tuple[str, float], OutageSpan] = field(default_factory=dict)
+    prune_rollups_before: float | None = None  # rollups of older buckets go
+    # coverage and outages ended, incidents resolved and windows finished or cancelled
+    # before this go
+    prune_history_before: float | None = None
 
     def __bool__(self) -> bool:
         return any((self.verdicts, self.books, self.incidents, self.windows, self.envelopes,
                     self.deliveries, self.samples, self.forgotten, self.views, self.consensus,
-                    self.prune_mails_before is not None))
+                    self.rollups, self.coverage, self.outages,
+                    self.prune_mails_before is not None, self.prune_rollups_before is not None,
+                    self.prune_history_before is not None))
 
     def merge(self, later: Changes) -> None:
         for name in later.forgotten:
@@ -155,9 +187,18 @@ class Changes:
         self.deliveries.update(later.deliveries)
         self.samples += later.samples
         self.keep_after.update(later.keep_after)
+        self.rollups.update(later.rollups)
+        self.coverage.update(later.coverage)
+        self.outages.update(later.outages)
         if later.prune_mails_before is not None:
             self.prune_mails_before = max(self.prune_mails_before or 0.0,
                                           later.prune_mails_before)
+        if later.prune_rollups_before is not None:
+            self.prune_rollups_before = max(self.prune_rollups_before or 0.0,
+                                            later.prune_rollups_before)
+        if later.prune_history_before is not None:
+            self.prune_history_before = max(self.prune_history_before or 0.0,
+                                            later.prune_history_before)
         # while the store cannot write, changes pile up here: of the samples (kept for the
         # mails' observations and the API) only the latest few per target are worth keeping
         if len(self.samples) > KEEP_UNWRITTEN_SAMPLES:
@@ -165,6 +206,9 @@ class Changes:
             for sample in self.samples:
                 latest.setdefault(sample.target, []).append(sample)
             self.samples = [s for kept in latest.values() for s in kept[-SAMPLES_PER_TARGET:]]
+        if len(self.rollups) > KEEP_UNWRITTEN_ROLLUPS:
+            newest = sorted(self.rollups, key=lambda key: key[2])[-KEEP_UNWRITTEN_ROLLUPS // 2:]
+            self.rollups = {key: self.rollups[key] for key in newest}
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +223,10 @@ class State:
     installation: str  # this state's own token, for ids that must never repeat
     views: Mapping[str, Seen] = field(default_factory=dict)  # a cluster: this location's
     consensus: Mapping[str, float] = field(default_factory=dict)  # targets in OUTAGE: start
+    # per target, at this location: its latest rollup and the durations of the samples
+    # still stored for that bucket (to continue it), and its latest coverage interval
+    rollups: Mapping[str, tuple[Rollup, tuple[float, ...]]] = field(default_factory=dict)
+    coverage: Mapping[str, Interval] = field(default_factory=dict)
 
 
 class StateStore(Protocol):
@@ -197,6 +245,35 @@ class StateStore(Protocol):
 
     async def thread(self, key: str) -> list[StoredMessage]:
         """The messages of a thread, in order."""
+        ...
+
+    async def rollups(self, targets: Sequence[str], start: float, end: float) -> list[Rollup]:
+        """The rollups of ``targets`` (every location) whose bucket overlaps [start, end),
+        by target, location and bucket."""
+        ...
+
+    async def coverage(self, targets: Sequence[str], start: float,
+                       end: float) -> dict[str, list[Interval]]:
+        """Per target (every one asked for), the time some location saw it within
+        [start, end): the union over locations, clipped to the range, in order."""
+        ...
+
+    async def outages(self, targets: Sequence[str], start: float,
+                      end: float) -> list[OutageSpan]:
+        """The outages of ``targets`` overlapping [start, end) (open ones included), by
+        start."""
+        ...
+
+    async def incidents_between(self, start: float, end: float,
+                                platform: str | None = None) -> list[Incident]:
+        """Incidents overlapping [start, end) (from ``started_at`` to ``resolved_at``, open
+        ones included), by start."""
+        ...
+
+    async def windows_between(self, start: float, end: float,
+                              platform: str | None = None) -> list[Window]:
+        """Maintenance windows overlapping [start, end) (to their end, or their close when
+        later), cancelled ones included, by start."""
         ...
 
     async def health(self) -> str | None:

@@ -45,11 +45,14 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from outagewatch.core.evaluator import Health
 from outagewatch.core.quorum import Seen
+from outagewatch.core.rollup import BUCKET, Rollup
 from outagewatch.store import (
     Changes,
     Delivery,
     Envelope,
     EnvelopeKey,
+    Interval,
+    OutageSpan,
     State,
     StateStore,
     StoredMessage,
@@ -66,9 +69,16 @@ from outagewatch.store.codecs import (
     window_from_json,
     window_to_json,
 )
+from outagewatch.store.ledger import (
+    errors_from_text,
+    errors_to_text,
+    incidents_between,
+    union,
+    windows_between,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, Iterable
+    from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 
     from outagewatch.core.incidents import Incident
     from outagewatch.core.maintenance import Window
@@ -137,6 +147,23 @@ MIGRATIONS: tuple[str, ...] = (
         seq xid8 NOT NULL DEFAULT pg_current_xact_id(),
         PRIMARY KEY (target, location));
     CREATE INDEX views_by_seq ON views (seq);
+    """,
+    # 2: the ledger, kept after the samples: per target, location and 5 minutes its runs'
+    # rollup (no index by bucket: see _write_ledger's prune), the time each location saw
+    # it, and its outages; incidents by when they ended
+    """
+    CREATE TABLE rollups (
+        target text NOT NULL, location text NOT NULL, bucket double precision NOT NULL,
+        runs integer NOT NULL, bad integer NOT NULL, p50 double precision NOT NULL,
+        p95 double precision NOT NULL, max double precision NOT NULL, errors text,
+        PRIMARY KEY (target, location, bucket));
+    CREATE TABLE coverage (
+        target text NOT NULL, location text NOT NULL, started double precision NOT NULL,
+        ended double precision NOT NULL, PRIMARY KEY (target, location, started));
+    CREATE TABLE outages (
+        target text NOT NULL, started double precision NOT NULL, platform text NOT NULL,
+        ended double precision, incident text, PRIMARY KEY (target, started));
+    CREATE INDEX incidents_by_resolved_at ON incidents (resolved_at);
     """,
 )
 
@@ -378,6 +405,49 @@ class PostgresStore:
         return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
                               json.loads(r[9])) for r in rows]
 
+    # -- the ledger ---------------------------------------------------------------------------
+
+    async def rollups(self, targets: Sequence[str], start: float, end: float) -> list[Rollup]:
+        rows = await self._call("read", lambda conn: _fetch(
+            conn, "SELECT target, location, bucket, runs, bad, p50, p95, max, errors"
+            " FROM rollups WHERE target = ANY(%s) AND bucket > %s AND bucket < %s"
+            ' ORDER BY target COLLATE "C", location COLLATE "C", bucket',
+            (sorted(set(targets)), start - BUCKET, end)))
+        return [Rollup(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], errors_from_text(r[8]))
+                for r in rows]
+
+    async def coverage(self, targets: Sequence[str], start: float,
+                       end: float) -> dict[str, list[Interval]]:
+        names = sorted(set(targets))
+        rows = await self._call("read", lambda conn: _fetch(
+            conn, "SELECT target, started, ended FROM coverage WHERE target = ANY(%s)"
+            " AND started < %s AND ended > %s", (names, end, start)))
+        return union(names, [(r[0], r[1], r[2]) for r in rows], start, end)
+
+    async def outages(self, targets: Sequence[str], start: float,
+                      end: float) -> list[OutageSpan]:
+        rows = await self._call("read", lambda conn: _fetch(
+            conn, "SELECT target, platform, started, ended, incident FROM outages"
+            " WHERE target = ANY(%s) AND started < %s AND (ended IS NULL OR ended > %s)"
+            ' ORDER BY started, target COLLATE "C"', (sorted(set(targets)), end, start)))
+        return [OutageSpan(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    async def incidents_between(self, start: float, end: float,
+                                platform: str | None = None) -> list[Incident]:
+        rows = await self._call("read", lambda conn: _fetch(
+            conn, "SELECT state FROM incidents WHERE (resolved_at IS NULL OR resolved_at > %s)"
+            " AND (%s::text IS NULL OR platform = %s)", (start, platform, platform)))
+        return incidents_between((incident_from_json(json.loads(r[0])) for r in rows),
+                                 start, end, platform)
+
+    async def windows_between(self, start: float, end: float,
+                              platform: str | None = None) -> list[Window]:
+        rows = await self._call("read", lambda conn: _fetch(
+            conn, "SELECT state FROM windows WHERE %s::text IS NULL OR platform = %s",
+            (platform, platform)))
+        return windows_between((window_from_json(json.loads(r[0])) for r in rows),
+                               start, end, platform)
+
     # -- calls ------------------------------------------------------------------------------
 
     async def _call(self, what: str, work: Callable[[Conn], Awaitable[T]]) -> T:
@@ -479,6 +549,7 @@ class PostgresStore:
             await _many(cur, "DELETE FROM samples WHERE location = %s AND target = %s"
                         " AND start < %s",
                         [(location, t, after) for t, after in changes.keep_after.items()])
+            await _write_ledger(conn, cur, changes)
             await _many(cur, "INSERT INTO books (platform, state) VALUES (%s, %s)"
                         " ON CONFLICT (platform) DO UPDATE SET state = EXCLUDED.state",
                         [(p, json.dumps(book_to_json(b))) for p, b in changes.books.items()])
@@ -589,6 +660,25 @@ class Fenced:
 
     async def thread(self, key: str) -> list[StoredMessage]:
         return await self._store.thread(key)
+
+    async def rollups(self, targets: Sequence[str], start: float, end: float) -> list[Rollup]:
+        return await self._store.rollups(targets, start, end)
+
+    async def coverage(self, targets: Sequence[str], start: float,
+                       end: float) -> dict[str, list[Interval]]:
+        return await self._store.coverage(targets, start, end)
+
+    async def outages(self, targets: Sequence[str], start: float,
+                      end: float) -> list[OutageSpan]:
+        return await self._store.outages(targets, start, end)
+
+    async def incidents_between(self, start: float, end: float,
+                                platform: str | None = None) -> list[Incident]:
+        return await self._store.incidents_between(start, end, platform)
+
+    async def windows_between(self, start: float, end: float,
+                              platform: str | None = None) -> list[Window]:
+        return await self._store.windows_between(start, end, platform)
 
     async def health(self) -> str | None:
         return await self._store.health()
@@ -715,6 +805,50 @@ async def _many(cur: psycopg.AsyncCursor[TupleRow], query: str,
         await cur.executemany(query, rows)
 
 
+async def _write_ledger(conn: Conn, cur: psycopg.AsyncCursor[TupleRow],
+                        changes: Changes) -> None:
+    """The ledger's part of a unit (in its transaction and pipeline): rollups, coverage and
+    outages upserted, and what retention lets go deleted."""
+    await _many(cur, "INSERT INTO rollups (target, location, bucket, runs, bad, p50,"
+                " p95, max, errors) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (target, location, bucket) DO UPDATE SET"
+                " runs = EXCLUDED.runs, bad = EXCLUDED.bad, p50 = EXCLUDED.p50,"
+                " p95 = EXCLUDED.p95, max = EXCLUDED.max, errors = EXCLUDED.errors",
+                [(r.target, r.location, r.bucket, r.runs, r.bad, r.p50, r.p95, r.max,
+                  errors_to_text(r.errors)) for r in changes.rollups.values()])
+    await _many(cur, "INSERT INTO coverage (target, location, started, ended)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (target, location, started)"
+                " DO UPDATE SET ended = EXCLUDED.ended",
+                [(*key, until) for key, until in changes.coverage.items()])
+    await _many(cur, "INSERT INTO outages (target, started, platform, ended, incident)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (target, started) DO UPDATE"
+                " SET platform = EXCLUDED.platform, ended = EXCLUDED.ended,"
+                " incident = EXCLUDED.incident",
+                [(o.target, o.start, o.platform, o.end, o.incident)
+                 for o in changes.outages.values()])
+    if changes.prune_rollups_before is not None:
+        # target by target through the primary key (a loose index scan: one seek from one
+        # (target, location) to the next), where an index by bucket would cost a quarter
+        # of the table's size
+        await conn.execute(
+            "WITH RECURSIVE pairs AS ((SELECT target, location FROM rollups"
+            " ORDER BY target, location LIMIT 1) UNION ALL SELECT n.target, n.location"
+            " FROM pairs p CROSS JOIN LATERAL (SELECT target, location FROM rollups r"
+            " WHERE (r.target, r.location) > (p.target, p.location)"
+            " ORDER BY r.target, r.location LIMIT 1) n)"
+            " DELETE FROM rollups r USING pairs p WHERE r.target = p.target"
+            " AND r.location = p.location AND r.bucket < %s", (changes.prune_rollups_before,))
+    if changes.prune_history_before is not None:
+        before = changes.prune_history_before
+        await conn.execute("DELETE FROM coverage WHERE ended < %s", (before,))
+        await conn.execute("DELETE FROM outages WHERE ended < %s", (before,))
+        await conn.execute("DELETE FROM incidents WHERE resolved_at < %s", (before,))
+        await conn.execute(
+            "DELETE FROM windows WHERE state::json->>'state' IN ('finished', 'cancelled')"
+            " AND greatest((state::json->>'end')::float8,"
+            " coalesce((state::json->>'closed_at')::float8, 0)) < %s", (before,))
+
+
 async def _check_all_new(envelopes: list[Envelope], cur: psycopg.AsyncCursor[TupleRow],
                          where: str, committed: frozenset[EnvelopeKey]) -> None:
     """An envelope that exists already is an error, not a silent skip: a message is never
@@ -754,6 +888,19 @@ async def _load(conn: Conn, location: str, recent: int) -> State:
         views_cur = await conn.execute(
             "SELECT target, location, health, last_run, outage_start, restored_at FROM views"
             " WHERE location IN (%s, %s)", (location, CONSENSUS))
+        # per target this location probes, its latest rollup with the durations of the
+        # samples still stored for its bucket, and its latest coverage interval
+        rollups_cur = await conn.execute(
+            "SELECT r.target, r.location, r.bucket, r.runs, r.bad, r.p50, r.p95, r.max,"
+            " r.errors, coalesce((SELECT array_agg(s.duration) FROM samples s"
+            "  WHERE s.location = r.location AND s.target = r.target AND s.start >= r.bucket"
+            "  AND s.start < r.bucket + %s), '{}') FROM verdicts v CROSS JOIN LATERAL"
+            " (SELECT * FROM rollups WHERE target = v.target AND location = v.location"
+            "  ORDER BY bucket DESC LIMIT 1) r WHERE v.location = %s", (BUCKET, location))
+        coverage_cur = await conn.execute(
+            "SELECT c.target, c.started, c.ended FROM verdicts v CROSS JOIN LATERAL"
+            " (SELECT * FROM coverage WHERE target = v.target AND location = v.location"
+            "  ORDER BY started DESC LIMIT 1) c WHERE v.location = %s", (location,))
     verdicts = {target: verdict_from_json(json.loads(state))
                 for target, state in await verdicts_cur.fetchall()}
     books = {platform: book_from_json(json.loads(state))
@@ -778,11 +925,16 @@ async def _load(conn: Conn, location: str, recent: int) -> State:
                 consensus[target] = outage_start
         else:
             views[target] = Seen(Health(health), last_run, outage_start, restored_at)
+    rollups = {r[0]: (Rollup(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7],
+                             errors_from_text(r[8])), tuple(r[9]))
+               for r in await rollups_cur.fetchall()}
+    coverage: dict[str, Interval] = {r[0]: (r[1], r[2]) for r in await coverage_cur.fetchall()}
     await conn.commit()
     if meta is None:
         raise StoreError("the database has no installation token: was meta emptied?")
     return State(verdicts=verdicts, books=books, windows=windows, recent=samples,
-                 outbox=outbox, installation=meta[0], views=views, consensus=consensus)
+                 outbox=outbox, installation=meta[0], views=views, consensus=consensus,
+                 rollups=rollups, coverage=coverage)
 
 
 # -- connection parameters and messages ----------------------------------------------------

@@ -21,11 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from outagewatch.core.rollup import BUCKET, Rollup
 from outagewatch.store import (
     Changes,
     Delivery,
     Envelope,
     EnvelopeKey,
+    Interval,
+    OutageSpan,
     State,
     StateLocked,
     StateStore,
@@ -43,11 +46,19 @@ from outagewatch.store.codecs import (
     window_from_json,
     window_to_json,
 )
+from outagewatch.store.ledger import (
+    errors_from_text,
+    errors_to_text,
+    incidents_between,
+    union,
+    windows_between,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from outagewatch.core.incidents import Incident
+    from outagewatch.core.maintenance import Window
 
 T = TypeVar("T")
 
@@ -129,6 +140,24 @@ MIGRATIONS: tuple[str, ...] = (
     # so a lost state never reuses one) and when a daemon last opened it
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+    # 6: the ledger, kept after the samples: per target and 5 minutes its runs' rollup
+    # (bucket in whole seconds and durations in whole microseconds: integers take 3 to 4
+    # bytes where a REAL takes 8; no index by bucket, see _prune_rollups), the time the
+    # monitor saw it, and its outages; incidents by when they ended, for the reports
+    """
+    CREATE TABLE rollups (
+        target TEXT NOT NULL, location TEXT NOT NULL, bucket INTEGER NOT NULL,
+        runs INTEGER NOT NULL, bad INTEGER NOT NULL,
+        p50_us INTEGER NOT NULL, p95_us INTEGER NOT NULL, max_us INTEGER NOT NULL, errors TEXT,
+        PRIMARY KEY (target, location, bucket)) WITHOUT ROWID;
+    CREATE TABLE coverage (
+        target TEXT NOT NULL, location TEXT NOT NULL, started REAL NOT NULL, ended REAL NOT NULL,
+        PRIMARY KEY (target, location, started)) WITHOUT ROWID;
+    CREATE TABLE outages (
+        target TEXT NOT NULL, started REAL NOT NULL, platform TEXT NOT NULL, ended REAL,
+        incident TEXT, PRIMARY KEY (target, started)) WITHOUT ROWID;
+    CREATE INDEX incidents_by_resolved_at ON incidents (resolved_at);
     """,
 )
 
@@ -215,6 +244,52 @@ class SqliteStore:
             (key,)).fetchall())
         return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
                               json.loads(r[9])) for r in rows]
+
+    # -- the ledger ---------------------------------------------------------------------------
+
+    async def rollups(self, targets: Sequence[str], start: float, end: float) -> list[Rollup]:
+        names = sorted(set(targets))
+        rows = await self._call(lambda db: db.execute(
+            "SELECT r.target, location, bucket, runs, bad, p50_us, p95_us, max_us, errors"
+            " FROM rollups r"
+            " JOIN json_each(?) t ON r.target = t.value WHERE bucket > ? AND bucket < ?"
+            " ORDER BY r.target, location, bucket",
+            (json.dumps(names), start - BUCKET, end)).fetchall())
+        return [_rollup(r) for r in rows]
+
+    async def coverage(self, targets: Sequence[str], start: float,
+                       end: float) -> dict[str, list[Interval]]:
+        names = sorted(set(targets))
+        rows = await self._call(lambda db: db.execute(
+            "SELECT c.target, started, ended FROM coverage c JOIN json_each(?) t"
+            " ON c.target = t.value WHERE started < ? AND ended > ?",
+            (json.dumps(names), end, start)).fetchall())
+        return union(names, rows, start, end)
+
+    async def outages(self, targets: Sequence[str], start: float,
+                      end: float) -> list[OutageSpan]:
+        rows = await self._call(lambda db: db.execute(
+            "SELECT o.target, platform, started, ended, incident FROM outages o"
+            " JOIN json_each(?) t ON o.target = t.value"
+            " WHERE started < ? AND (ended IS NULL OR ended > ?) ORDER BY started, o.target",
+            (json.dumps(sorted(set(targets))), end, start)).fetchall())
+        return [OutageSpan(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    async def incidents_between(self, start: float, end: float,
+                                platform: str | None = None) -> list[Incident]:
+        rows = await self._call(lambda db: db.execute(
+            "SELECT state FROM incidents WHERE (resolved_at IS NULL OR resolved_at > ?)"
+            " AND (? IS NULL OR platform = ?)", (start, platform, platform)).fetchall())
+        return incidents_between((incident_from_json(json.loads(r[0])) for r in rows),
+                                 start, end, platform)
+
+    async def windows_between(self, start: float, end: float,
+                              platform: str | None = None) -> list[Window]:
+        rows = await self._call(lambda db: db.execute(
+            "SELECT state FROM windows WHERE ? IS NULL OR platform = ?",
+            (platform, platform)).fetchall())
+        return windows_between((window_from_json(json.loads(r[0])) for r in rows),
+                               start, end, platform)
 
 _: type[StateStore] = SqliteStore
 
@@ -346,7 +421,52 @@ def _load(db: sqlite3.Connection, recent: int) -> State:
                        Delivery(key, r[7], r[8], r[9], r[10], payload, r[11])))
     (installation,) = db.execute("SELECT value FROM meta WHERE key = 'installation'").fetchone()
     return State(verdicts=verdicts, books=books, windows=windows, recent=samples,
-                 outbox=outbox, installation=installation)
+                 outbox=outbox, installation=installation, rollups=_open_rollups(db),
+                 coverage=_last_coverage(db))
+
+
+def _open_rollups(db: sqlite3.Connection) -> dict[str, tuple[Rollup, tuple[float, ...]]]:
+    """Per target (with a verdict: one still probed), its latest rollup and the durations
+    of the samples still stored for its bucket."""
+    found: dict[str, tuple[Rollup, tuple[float, ...]]] = {}
+    for r in db.execute(
+            "SELECT r.target, r.location, r.bucket, runs, r.bad, p50_us, p95_us, max_us, errors,"
+            " (SELECT json_group_array(duration) FROM samples s WHERE s.target = r.target"
+            "  AND s.start >= r.bucket AND s.start < r.bucket + ?)"
+            " FROM verdicts v JOIN rollups r ON r.target = v.target AND r.location = ''"
+            " AND r.bucket = (SELECT max(bucket) FROM rollups WHERE target = v.target"
+            " AND location = '')", (BUCKET,)):
+        found[r[0]] = (_rollup(r), tuple(float(d) for d in json.loads(r[9])))
+    return found
+
+
+def _rollup(row: Sequence[Any]) -> Rollup:
+    return Rollup(row[0], row[1], float(row[2]), row[3], row[4], row[5] / 1e6, row[6] / 1e6,
+                  row[7] / 1e6, errors_from_text(row[8]))
+
+
+def _micro(seconds: float) -> int:
+    return round(seconds * 1e6)
+
+
+def _prune_rollups(db: sqlite3.Connection, before: float) -> None:
+    """Rollups of buckets before ``before`` go, target by target through the primary key:
+    the walk from one (target, location) to the next is one seek, where an index by
+    bucket would cost a third of the table's size."""
+    pair = db.execute("SELECT target, location FROM rollups ORDER BY target, location"
+                      " LIMIT 1").fetchone()
+    while pair is not None:
+        db.execute("DELETE FROM rollups WHERE target = ? AND location = ? AND bucket < ?",
+                   (*pair, before))
+        pair = db.execute("SELECT target, location FROM rollups WHERE (target, location)"
+                          " > (?, ?) ORDER BY target, location LIMIT 1", pair).fetchone()
+
+
+def _last_coverage(db: sqlite3.Connection) -> dict[str, Interval]:
+    return {r[0]: (r[1], r[2]) for r in db.execute(
+        "SELECT c.target, c.started, c.ended FROM verdicts v JOIN coverage c"
+        " ON c.target = v.target AND c.location = '' AND c.started = (SELECT max(started)"
+        " FROM coverage WHERE target = v.target AND location = '')")}
 
 
 def _apply(db: sqlite3.Connection, changes: Changes) -> None:
@@ -361,6 +481,15 @@ def _apply(db: sqlite3.Connection, changes: Changes) -> None:
                         for s in changes.samples])
         db.executemany("DELETE FROM samples WHERE target = ? AND start < ?",
                        list(changes.keep_after.items()))
+        db.executemany("INSERT OR REPLACE INTO rollups VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       [(r.target, r.location, int(r.bucket), r.runs, r.bad, _micro(r.p50),
+                         _micro(r.p95), _micro(r.max), errors_to_text(r.errors))
+                        for r in changes.rollups.values()])
+        db.executemany("INSERT OR REPLACE INTO coverage VALUES (?, ?, ?, ?)",
+                       [(*key, until) for key, until in changes.coverage.items()])
+        db.executemany("INSERT OR REPLACE INTO outages VALUES (?, ?, ?, ?, ?)",
+                       [(o.target, o.start, o.platform, o.end, o.incident)
+                        for o in changes.outages.values()])
         db.executemany("INSERT OR REPLACE INTO books VALUES (?, ?)",
                        [(p, json.dumps(book_to_json(b))) for p, b in changes.books.items()])
         db.executemany("INSERT OR REPLACE INTO incidents VALUES (?, ?, ?, ?, ?)",
@@ -382,6 +511,16 @@ def _apply(db: sqlite3.Connection, changes: Changes) -> None:
             db.execute("DELETE FROM envelopes WHERE (status = 'sent' AND sent_at < ?)"
                        " OR (status IN ('failed', 'superseded') AND created < ?)",
                        (changes.prune_mails_before, changes.prune_mails_before))
+        if changes.prune_rollups_before is not None:
+            _prune_rollups(db, changes.prune_rollups_before)
+        if changes.prune_history_before is not None:
+            before = changes.prune_history_before
+            db.execute("DELETE FROM coverage WHERE ended < ?", (before,))
+            db.execute("DELETE FROM outages WHERE ended < ?", (before,))
+            db.execute("DELETE FROM incidents WHERE resolved_at < ?", (before,))
+            db.execute("DELETE FROM windows WHERE json_extract(state, '$.state')"
+                       " IN ('finished', 'cancelled') AND max(json_extract(state, '$.end'),"
+                       " coalesce(json_extract(state, '$.closed_at'), 0)) < ?", (before,))
         db.executemany(
             "UPDATE envelopes SET status = ?, attempts = ?, next_attempt = ?, last_error = ?,"
             " payload = ?, sent_at = ? WHERE channel = ? AND thread = ? AND lane = ?"
