@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 from dataclasses import dataclass
@@ -20,13 +21,20 @@ from outagewatch import systemd
 from outagewatch.api import Api, Leading
 from outagewatch.clock import Clock, SystemClock
 from outagewatch.config import Settings, config_warnings, load_settings
+from outagewatch.core import availability
 from outagewatch.engine import Composer, Desk, Engine, Maintenance, Timers, Writer
 from outagewatch.engine.engine import OBSERVATIONS_IN_MAIL
 from outagewatch.errors import ConfigError, ListenError
 from outagewatch.faults import Faults, supervise
 from outagewatch.history import History
 from outagewatch.looplag import LoopLag
-from outagewatch.metrics import Metrics, TargetLabels, build_metrics, duration_buckets
+from outagewatch.metrics import (
+    Metrics,
+    TargetLabels,
+    build_metrics,
+    duration_buckets,
+    report_availability,
+)
 from outagewatch.model import ProbeType
 from outagewatch.notify import Channel, Drainer, SmtpChannel
 from outagewatch.notify.drainer import unlimited
@@ -58,6 +66,7 @@ log = structlog.get_logger("outagewatch.app")
 DRAIN_GRACE = 15.0  # seconds a stopping daemon gives the mail in progress
 STATE_CHECK = 2.0  # seconds between looks at the state store's health
 HOUSEKEEPING = 3600.0  # seconds between prunings of the state file
+AVAILABILITY_EVERY = 300.0  # seconds between updates of the availability gauge
 
 
 def metrics_for(settings: Settings, registry: CollectorRegistry, ctx: ProbeContext) -> Metrics:
@@ -186,6 +195,7 @@ class Runtime:
     scheduler: Scheduler
     looplag: LoopLag
     api: Api
+    history: History
     status_page: StatusPage | None = None  # server.status_page.enabled
 
     def routes(self) -> list[RouteDef]:
@@ -230,7 +240,7 @@ async def build(settings: Settings, *, clock: Clock, registry: CollectorRegistry
                 yield Runtime(settings=settings, clock=clock, registry=registry,
                               metrics=metrics, ctx=ctx, store=store, core=core,
                               recorder=recorder, scheduler=scheduler, looplag=looplag,
-                              api=api, status_page=page)
+                              api=api, history=history, status_page=page)
             finally:
                 engine.close()
     finally:
@@ -335,7 +345,9 @@ class Daemon:
                  supervised("loop_lag", runtime.looplag.run),
                  supervised("drainer", runtime.core.drainer.run),
                  supervised("state_watch", lambda: watch_state(runtime)),
-                 supervised("housekeeping", lambda: keep_house(runtime))]
+                 supervised("housekeeping", lambda: keep_house(runtime)),
+                 supervised("availability", lambda: measure_availability(
+                     runtime.history, runtime.metrics, clock))]
         self._ready = True
         log_config_warnings(settings)
         log.info("daemon_started", listen=f"{settings.server.host}:{web.port}",
@@ -482,6 +494,17 @@ async def keep_house(runtime: Runtime) -> None:
     while True:
         runtime.core.writer.submit(pruning(runtime.settings.state, clock.now().timestamp()))
         await clock.sleep_until(clock.monotonic() + HOUSEKEEPING)
+
+
+async def measure_availability(history: History, metrics: Metrics, clock: Clock) -> None:
+    """Every few minutes: the running month's availability per platform and service, as
+    ``outagewatch_availability_ratio`` (the same figures as the report's)."""
+    while True:
+        now = clock.now().timestamp()
+        report = await history.report(functools.partial(availability.month_of, now),
+                                      history.platforms(), now=now)
+        report_availability(metrics.availability, report)
+        await clock.sleep_until(clock.monotonic() + AVAILABILITY_EVERY)
 
 
 def pruning(state: StateConfig, now: float) -> Changes:

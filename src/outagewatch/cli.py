@@ -105,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
                             '"result": "ok", ...}')
     _operator_commands(commands)
     _delivery_commands(commands)
+    _report_command(commands)
     _document(parser)
     return parser
 
@@ -138,6 +139,28 @@ def _delivery_commands(commands: Any) -> None:
     resend.add_argument("--to", metavar="ADDRESS",
                         help="only this recipient's delivery (default: every failed one)")
     _client_options(resend)
+
+
+def _report_command(commands: Any) -> None:
+    report = commands.add_parser(
+        "report", help="the availability report of a month, quarter, year or range",
+        description="The availability report from a running daemon's history: per platform "
+        "and service the availability (1 - outage / (period - maintenance - blind)), outage, "
+        "planned outage, maintenance and blind minutes, incidents by severity, the longest "
+        "one and the mean time to restore, and the incident list. Periods are calendar "
+        "periods in each platform's time zone.")
+    report.add_argument("--period", help="2026-11 (a month), 2026-Q4 (a quarter) or 2026 "
+                        "(a year)")
+    report.add_argument("--from", dest="start", metavar="DATE",
+                        help="first day of a custom range, e.g. 2026-11-03 (with --to)")
+    report.add_argument("--to", dest="end", metavar="DATE",
+                        help="the day after the range, e.g. 2026-11-10 (exclusive)")
+    report.add_argument("--platform", action="append", default=[], metavar="NAME",
+                        help="only this platform, e.g. eu (repeatable; default: all)")
+    report.add_argument("--format", choices=("text", "csv", "json", "html"), default="text",
+                        help="text (default), csv (a row per platform and service), json, or "
+                        "html (prints to PDF from a browser)")
+    _client_options(report)
 
 
 def _client_options(sub: argparse.ArgumentParser) -> None:
@@ -325,7 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"check-config": _check_config, "probe": _probe, "run": _run, "demo": _demo,
                 "maintenance": _operator, "incident": _operator, "cluster": _operator,
-                "config-schema": _config_schema, "notify": _notify, "mail": _operator}
+                "config-schema": _config_schema, "notify": _notify, "mail": _operator,
+                "report": _operator}
     try:
         return commands[args.command](args)
     except OutagewatchError as exc:  # the user's mistake or the environment's: one line each
@@ -342,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _operator(args: argparse.Namespace) -> int:
     commands = {"maintenance": client.maintenance, "incident": client.incident,
-                "cluster": client.cluster, "mail": client.mail}
+                "cluster": client.cluster, "mail": client.mail, "report": client.report}
     print(commands[args.command](args))
     return EXIT_OK
 

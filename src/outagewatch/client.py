@@ -32,6 +32,10 @@ class Client:
         self._timeout = timeout
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        return json.loads(self.raw(method, path, body) or b"null")
+
+    def raw(self, method: str, path: str, body: dict[str, Any] | None = None) -> bytes:
+        """The answer's body as it came (a report in CSV or HTML), or ApiError."""
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(  # noqa: S310 - the operator's own daemon URL
             f"{self._url}{path}", data=data, method=method,
@@ -39,7 +43,8 @@ class Client:
                      **({"Authorization": f"Bearer {self._token}"} if self._token else {})})
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
-                return json.loads(response.read() or b"null")
+                answer: bytes = response.read()
+                return answer
         except urllib.error.HTTPError as exc:
             try:
                 detail = json.loads(exc.read())
@@ -262,3 +267,15 @@ def mail(args: argparse.Namespace) -> str:
         return json.dumps(result, indent=2)
     return (f"ok: mail {result['id']} to {', '.join(result['recipients'])} is pending "
             "again; the daemon sends it now (same Message-ID)")
+
+
+def report(args: argparse.Namespace) -> str:
+    """``outagewatch report``: the daemon's availability report, as it rendered it."""
+    query: list[tuple[str, str]] = [("format", "json" if args.json else args.format)]
+    if args.period:
+        query.append(("period", args.period))
+    if args.start or args.end:
+        query += [("from", args.start or ""), ("to", args.end or "")]
+    query += [("platform", p) for p in args.platform]
+    body = client_from(args).raw("GET", f"/api/v1/report?{urllib.parse.urlencode(query)}")
+    return body.decode().rstrip("\n")

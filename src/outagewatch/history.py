@@ -49,6 +49,9 @@ class History:
         self._store = store
         self._topology = topology
 
+    def platforms(self) -> list[str]:
+        return sorted(self._topology().platforms)
+
     def zone(self, platform: str) -> tzinfo:
         return self._topology().platforms[platform].zone
 

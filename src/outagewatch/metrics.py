@@ -15,6 +15,7 @@ from outagewatch.model import Result
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
+    from outagewatch.core.report import Report
     from outagewatch.model import Phase, ProbeType, Sample
 
 NAMESPACE = "outagewatch"
@@ -81,6 +82,7 @@ class Metrics:
     mails_failed: Gauge
     target_outage: Gauge
     incidents_open: Gauge
+    availability: Gauge
     maintenance_active: Gauge
     fault: Gauge
     faults: Counter
@@ -293,6 +295,11 @@ def build_metrics(
                             _LABELS, registry=registry),
         incidents_open=Gauge(f"{ns}_incidents_open", "Open incidents by platform and severity.",
                              ("platform", "severity"), registry=registry),
+        availability=Gauge(f"{ns}_availability_ratio",
+                           "Time-weighted availability of the running calendar month in the "
+                           "platform's zone, 1 - outage / (elapsed - maintenance - blind), "
+                           "as the report computes it; service=\"\" is the platform's.",
+                           ("platform", "service", "period"), registry=registry),
         maintenance_active=Gauge(f"{ns}_maintenance_active",
                                  "1 while a maintenance window covers the target.", _LABELS,
                                  registry=registry),
@@ -333,3 +340,15 @@ def build_metrics(
                                "Changes held in memory because the state database cannot "
                                "be written.", registry=registry),
     )
+
+
+def report_availability(gauge: Gauge, report: Report) -> None:
+    """The running month's figures as the availability gauge; no figure (nothing observed
+    yet), no series."""
+    gauge.clear()
+    for block in report.platforms:
+        rows = [("", block.figures.availability),
+                *((s.name, s.figures.availability) for s in block.services)]
+        for service, value in rows:
+            if value is not None:
+                gauge.labels(block.name, service, "month").set(value)

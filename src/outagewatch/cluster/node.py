@@ -37,6 +37,7 @@ from outagewatch.app import (
     channels_of,
     labels_of,
     log_config_warnings,
+    measure_availability,
     metrics_for,
     outbox_of,
     pruning,
@@ -52,6 +53,7 @@ from outagewatch.engine import Composer, Desk, Engine, Maintenance, Timers, Writ
 from outagewatch.engine.engine import OBSERVATIONS_IN_MAIL
 from outagewatch.errors import ListenError, OutagewatchError
 from outagewatch.faults import Faults, supervise
+from outagewatch.history import History
 from outagewatch.looplag import LoopLag
 from outagewatch.model import iso_utc
 from outagewatch.probes import ProbeContext, new_http_session, run_probe
@@ -282,6 +284,7 @@ class ClusterDaemon(Daemon):
                                     metrics=metrics, max_in_flight=settings.engine.max_in_flight,
                                     faults=faults, stalls=looplag)
         server = settings.server
+        self._history = History(store, lambda: engine.topology)
         api = Api(engine=engine, leading=lambda: self.term.leading() if self.term else None,
                   store=store, last=recorder.last, clock=clock,
                   token=server.token.get_secret_value() if server.token else None,
@@ -289,7 +292,8 @@ class ClusterDaemon(Daemon):
                               else None),
                   forward=lambda request: self._forward(session, request),
                   cluster=self._status, locations=self._locations,
-                  location_results=lambda name: self._location_results(store, name))
+                  location_results=lambda name: self._location_results(store, name),
+                  history=self._history, title=server.status_page.title)
         return api, looplag
 
     async def _listen(self, api: Api) -> WebServer:
@@ -416,7 +420,9 @@ class ClusterDaemon(Daemon):
         term.tasks = [supervised("leader_writer", writer.run),
                       supervised("drainer", drainer.run),
                       supervised("views", lambda: self._follow_views(store, term)),
-                      supervised("housekeeping", lambda: self._keep_house(store, term))]
+                      supervised("housekeeping", lambda: self._keep_house(store, term)),
+                      supervised("availability", lambda: measure_availability(
+                          self._history, metrics, clock))]
         metrics.cluster_leader.set(1)
         metrics.cluster_epoch.set(epoch)
         log.info("term_begun", node=self.cluster.node, epoch=epoch,

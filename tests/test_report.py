@@ -1,0 +1,236 @@
+"""The availability report end to end: a generated month written to a real SQLite store as
+the daemon writes it (outages, coverage, maintenance windows), read back by ``History``,
+checked against the minute-by-minute oracle of ``core/availability``; the CSV and JSON
+forms parsed back; the API's answers and refusals."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tempfile
+from datetime import date
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tests.core.test_availability import oracle, same
+from tests.helpers.engine import EngineHarness
+from tests.helpers.fakeclock import FakeClock
+
+from outagewatch.api import Api, Leading
+from outagewatch.config import Settings
+from outagewatch.core.availability import Ledger, parse_period
+from outagewatch.core.maintenance import Window, WindowKind, WindowState
+from outagewatch.core.report import CSV_COLUMNS, report_csv, report_json
+from outagewatch.history import History
+from outagewatch.model import Result
+from outagewatch.store import Changes, OutageSpan
+from outagewatch.store.sqlite import SqliteStore
+from outagewatch.topology import build_topology
+
+BERLIN = ZoneInfo("Europe/Berlin")
+SERVICES = ("imap-eu", "smtp-eu")
+SPAN = 30 * 24 * 60  # minutes of November
+EDGE = 2 * 24 * 60
+TOKEN = "0123456789abcdef0123"
+
+
+def config(tmp: Path) -> Settings:
+    return Settings(
+        platforms={"eu": {"incident_recipients": ["oncall@example.com"],
+                          "calendar": {"timezone": "Europe/Berlin"}}},
+        targets=[{"name": n, "platform": "eu", "type": "http", "url": f"http://{n}/"}
+                 for n in SERVICES],
+        state={"path": tmp / "state.db"})
+
+
+def intervals(longest: int, most: int):
+    return st.lists(st.tuples(st.integers(-EDGE, SPAN + EDGE), st.integers(1, longest)),
+                    max_size=most)
+
+
+MONTH = st.fixed_dictionaries({name: st.fixed_dictionaries({
+    "outages": intervals(2 * 24 * 60, 3), "maintenance": intervals(24 * 60, 2),
+    "covered": intervals(SPAN + EDGE, 3)}) for name in SERVICES})
+
+
+def written(period_start: float, month: dict) -> tuple[Changes, dict[str, Ledger]]:
+    """The month as the daemon's changes, and as the oracle's ledgers."""
+    def at(pairs):
+        return tuple((period_start + 60 * a, period_start + 60 * (a + n)) for a, n in pairs)
+
+    changes = Changes()
+    ledgers = {}
+    for name, parts in month.items():
+        outages, windows, covered = (at(parts[k]) for k in ("outages", "maintenance",
+                                                             "covered"))
+        for start, end in outages:
+            changes.outages[(name, start)] = OutageSpan(name, "eu", start, end, None)
+        for i, (start, end) in enumerate(windows):
+            changes.windows[f"{name}-{i}"] = Window(
+                id=f"{name}-{i}", platform="eu", targets=(name,), start=start, end=end,
+                kind=WindowKind.EMERGENCY, description="", impact="", registered_at=start,
+                state=WindowState.FINISHED, closed_at=end)
+        for location, (start, end) in enumerate(covered):  # a location each: they overlap
+            changes.coverage[(name, f"loc{location}", start)] = end
+        ledgers[name] = Ledger(outages=outages, maintenance=windows, covered=covered)
+    return changes, ledgers
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(month=MONTH, until=st.integers(-EDGE, SPAN + EDGE))
+async def test_the_reports_figures_are_the_oracles_for_a_generated_month(month, until):
+    period = parse_period("2026-11", BERLIN)
+    now = period.start + 60 * until
+    with tempfile.TemporaryDirectory() as tmp:
+        settings_ = config(Path(tmp))
+        store = await SqliteStore.open(settings_.state.path, threaded=False)
+        try:
+            changes, ledgers = written(period.start, month)
+            await store.apply(changes)
+            topology = build_topology(settings_, today=period_date())
+            report = await History(store, lambda: topology).report(
+                lambda zone: parse_period("2026-11", zone), ["eu"], now=now)
+        finally:
+            await store.close()
+    (platform,) = report.platforms
+    same(oracle(period, ledgers, now), platform.figures)
+    for service in platform.services:
+        same(oracle(period, {service.name: ledgers[service.name]}, now), service.figures)
+    rows = list(csv.DictReader(io.StringIO(report_csv(report))))
+    assert [r["service"] for r in rows] == ["", *SERVICES]
+    assert tuple(rows[0]) == CSV_COLUMNS
+    for row, figures in zip(rows, [platform.figures, *(s.figures for s in platform.services)],
+                            strict=True):
+        assert float(row["unplanned_min"]) == pytest.approx(figures.unplanned_s / 60)
+        assert float(row["blind_min"]) == pytest.approx(figures.blind_s / 60)
+        assert (row["availability"] == "") == (figures.availability is None)
+    data = json.loads(json.dumps(report_json(report)))
+    assert data["platforms"][0]["availability"] == platform.figures.availability
+    assert data["platforms"][0]["maintenance_min"] == pytest.approx(
+        platform.figures.maintenance_s / 60, abs=0.01)
+
+
+def period_date() -> date:
+    return date(2026, 11, 15)
+
+
+# -- the API ----------------------------------------------------------------------------------
+
+@pytest.fixture(name="api")
+async def _api(tmp_path):
+    async with EngineHarness(config(tmp_path), FakeClock()) as h:
+        leading = Leading(h.maintenance, h.desk, h.writer)
+        api = Api(engine=h.engine, leading=lambda: leading, store=h.store, last={},
+                  clock=h.clock, token=TOKEN,
+                  history=History(h.store, lambda: h.engine.topology))
+        app = web.Application()
+        app.router.add_routes(api.routes())
+        async with TestClient(TestServer(app)) as client:
+            client.harness = h  # type: ignore[attr-defined]
+            yield client
+
+
+async def get(client, query: str) -> tuple[int, str, str]:
+    response = await client.get(f"/api/v1/report?{query}")
+    return response.status, response.content_type, await response.text()
+
+
+class TestApi:
+    async def test_an_outage_in_each_format(self, api):
+        h = api.harness
+        h.start()
+        for _ in range(10):  # answering, then down long enough to be declared
+            h.run(Result.OK, 0.2)
+            await h.clock.advance(60)
+        for _ in range(20):
+            h.run()
+            await h.clock.advance(60)
+        await h.writer.flush()
+        month = f"{h.clock.now().astimezone(BERLIN):%Y-%m}"
+        status, kind, body = await get(api, f"period={month}&platform=eu")
+        assert (200, "application/json") == (status, kind), body
+        data = json.loads(body)
+        (eu,) = data["platforms"]
+        assert eu["timezone"] == "Europe/Berlin"
+        assert eu["incidents"] == 1
+        assert 0 < eu["availability"] < 1
+        assert eu["unplanned_min"] > 0
+        assert [s["service"] for s in eu["services"]] == list(SERVICES)
+        status, kind, body = await get(api, f"period={month}&format=csv")
+        assert (200, "text/csv") == (status, kind)
+        assert [r["service"] for r in csv.DictReader(io.StringIO(body))] == ["", *SERVICES]
+        status, kind, body = await get(api, f"period={month}&format=text")
+        assert (200, "text/plain") == (status, kind)
+        assert body.startswith(f"Availability report {month}")
+        assert "Platform eu (Europe/Berlin):" in body
+        status, kind, body = await get(api, f"period={month}&format=html")
+        assert (200, "text/html") == (status, kind)
+        assert "<svg" in body
+        assert "Platform eu" in body
+        assert "<script" not in body
+
+    @pytest.mark.parametrize(("query", "field", "said"), [
+        ("", "period", "give period"),
+        ("period=2026-13", "period", "e.g. 2026-11"),
+        ("period=2026-11&from=2026-11-01&to=2026-11-02", "period", "not both"),
+        ("from=2026-11-10&to=2026-11-03", "from", ""),
+        ("period=2026-11&platform=us", "platform", "no platform 'us'"),
+        ("period=2026-11&format=pdf", "format", "format must be one of"),
+    ])
+    async def test_mistakes_are_one_422_naming_the_field(self, api, query, field, said):
+        status, _, body = await get(api, query)
+        answer = json.loads(body)
+        assert (422, field) == (status, answer["field"])
+        assert said in answer["error"]
+
+
+async def test_the_availability_gauge_is_the_running_months_report(tmp_path):
+    """``outagewatch_availability_ratio{platform,service,period="month"}``: the report's
+    figures of the running month, refreshed every few minutes; nothing observed, no series."""
+    import asyncio
+
+    from outagewatch.app import AVAILABILITY_EVERY, measure_availability
+
+    async with EngineHarness(config(tmp_path), FakeClock()) as h:
+        history = History(h.store, lambda: h.engine.topology)
+        task = asyncio.create_task(measure_availability(history, h.metrics, h.clock))
+        try:
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert h.registry.get_sample_value(
+                "outagewatch_availability_ratio",
+                {"platform": "eu", "service": "imap-eu", "period": "month"}) is None
+            h.start()
+            for _ in range(10):
+                h.run(Result.OK, 0.2)
+                await h.clock.advance(60)
+            for _ in range(20):
+                h.run()
+                await h.clock.advance(60)
+            await h.writer.flush()
+            await h.clock.advance(AVAILABILITY_EVERY)
+            for _ in range(50):
+                await asyncio.sleep(0)
+            month = f"{h.clock.now().astimezone(BERLIN):%Y-%m}"
+            report = await history.report(lambda zone: parse_period(month, zone), ["eu"],
+                                          now=h.clock.now().timestamp())
+        finally:
+            task.cancel()
+        (eu,) = report.platforms
+        imap = next(s for s in eu.services if s.name == "imap-eu")
+        assert imap.figures.availability is not None
+        assert 0 < imap.figures.availability < 1
+        assert h.registry.get_sample_value(
+            "outagewatch_availability_ratio",
+            {"platform": "eu", "service": "imap-eu", "period": "month"}) == pytest.approx(
+                imap.figures.availability)
+        assert h.registry.get_sample_value(
+            "outagewatch_availability_ratio",
+            {"platform": "eu", "service": "", "period": "month"}) == pytest.approx(
+                eu.figures.availability)
