@@ -9,7 +9,7 @@ import csv
 import io
 import json
 import tempfile
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -234,3 +234,68 @@ async def test_the_availability_gauge_is_the_running_months_report(tmp_path):
             "outagewatch_availability_ratio",
             {"platform": "eu", "service": "", "period": "month"}) == pytest.approx(
                 eu.figures.availability)
+
+
+class TestMonthlyMail:
+    def test_due_from_the_first_business_day(self):
+        from datetime import datetime as dt  # noqa: PLC0415
+
+        from outagewatch.core.maintenance import Calendar  # noqa: PLC0415
+        from outagewatch.core.report import monthly_due  # noqa: PLC0415
+
+        berlin = Calendar(zone=BERLIN, holidays=frozenset({date(2027, 1, 1)}))
+
+        def due(text: str) -> str | None:
+            return monthly_due(dt.fromisoformat(text).replace(tzinfo=BERLIN).timestamp(),
+                               berlin)
+
+        assert due("2026-11-01T12:00") is None  # a Sunday
+        assert due("2026-11-02T00:00") == "2026-10"  # Monday, the first business day
+        assert due("2026-11-30T23:59") == "2026-10"
+        assert due("2026-12-01T00:00") == "2026-11"  # local midnight, 23:00 UTC before
+        assert due("2027-01-01T10:00") is None  # a holiday...
+        assert due("2027-01-02T10:00") is None  # ...a Saturday, a Sunday
+        assert due("2027-01-04T00:00") == "2026-12"
+
+    async def test_once_per_month_to_the_info_list(self, tmp_path):
+        import asyncio  # noqa: PLC0415
+
+        from outagewatch.app import REPORT_CHECK, mail_monthly_reports  # noqa: PLC0415
+        from outagewatch.core.report import report_thread  # noqa: PLC0415
+
+        settings_ = Settings(
+            platforms={"eu": {"incident_recipients": ["oncall@example.com"],
+                              "info_recipients": ["info@example.com", "cio@example.com"],
+                              "calendar": {"timezone": "Europe/Berlin"}}},
+            targets=[{"name": n, "platform": "eu", "type": "http", "url": f"http://{n}/"}
+                     for n in SERVICES],
+            notify={"smtp": {"host": "127.0.0.1"}, "sender": "NOC <noc@example.com>"},
+            report={"monthly": True}, state={"path": tmp_path / "state.db"})
+        start = datetime(2026, 11, 30, 20, 0, tzinfo=BERLIN)
+        async with EngineHarness(settings_, FakeClock(start)) as h:
+            h.start()
+            for _ in range(30):
+                h.run(Result.OK, 0.2)
+                await h.clock.advance(60)
+            await h.writer.flush()
+            history = History(h.store, lambda: h.engine.topology)
+            task = asyncio.create_task(mail_monthly_reports(
+                history, composer=h.composer, writer=h.writer, store=h.store, clock=h.clock,
+                enabled=lambda: True))
+            try:
+                for _ in range(50):
+                    await asyncio.sleep(0)
+                thread = report_thread("eu", "2026-11").key
+                assert await h.store.thread(thread) == []  # November is not over
+                for _ in range(6):  # past midnight into 1 December, a Tuesday
+                    await h.clock.advance(REPORT_CHECK)
+                    for _ in range(50):
+                        await asyncio.sleep(0)
+                mails = await h.store.thread(thread)
+            finally:
+                task.cancel()
+        assert sorted(m.lane for m in mails) == ["cio@example.com", "info@example.com"]
+        assert {m.number for m in mails} == {0}  # one mail, never again
+        (subject,) = {m.payload["subject"] for m in mails}
+        assert subject.startswith("Availability report eu 2026-11: 100.000 %")
+        assert "Platform eu (Europe/Berlin): 100.000 %" in mails[0].payload["body"]

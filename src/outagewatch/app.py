@@ -22,6 +22,7 @@ from outagewatch.api import Api, Leading
 from outagewatch.clock import Clock, SystemClock
 from outagewatch.config import Settings, config_warnings, load_settings
 from outagewatch.core import availability
+from outagewatch.core.report import monthly_due, report_message, report_thread
 from outagewatch.engine import Composer, Desk, Engine, Maintenance, Timers, Writer
 from outagewatch.engine.engine import OBSERVATIONS_IN_MAIL
 from outagewatch.errors import ConfigError, ListenError
@@ -67,6 +68,7 @@ DRAIN_GRACE = 15.0  # seconds a stopping daemon gives the mail in progress
 STATE_CHECK = 2.0  # seconds between looks at the state store's health
 HOUSEKEEPING = 3600.0  # seconds between prunings of the state file
 AVAILABILITY_EVERY = 300.0  # seconds between updates of the availability gauge
+REPORT_CHECK = 3600.0  # seconds between looks whether a monthly report is due
 
 
 def metrics_for(settings: Settings, registry: CollectorRegistry, ctx: ProbeContext) -> Metrics:
@@ -347,7 +349,11 @@ class Daemon:
                  supervised("state_watch", lambda: watch_state(runtime)),
                  supervised("housekeeping", lambda: keep_house(runtime)),
                  supervised("availability", lambda: measure_availability(
-                     runtime.history, runtime.metrics, clock))]
+                     runtime.history, runtime.metrics, clock)),
+                 supervised("monthly_report", lambda: mail_monthly_reports(
+                     runtime.history, composer=runtime.core.composer,
+                     writer=runtime.core.writer, store=runtime.store, clock=clock,
+                     enabled=lambda: runtime.settings.report.monthly))]
         self._ready = True
         log_config_warnings(settings)
         log.info("daemon_started", listen=f"{settings.server.host}:{web.port}",
@@ -505,6 +511,39 @@ async def measure_availability(history: History, metrics: Metrics, clock: Clock)
                                       history.platforms(), now=now)
         report_availability(metrics.availability, report)
         await clock.sleep_until(clock.monotonic() + AVAILABILITY_EVERY)
+
+
+async def mail_monthly_reports(history: History, *, composer: Composer, writer: Writer,
+                               store: StateStore, clock: Clock,
+                               enabled: Callable[[], bool]) -> None:
+    """Every hour: with ``report.monthly``, the previous month's report of each platform goes
+    to its info list, once, from the first business day of the month on (a month the monitor
+    did not see at all goes to nobody)."""
+    told: set[str] = set()
+    while True:
+        if enabled():
+            now = clock.now().timestamp()
+            topology = composer.topology
+            for platform in history.platforms():
+                label = monthly_due(now, topology.calendars[platform])
+                thread = report_thread(platform, label) if label else None
+                if thread is None or thread.key in told or await store.thread(thread.key):
+                    continue
+                told.add(thread.key)
+                assert label is not None
+                report = await history.report(functools.partial(availability.parse_period,
+                                                                label), [platform], now=now)
+                if not report.platforms[0].figures.observed_s:
+                    log.info("report_not_mailed", platform=platform, period=label,
+                             reason="the monitor saw nothing of that month")
+                    continue
+                message = report_message(report, topology.info_recipients.get(platform, ()))
+                envelopes = composer.message(message, now)
+                if envelopes:
+                    writer.submit(Changes(envelopes=envelopes))
+                    await writer.flush()
+                    log.info("report_mailed", platform=platform, period=label)
+        await clock.sleep_until(clock.monotonic() + REPORT_CHECK)
 
 
 def pruning(state: StateConfig, now: float) -> Changes:

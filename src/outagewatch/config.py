@@ -540,6 +540,13 @@ class WindowTimes(_Model):
         return self
 
 
+class ReportConfig(_Model):
+    monthly: bool = Field(
+        default=False, description="mail the previous month's availability report to each "
+        "platform's info_recipients on the first business day of the month (in the "
+        "platform's calendar)")
+
+
 class MaintenanceConfig(_Model):
     notice_days: int = Field(3, ge=0, description="business days a planned window needs")
     windows: list[WindowConfig] = Field(default_factory=list)
@@ -674,6 +681,7 @@ class Settings(BaseSettings):
     targets: list[Target] = Field(min_length=1)
     notify: NotifyConfig | None = None
     maintenance: MaintenanceConfig = MaintenanceConfig()
+    report: ReportConfig = ReportConfig()
     state: StateConfig = StateConfig()
     cluster: ClusterConfig | None = None
 

@@ -37,6 +37,7 @@ from outagewatch.app import (
     channels_of,
     labels_of,
     log_config_warnings,
+    mail_monthly_reports,
     measure_availability,
     metrics_for,
     outbox_of,
@@ -422,7 +423,10 @@ class ClusterDaemon(Daemon):
                       supervised("views", lambda: self._follow_views(store, term)),
                       supervised("housekeeping", lambda: self._keep_house(store, term)),
                       supervised("availability", lambda: measure_availability(
-                          self._history, metrics, clock))]
+                          self._history, metrics, clock)),
+                      supervised("monthly_report", lambda: mail_monthly_reports(
+                          self._history, composer=composer, writer=writer, store=store,
+                          clock=clock, enabled=lambda: self.settings.report.monthly))]
         metrics.cluster_leader.set(1)
         metrics.cluster_epoch.set(epoch)
         log.info("term_begun", node=self.cluster.node, epoch=epoch,

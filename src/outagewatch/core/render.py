@@ -106,6 +106,7 @@ class Observed:
 class ThreadKind(enum.StrEnum):
     INCIDENT = "incident"
     MAINTENANCE = "maintenance"
+    REPORT = "report"  # a platform's monthly availability report, one mail per month
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,13 +12,16 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+
+from outagewatch.core.render import Message, Thread, ThreadKind
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from outagewatch.core.availability import Figures, IncidentSpan, IncidentStats
+    from outagewatch.core.maintenance import Calendar
 
 CSV_COLUMNS = ("period", "platform", "service", "availability", "unplanned_min",
                "planned_min", "maintenance_min", "blind_min", "observed_min", "incidents",
@@ -172,3 +175,30 @@ def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                      for row in [header, *rows])
+
+
+def monthly_due(now: float, calendar: Calendar) -> str | None:
+    """The month (``2026-11``) whose report is due at ``now``: the previous one, from the
+    first business day of this month on, in the platform's calendar; before it, None."""
+    today = calendar.local_date(now)
+    first = day = today.replace(day=1)
+    while not calendar.is_business_day(day):
+        day += timedelta(days=1)
+    if today < day:
+        return None
+    return f"{first - timedelta(days=1):%Y-%m}"
+
+
+def report_thread(platform: str, label: str) -> Thread:
+    return Thread(ThreadKind.REPORT, f"{platform}-{label}")
+
+
+def report_message(report: Report, recipients: Sequence[str]) -> Message:
+    """A platform's report as one mail to its info list (one report, one platform)."""
+    (block,) = report.platforms
+    return Message(
+        thread=report_thread(block.name, report.label), number=0, kind="report",
+        to=tuple(recipients),
+        subject=f"Availability report {block.name} {report.label}: "
+                f"{percent(block.figures.availability)}",
+        body=report_text(report), platform=block.name, audience="info")

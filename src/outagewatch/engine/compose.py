@@ -51,6 +51,13 @@ class Composer:
             mail, recipients=recipients,
             zone=platform.zone if platform is not None else UTC), now)
 
+    def message(self, message: Message, now: float) -> list[Envelope]:
+        """A message rendered elsewhere (the monthly report) into the outbox."""
+        if not self._can_send(message.to, "info_recipients", thread=message.thread.key,
+                              kind=message.kind):
+            return []
+        return self._envelopes(message, now)
+
     def _can_send(self, recipients: Sequence[str], what: str, **about: str) -> bool:
         if self.channels and recipients:
             return True
