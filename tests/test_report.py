@@ -238,10 +238,10 @@ async def test_the_availability_gauge_is_the_running_months_report(tmp_path):
 
 class TestMonthlyMail:
     def test_due_from_the_first_business_day(self):
-        from datetime import datetime as dt  # noqa: PLC0415
+        from datetime import datetime as dt
 
-        from outagewatch.core.maintenance import Calendar  # noqa: PLC0415
-        from outagewatch.core.report import monthly_due  # noqa: PLC0415
+        from outagewatch.core.maintenance import Calendar
+        from outagewatch.core.report import monthly_due
 
         berlin = Calendar(zone=BERLIN, holidays=frozenset({date(2027, 1, 1)}))
 
@@ -258,10 +258,10 @@ class TestMonthlyMail:
         assert due("2027-01-04T00:00") == "2026-12"
 
     async def test_once_per_month_to_the_info_list(self, tmp_path):
-        import asyncio  # noqa: PLC0415
+        import asyncio
 
-        from outagewatch.app import REPORT_CHECK, mail_monthly_reports  # noqa: PLC0415
-        from outagewatch.core.report import report_thread  # noqa: PLC0415
+        from outagewatch.app import REPORT_CHECK, mail_monthly_reports
+        from outagewatch.core.report import report_thread
 
         settings_ = Settings(
             platforms={"eu": {"incident_recipients": ["oncall@example.com"],
