@@ -7,7 +7,8 @@ core for the figures, so that the report, the page and the metric share one defi
 - unplanned outages: the probes' declared outages, and the services an operator reported
   in an incident opened by hand (from its start until it was restored or resolved);
 - maintenance: each window as it really held (to its end, or to its cancellation);
-- failing: the 5-minute buckets with a BAD run (only planned outage is taken from them);
+- failing: the 5-minute buckets with a BAD run inside maintenance (planned outage is the only
+  figure taken from them, so only those buckets are read);
 - covered: the times some location ran the service's probes (the rest is blind).
 Components reported by hand (no probe watches them) count in the incident figures, not in
 availability.
@@ -15,6 +16,7 @@ availability.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from outagewatch.topology import Topology
 
 BUCKET = 300.0  # seconds of a rollup
+SETTLED = 3600.0  # a day over for this long no longer changes: its figures are remembered
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,9 @@ class History:
     def __init__(self, store: StateStore, topology: Callable[[], Topology]) -> None:
         self._store = store
         self._topology = topology
+        # per platform and local day that is over: its services' availability (a past day
+        # does not change; the page asks for 90 of them on every view)
+        self._days: dict[tuple[str, float], dict[str, float | None]] = {}
 
     def platforms(self) -> list[str]:
         return sorted(self._topology().platforms)
@@ -67,13 +73,10 @@ class History:
             if outage.target in outages:
                 outages[outage.target].append(
                     (outage.start, now if outage.end is None else outage.end))
-        failing: dict[str, list[availability.Interval]] = {n: [] for n in names}
-        for rollup in await self._store.rollups(names, start, end):
-            if rollup.bad and rollup.target in failing:
-                failing[rollup.target].append((rollup.bucket, rollup.bucket + BUCKET))
         windows = await self._store.windows_between(start, end, platform)
+        failing = await self._failing(names, windows, start, end)
         incidents = await self._store.incidents_between(start, end, platform)
-        for incident in incidents:
+        for incident in incidents:  # what customers reported counts as it was reported
             if incident.origin is Origin.OPERATOR:
                 for name in incident.reported:
                     if name in outages:
@@ -85,6 +88,22 @@ class History:
                    for name in names}
         return Range(ledgers, tuple(span_of(i) for i in incidents))
 
+    async def _failing(self, names: Sequence[str], windows: Sequence[Window], start: float,
+                       end: float) -> dict[str, list[availability.Interval]]:
+        """The BAD buckets inside maintenance: planned outage is the only figure taken from
+        them, so only those buckets are read."""
+        failing: dict[str, list[availability.Interval]] = {n: [] for n in names}
+        for window in windows:
+            held_from, held_to = _held(window)
+            held = [n for n in window.targets if n in failing]
+            if held_to <= held_from or not held:
+                continue
+            for target, bucket, _, bad in await self._store.series(
+                    held, max(start, held_from), min(end, held_to)):
+                if bad:
+                    failing[target].append((bucket, bucket + BUCKET))
+        return failing
+
     async def report(self, period_in: Callable[[tzinfo], Period], platforms: Sequence[str], *,
                      now: float) -> Report:
         """``period_in``: the period in a platform's zone (a month is its local month)."""
@@ -93,21 +112,8 @@ class History:
             zone = self.zone(platform)
             period = period_in(zone)
             found = await self.range(platform, period.start, period.end, now=now)
-            services = tuple(
-                ServiceReport(name, availability.figures(period, ledger, now=now),
-                              availability.incident_stats(
-                                  period, [s for s in found.spans if name in s.services],
-                                  now=now))
-                for name, ledger in found.ledgers.items())
-            daily = tuple(
-                (f"{_local_date(day.start, zone)}",
-                 availability.platform_figures(day, found.ledgers, now=now).availability)
-                for day in availability.days(period, zone) if day.start < now)
-            blocks.append(PlatformReport(
-                platform, str(zone), availability.platform_figures(period, found.ledgers,
-                                                                   now=now),
-                availability.incident_stats(period, found.spans, now=now), services, daily,
-                period.start, period.end))
+            blocks.append(await asyncio.to_thread(_platform_report, platform, zone, period,
+                                                  found, now))
         first = blocks[0] if blocks else None
         label = period_in(UTC).label
         return Report(label, first.start if first else 0.0, first.end if first else 0.0, now,
@@ -116,31 +122,61 @@ class History:
     async def daily(self, platform: str, days: int, *,
                     now: float) -> dict[str, list[tuple[str, float | None]]]:
         """Per service, its availability on each of the last ``days`` local days (today
-        included, counted up to now)."""
+        included, counted up to now). Days over for an hour are remembered."""
         zone = self.zone(platform)
+        names = self.services(platform)
         today = datetime.fromtimestamp(now, UTC).astimezone(zone).date()
         period = availability.custom_period(today - timedelta(days=days - 1),
                                             today + timedelta(days=1), zone)
         spans = availability.days(period, zone)
-        found = await self.range(platform, period.start, period.end, now=now)
-        return {name: [(_local_date(day.start, zone),
-                        availability.figures(day, ledger, now=now).availability)
+        missing = [d for d in spans if not set(names) <= self._days.get((platform, d.start),
+                                                                         {}).keys()]
+        if missing:
+            found = await self.range(platform, missing[0].start, missing[-1].end, now=now)
+            computed = await asyncio.to_thread(_days_of, missing, found.ledgers, now)
+            for day, figures in zip(missing, computed, strict=True):
+                if day.end <= now - SETTLED:
+                    self._days[(platform, day.start)] = figures
+            fresh = dict(zip((d.start for d in missing), computed, strict=True))
+        else:
+            fresh = {}
+        oldest = spans[0].start - 30 * 86400
+        for key in [k for k in self._days if k[1] < oldest]:
+            del self._days[key]
+        table = {d.start: fresh.get(d.start) or self._days[(platform, d.start)] for d in spans}
+        return {name: [(_local_date(day.start, zone), table[day.start].get(name))
                        for day in spans]
-                for name, ledger in found.ledgers.items()}
+                for name in names}
 
     async def response_times(self, names: Sequence[str], since: float, *,
                              now: float) -> dict[str, list[tuple[float, float | None, bool]]]:
         """Per service, its 5-minute buckets since ``since``: the slowest location's p95 and
         whether any run was BAD (an empty bucket: None, not a zero)."""
         start = since - since % BUCKET
-        buckets: dict[str, dict[float, tuple[float | None, bool]]] = {n: {} for n in names}
-        for rollup in await self._store.rollups(names, start, now):
-            seen = buckets[rollup.target].get(rollup.bucket, (None, False))
-            p95 = rollup.p95 if seen[0] is None else max(seen[0], rollup.p95)
-            buckets[rollup.target][rollup.bucket] = (p95, seen[1] or rollup.bad > 0)
-        steps = [start + i * BUCKET for i in range(int((now - start) // BUCKET) + 1)]
-        return {name: [(at, *buckets[name].get(at, (None, False))) for at in steps]
-                for name in names}
+        rows = await self._store.series(names, start, now)
+        return await asyncio.to_thread(_series, names, rows, start, now)
+
+
+def _platform_report(platform: str, zone: tzinfo, period: Period, found: Range,
+                     now: float) -> PlatformReport:
+    services = tuple(
+        ServiceReport(name, availability.figures(period, ledger, now=now),
+                      availability.incident_stats(
+                          period, [s for s in found.spans if name in s.services], now=now))
+        for name, ledger in found.ledgers.items())
+    daily = tuple((_local_date(day.start, zone),
+                   availability.platform_figures(day, found.ledgers, now=now).availability)
+                  for day in availability.days(period, zone) if day.start < now)
+    return PlatformReport(platform, str(zone),
+                          availability.platform_figures(period, found.ledgers, now=now),
+                          availability.incident_stats(period, found.spans, now=now), services,
+                          daily, period.start, period.end)
+
+
+def _days_of(days: Sequence[Period], ledgers: Mapping[str, Ledger],
+             now: float) -> list[dict[str, float | None]]:
+    return [{name: availability.figures(day, ledger, now=now).availability
+             for name, ledger in ledgers.items()} for day in days]
 
 
 def span_of(incident: Incident) -> IncidentSpan:
@@ -164,3 +200,14 @@ def _held(window: Window) -> availability.Interval:
 
 def _local_date(ts: float, zone: tzinfo) -> str:
     return f"{datetime.fromtimestamp(ts, UTC).astimezone(zone):%Y-%m-%d}"
+
+
+def _series(names: Sequence[str], rows: Sequence[tuple[str, float, float, bool]],
+            start: float, now: float) -> dict[str, list[tuple[float, float | None, bool]]]:
+    buckets: dict[str, dict[float, tuple[float, bool]]] = {n: {} for n in names}
+    for target, bucket, p95, bad in rows:
+        if target in buckets:
+            buckets[target][bucket] = (p95, bad)
+    steps = [start + i * BUCKET for i in range(int((now - start) // BUCKET) + 1)]
+    empty: tuple[float | None, bool] = (None, False)
+    return {name: [(at, *buckets[name].get(at, empty)) for at in steps] for name in names}

@@ -252,6 +252,13 @@ class StateStore(Protocol):
         by target, location and bucket."""
         ...
 
+    async def series(self, targets: Sequence[str], start: float,
+                     end: float) -> list[tuple[str, float, float, bool]]:
+        """Per target and bucket overlapping [start, end), in order: the slowest location's
+        p95 (seconds) and whether any run was BAD. The response-time chart's data, summed
+        up where it is kept."""
+        ...
+
     async def coverage(self, targets: Sequence[str], start: float,
                        end: float) -> dict[str, list[Interval]]:
         """Per target (every one asked for), the time some location saw it within

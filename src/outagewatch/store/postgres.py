@@ -416,6 +416,15 @@ class PostgresStore:
         return [Rollup(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], errors_from_text(r[8]))
                 for r in rows]
 
+    async def series(self, targets: Sequence[str], start: float,
+                     end: float) -> list[tuple[str, float, float, bool]]:
+        rows = await self._call("read", lambda conn: _fetch(
+            conn, "SELECT target, bucket, MAX(p95), BOOL_OR(bad > 0) FROM rollups"
+            " WHERE target = ANY(%s) AND bucket > %s AND bucket < %s GROUP BY target, bucket"
+            ' ORDER BY target COLLATE "C", bucket',
+            (sorted(set(targets)), start - BUCKET, end)))
+        return [(r[0], float(r[1]), float(r[2]), bool(r[3])) for r in rows]
+
     async def coverage(self, targets: Sequence[str], start: float,
                        end: float) -> dict[str, list[Interval]]:
         names = sorted(set(targets))
@@ -663,6 +672,10 @@ class Fenced:
 
     async def rollups(self, targets: Sequence[str], start: float, end: float) -> list[Rollup]:
         return await self._store.rollups(targets, start, end)
+
+    async def series(self, targets: Sequence[str], start: float,
+                     end: float) -> list[tuple[str, float, float, bool]]:
+        return await self._store.series(targets, start, end)
 
     async def coverage(self, targets: Sequence[str], start: float,
                        end: float) -> dict[str, list[Interval]]:

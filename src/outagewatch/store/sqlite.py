@@ -257,6 +257,16 @@ class SqliteStore:
             (json.dumps(names), start - BUCKET, end)).fetchall())
         return [_rollup(r) for r in rows]
 
+    async def series(self, targets: Sequence[str], start: float,
+                     end: float) -> list[tuple[str, float, float, bool]]:
+        names = sorted(set(targets))
+        rows = await self._call(lambda db: db.execute(
+            "SELECT r.target, bucket, MAX(p95_us), MAX(bad > 0) FROM rollups r"
+            " JOIN json_each(?) t ON r.target = t.value WHERE bucket > ? AND bucket < ?"
+            " GROUP BY r.target, bucket ORDER BY r.target, bucket",
+            (json.dumps(names), start - BUCKET, end)).fetchall())
+        return [(r[0], float(r[1]), r[2] / 1e6, bool(r[3])) for r in rows]
+
     async def coverage(self, targets: Sequence[str], start: float,
                        end: float) -> dict[str, list[Interval]]:
         names = sorted(set(targets))
