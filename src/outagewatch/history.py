@@ -17,6 +17,7 @@ availability.
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 BUCKET = 300.0  # seconds of a rollup
 SETTLED = 3600.0  # a day over for this long no longer changes: its figures are remembered
+SERIES_SETTLED = 600.0  # a bucket this old has all its runs (each reports within its timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,11 @@ class History:
         # per platform and local day that is over: its services' availability (a past day
         # does not change; the page asks for 90 of them on every view)
         self._days: dict[tuple[str, float], dict[str, float | None]] = {}
+        # per target, the response-time chart's buckets that no longer change, and where
+        # they end: the page reads only the newer ones again
+        self._series: dict[str, dict[float, tuple[float, bool]]] = {}
+        self._series_upto = 0.0
+        self._series_lock = threading.Lock()
 
     def platforms(self) -> list[str]:
         return sorted(self._topology().platforms)
@@ -153,8 +160,40 @@ class History:
         """Per service, its 5-minute buckets since ``since``: the slowest location's p95 and
         whether any run was BAD (an empty bucket: None, not a zero)."""
         start = since - since % BUCKET
-        rows = await self._store.series(names, start, now)
-        return await asyncio.to_thread(_series, names, rows, start, now)
+        fetch_from = max(start, self._series_upto)
+        rows = await self._store.series(names, fetch_from, now)
+        settled = now - now % BUCKET - SERIES_SETTLED
+        return await asyncio.to_thread(self._merge_series, names, rows, start, now, settled)
+
+    def _merge_series(self, names: Sequence[str],
+                      rows: Sequence[tuple[str, float, float, bool]], start: float, now: float,
+                      settled: float) -> dict[str, list[tuple[float, float | None, bool]]]:
+        """Buckets before ``settled`` no longer change (a run reports at most its timeout
+        late): they are kept, and only later ones are read again on the next call. Runs in a
+        thread, one at a time."""
+        with self._series_lock:
+            return self._merged(names, rows, start, now, settled)
+
+    def _merged(self, names: Sequence[str], rows: Sequence[tuple[str, float, float, bool]],
+                start: float, now: float,
+                settled: float) -> dict[str, list[tuple[float, float | None, bool]]]:
+        recent: dict[str, dict[float, tuple[float, bool]]] = {}
+        for target, bucket, p95, bad in rows:
+            if bucket < self._series_upto:
+                continue
+            into = self._series if bucket < settled else recent
+            into.setdefault(target, {})[bucket] = (p95, bad)
+        self._series_upto = max(self._series_upto, settled)
+        for buckets in self._series.values():  # nothing older than asked for
+            for bucket in [b for b in buckets if b < start]:
+                del buckets[bucket]
+        steps = [start + i * BUCKET for i in range(int((now - start) // BUCKET) + 1)]
+        empty: tuple[float | None, bool] = (None, False)
+        out = {}
+        for name in names:
+            kept, fresh = self._series.get(name, {}), recent.get(name, {})
+            out[name] = [(at, *(fresh.get(at) or kept.get(at) or empty)) for at in steps]
+        return out
 
 
 def _platform_report(platform: str, zone: tzinfo, period: Period, found: Range,
@@ -200,14 +239,3 @@ def _held(window: Window) -> availability.Interval:
 
 def _local_date(ts: float, zone: tzinfo) -> str:
     return f"{datetime.fromtimestamp(ts, UTC).astimezone(zone):%Y-%m-%d}"
-
-
-def _series(names: Sequence[str], rows: Sequence[tuple[str, float, float, bool]],
-            start: float, now: float) -> dict[str, list[tuple[float, float | None, bool]]]:
-    buckets: dict[str, dict[float, tuple[float, bool]]] = {n: {} for n in names}
-    for target, bucket, p95, bad in rows:
-        if target in buckets:
-            buckets[target][bucket] = (p95, bad)
-    steps = [start + i * BUCKET for i in range(int((now - start) // BUCKET) + 1)]
-    empty: tuple[float | None, bool] = (None, False)
-    return {name: [(at, *buckets[name].get(at, empty)) for at in steps] for name in names}
