@@ -150,9 +150,10 @@ class History:
         oldest = spans[0].start - 30 * 86400
         for key in [k for k in self._days if k[1] < oldest]:
             del self._days[key]
-        table = {d.start: fresh.get(d.start) or self._days[(platform, d.start)] for d in spans}
-        return {name: [(_local_date(day.start, zone), table[day.start].get(name))
-                       for day in spans]
+        labels = [_local_date(day.start, zone) for day in spans]
+        tables = [fresh.get(d.start) or self._days[(platform, d.start)] for d in spans]
+        return {name: [(label, table.get(name)) for label, table in
+                       zip(labels, tables, strict=True)]
                 for name in names}
 
     async def response_times(self, names: Sequence[str], since: float, *,
