@@ -100,8 +100,22 @@ async def test_the_page_in_a_browser_shows_states_the_incident_and_maintenance(
                                             screenshot=BUILD / "status-page-phone.png",
                                             size="390,1800")
             status, feed_text = await daemon.get("/feed.atom?platform=eu")
+            month = f"{datetime.now(UTC):%Y-%m}"
+            report_url = (f"http://127.0.0.1:{daemon.port}/api/v1/report?period={month}"
+                          "&format=html")
+            report_dom, console_report = await browse(report_url, daemon.port,
+                                                      tmp_path / "profile")
+            _, console_report_shot = await browse(report_url, daemon.port,
+                                                  tmp_path / "profile",
+                                                  screenshot=BUILD / "report.png")
         finally:
             await daemon.stop()
+    assert [] == console_report + console_report_shot
+    assert f"Period {month}" in report_dom
+    assert "Platform eu:" in report_dom
+    assert "login-eu" in report_dom
+    assert f"{incident}" in report_dom  # the incident list
+    assert 'aria-label="Daily availability' in report_dom
     assert [] == console + console_shot + console_phone
     assert shot.stat().st_size > 10_000
     assert shot.read_bytes().startswith(b"\x89PNG")
