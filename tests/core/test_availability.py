@@ -53,34 +53,41 @@ def _marks(intervals, lo: float, n: int) -> bytearray:
     return marks
 
 
-def _minutes(ledger: Ledger, lo: float, n: int) -> list[tuple[bool, bool, bool, bool]]:
-    """Per minute: (maintenance, blind, unplanned, planned) of one service."""
-    rows = []
+MAINT, BLIND, UNPLANNED, PLANNED = 1, 2, 4, 8  # a minute's flags for one service
+
+
+def _minutes(ledger: Ledger, lo: float, n: int) -> list[int]:
+    """Per minute, the flags of one service."""
+    flags = []
     for m, o, f, c in zip(_marks(ledger.maintenance, lo, n), _marks(ledger.outages, lo, n),
                           _marks(ledger.failing, lo, n), _marks(ledger.covered, lo, n),
                           strict=True):
-        in_m = bool(m)
-        unplanned = bool(o) and not in_m
-        blind = not c and not in_m and not unplanned
-        planned = bool(f or o) and in_m
-        rows.append((in_m, blind, unplanned, planned))
-    return rows
+        unplanned = o and not m
+        blind = not c and not m and not unplanned
+        planned = (f or o) and m
+        flags.append(MAINT * bool(m) | BLIND * blind | UNPLANNED * bool(unplanned)
+                     | PLANNED * bool(planned))
+    return flags
 
 
 def oracle(period: Period, ledgers: dict[str, Ledger], now: float) -> Figures:
     lo, hi = period.start, min(period.end, now)
     n = max(0, int((hi - lo) // 60))
     each = [_minutes(ledger, lo, n) for ledger in ledgers.values()]
-    counts = [0, 0, 0, 0]
-    for k in range(n):
-        rows = [minutes[k] for minutes in each]
-        unplanned = any(r[2] for r in rows)
-        maintenance = bool(rows) and all(r[0] for r in rows)
-        blind = not rows or all(r[1] for r in rows)
-        planned = any(r[3] for r in rows) and not unplanned
-        for i, flag in enumerate((maintenance, blind, unplanned, planned)):
-            counts[i] += flag
-    maintenance_s, blind_s, unplanned_s, planned_s = (60.0 * c for c in counts)
+    maintenance_n = blind_n = unplanned_n = planned_n = 0
+    if not each:
+        blind_n = n  # no service: nothing seen
+    for minute in zip(*each, strict=True):
+        anyone, everyone = 0, MAINT | BLIND | UNPLANNED | PLANNED
+        for flags in minute:
+            anyone |= flags
+            everyone &= flags
+        maintenance_n += bool(everyone & MAINT)  # all services in maintenance
+        blind_n += bool(everyone & BLIND)  # all blind
+        unplanned_n += bool(anyone & UNPLANNED)  # any out
+        planned_n += bool(anyone & PLANNED) and not anyone & UNPLANNED
+    maintenance_s, blind_s, unplanned_s, planned_s = (
+        60.0 * c for c in (maintenance_n, blind_n, unplanned_n, planned_n))
     period_s = 60.0 * n
     observed_s = period_s - maintenance_s - blind_s
     return Figures(period_s=period_s, maintenance_s=maintenance_s, blind_s=blind_s,
@@ -119,16 +126,25 @@ def ledgers(draw, period: Period):
     def at_minutes(pairs):
         return tuple((period.start + 60 * a, period.start + 60 * (a + n)) for a, n in pairs)
 
+    covered = draw(_intervals(SPAN + EDGE, 4))
+    if draw(st.booleans()):  # monitoring began at some minute and ran since, with gaps
+        began = draw(st.integers(-EDGE, SPAN + EDGE))
+        covered = [(began, SPAN + EDGE - began), *covered]
+        gaps = draw(_intervals(6 * 60, 4))
+    else:
+        gaps = []
     return Ledger(outages=at_minutes(draw(_intervals(3 * 24 * 60, 4))),
                   maintenance=at_minutes(draw(_intervals(2 * 24 * 60, 3))),
                   failing=at_minutes(draw(_intervals(2 * 24 * 60, 4))),
-                  covered=at_minutes(draw(_intervals(SPAN + EDGE, 4))))
+                  covered=tuple(difference(at_minutes(covered), at_minutes(gaps))))
 
 
 @st.composite
 def months(draw):
     period = parse_period(draw(MONTHS), draw(ZONES))
-    now = period.start + 60 * draw(st.integers(-EDGE, SPAN + EDGE))
+    # mostly a finished month or a running one; sometimes before it began
+    now = period.start + 60 * draw(st.one_of(st.just(SPAN + EDGE), st.integers(1, SPAN),
+                                             st.integers(-EDGE, SPAN + EDGE)))
     return period, now
 
 
