@@ -494,7 +494,7 @@ async def watch_state(runtime: Runtime) -> None:
 
 
 async def keep_house(runtime: Runtime) -> None:
-    """Every hour: mails sent longer ago than ``state.keep_mails`` leave the state file, and
+    """Every hour: mails sent longer ago than ``state.keep_mails`` (if set) leave the state, and
     so do rollups and history past their retention."""
     clock = runtime.clock
     while True:
@@ -549,7 +549,8 @@ async def mail_monthly_reports(history: History, *, composer: Composer, writer: 
 def pruning(state: StateConfig, now: float) -> Changes:
     """What the state's retention lets go at ``now`` (the hourly housekeeping's change)."""
     history = state.keep_history
-    return Changes(prune_mails_before=now - state.keep_mails.total_seconds(),
+    mails = state.keep_mails
+    return Changes(prune_mails_before=None if mails is None else now - mails.total_seconds(),
                    prune_rollups_before=now - state.keep_rollups.total_seconds(),
                    prune_history_before=(None if history is None
                                          else now - history.total_seconds()))

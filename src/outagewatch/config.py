@@ -569,9 +569,9 @@ class StateConfig(_Model):
     sslmode: SslMode | None = Field(None, description="TLS to the database, as libpq names it")
     sslrootcert: ExistingFile | None = Field(None, description="CA bundle (PEM) for "
                                              "verify-ca/full")
-    keep_mails: Retention = Field(timedelta(days=400),
-                                  description="sent and failed mails older than this leave "
-                                              "the state (pending ones never do)")
+    keep_mails: Retention | None = Field(None, description="sent and failed mails older "
+                                         "than this leave the state (pending ones never do); "
+                                         "default: kept for ever, as the history they are")
     keep_rollups: Retention = Field(timedelta(days=400),
                                     description="each target's 5-minute rollups older than "
                                                 "this leave the state")

@@ -61,6 +61,8 @@ class History:
         self._series: dict[str, dict[float, tuple[float, bool]]] = {}
         self._series_upto = 0.0
         self._series_lock = threading.Lock()
+        self._settled_rows: dict[str, tuple[tuple[float, float],
+                                            list[tuple[float, float | None, bool]]]] = {}
 
     def platforms(self) -> list[str]:
         return sorted(self._topology().platforms)
@@ -189,11 +191,18 @@ class History:
             for bucket in [b for b in buckets if b < start]:
                 del buckets[bucket]
         steps = [start + i * BUCKET for i in range(int((now - start) // BUCKET) + 1)]
+        before = [at for at in steps if at < settled]
+        after = steps[len(before):]
         empty: tuple[float | None, bool] = (None, False)
         out = {}
         for name in names:
             kept, fresh = self._series.get(name, {}), recent.get(name, {})
-            out[name] = [(at, *(fresh.get(at) or kept.get(at) or empty)) for at in steps]
+            made = self._settled_rows.get(name)
+            if made is None or made[0] != (start, settled):  # once a bucket, not a view
+                made = ((start, settled), [(at, *kept.get(at, empty)) for at in before])
+                self._settled_rows[name] = made
+            out[name] = made[1] + [(at, *(fresh.get(at) or kept.get(at) or empty))
+                                   for at in after]
         return out
 
 

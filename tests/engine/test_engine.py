@@ -17,6 +17,7 @@ from outagewatch.core.maintenance import Refused
 from outagewatch.core.render import ThreadKind
 from outagewatch.errors import UnknownWindow
 from outagewatch.model import Result
+from outagewatch.store import Changes, Delivery, EnvelopeKey
 from outagewatch.topology import build_topology
 
 
@@ -415,8 +416,17 @@ class TestLedger:
             await every_minute(h, 16)
             await every_minute(h, 2, result=Result.OK, duration=0.2)
             later = o + 401 * 86400.0
+            (incident,) = await h.store.incidents()
+            thread = f"incident:{incident.id}"
+            mails = await h.store.thread(thread)
+            assert mails  # the OPEN, and the RESOLVED
+            await h.store.apply(Changes(deliveries={  # as the drainer records them, sent
+                EnvelopeKey(m.channel, thread, m.lane, m.number): Delivery(
+                    EnvelopeKey(m.channel, thread, m.lane, m.number), "sent", 1, 0.0, None,
+                    m.payload, sent_at=o + 1000) for m in mails}))
             h.writer.submit(pruning(cfg.state, later))
             await h.writer.flush()
+            assert len(await h.store.thread(thread)) == len(mails)  # mails kept for ever...
             assert [] == await h.store.rollups(["imap-eu"], o, later)
             assert 1 == len(await h.store.outages(["imap-eu"], o, later))
             assert 1 == len((await h.store.coverage(["imap-eu"], o, later))["imap-eu"])
@@ -426,3 +436,7 @@ class TestLedger:
             assert [] == await h.store.outages(["imap-eu"], o, later)
             assert {"imap-eu": []} == await h.store.coverage(["imap-eu"], o, later)
             assert [] == await h.store.incidents_between(o, later)
+            short = cfg.state.model_copy(update={"keep_mails": timedelta(days=400)})
+            h.writer.submit(pruning(short, later))
+            await h.writer.flush()
+            assert [] == await h.store.thread(thread)  # ...unless state.keep_mails says
