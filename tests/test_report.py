@@ -307,3 +307,24 @@ class TestMonthlyMail:
         (subject,) = {m.payload["subject"] for m in mails}
         assert subject.startswith("Availability report eu 2026-11: 100.000 %")
         assert "Platform eu (Europe/Berlin): 100.000 %" in mails[0].payload["body"]
+
+
+async def test_what_history_remembers_is_what_it_would_read_again(tmp_path):
+    """The page's daily bars and chart, asked twice (the second time from what History
+    remembers) and asked of a fresh History, agree, while time and runs go on."""
+    async with EngineHarness(config(tmp_path), FakeClock()) as h:
+        h.start()
+        remembering = History(h.store, lambda: h.engine.topology)
+        for minutes in (30, 700, 1500):  # across midnight and past the settling hour
+            for _ in range(minutes // 10):
+                h.run(Result.OK if minutes != 700 else Result.TIMEOUT, 0.3)
+                await h.clock.advance(600)
+            await h.writer.flush()
+            now = h.clock.now().timestamp()
+            fresh = History(h.store, lambda: h.engine.topology)
+            for _ in range(2):
+                assert await remembering.daily("eu", 90, now=now) == await fresh.daily(
+                    "eu", 90, now=now)
+                assert await remembering.response_times(
+                    list(SERVICES), now - 86400, now=now) == await fresh.response_times(
+                    list(SERVICES), now - 86400, now=now)

@@ -56,6 +56,8 @@ class History:
         # per platform and local day that is over: its services' availability (a past day
         # does not change; the page asks for 90 of them on every view)
         self._days: dict[tuple[str, float], dict[str, float | None]] = {}
+        self._day_rows: dict[tuple[str, str], tuple[tuple[float, int],
+                                                    list[tuple[str, float | None]]]] = {}
         # per target, the response-time chart's buckets that no longer change, and where
         # they end: the page reads only the newer ones again
         self._series: dict[str, dict[float, tuple[float, bool]]] = {}
@@ -154,9 +156,18 @@ class History:
             del self._days[key]
         labels = [_local_date(day.start, zone) for day in spans]
         tables = [fresh.get(d.start) or self._days[(platform, d.start)] for d in spans]
-        return {name: [(label, table.get(name)) for label, table in
-                       zip(labels, tables, strict=True)]
-                for name in names}
+        settled = sum(1 for d in spans if (platform, d.start) in self._days)
+        made_for = (spans[0].start, settled)
+        out = {}
+        for name in names:  # the settled days' part is built once a day, not once a view
+            made = self._day_rows.get((platform, name))
+            if made is None or made[0] != made_for:
+                made = (made_for, [(label, table.get(name)) for label, table in
+                              zip(labels[:settled], tables[:settled], strict=True)])
+                self._day_rows[(platform, name)] = made
+            out[name] = made[1] + [(label, table.get(name)) for label, table in
+                                   zip(labels[settled:], tables[settled:], strict=True)]
+        return out
 
     async def response_times(self, names: Sequence[str], since: float, *,
                              now: float) -> dict[str, list[tuple[float, float | None, bool]]]:
