@@ -113,6 +113,22 @@ def evaluator_cost(targets: int, samples_per_target: int) -> float:
     return (time.perf_counter() - started) / (targets * samples_per_target) * 1e6
 
 
+
+async def feed_samples(h: EngineHarness, settings: Settings, samples: int, *,
+                       each: bool) -> None:
+    """``samples`` OK runs of every target a minute apart, through the engine and the
+    writer, as the scheduler reports them; ``each``: one write per sample, else batched."""
+    rules = {t.name: settings.rule_for(t) for t in settings.targets}
+    base = datetime.now(UTC)
+    for k in range(samples):
+        for i, target in enumerate(settings.targets):
+            at = base + timedelta(seconds=k * 60 + i * 0.006)
+            h.engine.started(target, rules[target.name], at)
+            h.engine.record(target, rules[target.name], Sample(target.name, at, 0.2, Result.OK))
+            if each:
+                await h.writer.flush()
+    await h.writer.flush()
+
 def engine_cost(targets: int, samples_per_target: int, workdir: Path, *, threaded: bool,
                 each: bool) -> tuple[float, float]:
     """Wall and CPU microseconds per sample through the engine and the writer."""
@@ -124,9 +140,6 @@ def engine_cost(targets: int, samples_per_target: int, workdir: Path, *, threade
                 "sender": "bench <b@example.com>"},
         state={"path": workdir / f"state-{threaded}-{each}.db"},
     )
-    rules = {t.name: settings.rule_for(t) for t in settings.targets}
-    base = datetime.now(UTC)
-
     async def feed() -> tuple[float, float]:
         async with EngineHarness(settings, SystemClock()) as h:
             if threaded:  # the harness's store runs inline; the daemon's on its thread
@@ -134,15 +147,7 @@ def engine_cost(targets: int, samples_per_target: int, workdir: Path, *, threade
                 h.store = await SqliteStore.open(settings.state.path)
                 h.writer._store = h.store  # swap the backend under test
             wall, cpu = time.perf_counter(), time.process_time()
-            for k in range(samples_per_target):
-                for i, target in enumerate(settings.targets):
-                    at = base + timedelta(seconds=k * 60 + i * 0.006)
-                    h.engine.started(target, rules[target.name], at)
-                    h.engine.record(target, rules[target.name],
-                                    Sample(target.name, at, 0.2, Result.OK))
-                    if each:
-                        await h.writer.flush()
-            await h.writer.flush()
+            await feed_samples(h, settings, samples_per_target, each=each)
             count = targets * samples_per_target
             return ((time.perf_counter() - wall) / count * 1e6,
                     (time.process_time() - cpu) / count * 1e6)

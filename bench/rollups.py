@@ -28,18 +28,17 @@ import sqlite3
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tests.helpers.engine import EngineHarness
 from tests.helpers.postgres import Postgres
 
+from bench.detection import feed_samples
 from outagewatch.clock import SystemClock
 from outagewatch.config import Settings
 from outagewatch.core.rollup import BUCKET, Accumulator, Rollup, extend
 from outagewatch.logs import configure_logging
-from outagewatch.model import Result, Sample
 from outagewatch.store import Changes, StoredSample
 from outagewatch.store.postgres import PostgresStore
 from outagewatch.store.sqlite import SqliteStore
@@ -64,20 +63,10 @@ def settings(targets: int, path: Path) -> Settings:
 async def engine_cost(cfg: Settings, samples: int, store: StateStore, *,
                       each: bool) -> float:
     """CPU microseconds per sample through the engine and the writer."""
-    rules = {t.name: cfg.rule_for(t) for t in cfg.targets}
-    base = datetime.now(UTC)
     async with EngineHarness(cfg, SystemClock()) as h:
         h.writer._store = store  # the harness's store runs inline; the daemon's does not
         cpu = time.process_time()
-        for k in range(samples):
-            for i, target in enumerate(cfg.targets):
-                at = base + timedelta(seconds=k * 60 + i * 0.006)
-                h.engine.started(target, rules[target.name], at)
-                h.engine.record(target, rules[target.name],
-                                Sample(target.name, at, 0.2, Result.OK))
-                if each:
-                    await h.writer.flush()
-        await h.writer.flush()
+        await feed_samples(h, cfg, samples, each=each)
         return (time.process_time() - cpu) / (len(cfg.targets) * samples) * 1e6
 
 

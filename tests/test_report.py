@@ -136,6 +136,17 @@ async def _api(tmp_path):
             yield client
 
 
+async def answering_then_down(h: EngineHarness) -> None:
+    """The first target answers for 10 minutes, then is down long enough to be declared."""
+    for _ in range(10):
+        h.run(Result.OK, 0.2)
+        await h.clock.advance(60)
+    for _ in range(20):
+        h.run()
+        await h.clock.advance(60)
+    await h.writer.flush()
+
+
 async def get(client, query: str) -> tuple[int, str, str]:
     response = await client.get(f"/api/v1/report?{query}")
     return response.status, response.content_type, await response.text()
@@ -145,13 +156,7 @@ class TestApi:
     async def test_an_outage_in_each_format(self, api):
         h = api.harness
         h.start()
-        for _ in range(10):  # answering, then down long enough to be declared
-            h.run(Result.OK, 0.2)
-            await h.clock.advance(60)
-        for _ in range(20):
-            h.run()
-            await h.clock.advance(60)
-        await h.writer.flush()
+        await answering_then_down(h)
         month = f"{h.clock.now().astimezone(BERLIN):%Y-%m}"
         status, kind, body = await get(api, f"period={month}&platform=eu")
         assert (200, "application/json") == (status, kind), body
@@ -207,13 +212,7 @@ async def test_the_availability_gauge_is_the_running_months_report(tmp_path):
                 "outagewatch_availability_ratio",
                 {"platform": "eu", "service": "imap-eu", "period": "month"}) is None
             h.start()
-            for _ in range(10):
-                h.run(Result.OK, 0.2)
-                await h.clock.advance(60)
-            for _ in range(20):
-                h.run()
-                await h.clock.advance(60)
-            await h.writer.flush()
+            await answering_then_down(h)
 
             def gauge(service: str) -> float | None:
                 return h.registry.get_sample_value(

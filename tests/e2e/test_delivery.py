@@ -10,54 +10,21 @@ import json
 import os
 import sys
 from datetime import UTC, datetime, timedelta
-from email import message_from_bytes
 
 import pytest
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 from tests.helpers.daemon import TINY, DaemonProcess, config_text, free_port, wait
 from tests.helpers.faultproxy import Fault, FaultProxy
+from tests.helpers.scriptedrelay import scripted_relays
 
 TOKEN = "s3cret-operator-token-0123456789"
 SECRET = "relay-Pa55word-do-not-print"
 
 
-class Relay:
-    """aiosmtpd handler: accepts, or answers ``data`` to DATA; keeps what it accepted."""
-
-    def __init__(self) -> None:
-        self.mails: list = []
-        self.data = "250 OK"
-        self.port = 0
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802
-        if not self.data.startswith("250"):
-            return self.data
-        self.mails.append((tuple(envelope.rcpt_tos), message_from_bytes(envelope.content)))
-        return "250 OK"
-
-
-def _login(server, session, envelope, mechanism, auth_data):
-    ok = isinstance(auth_data, LoginPassword) and auth_data.password == SECRET.encode()
-    return AuthResult(success=ok, handled=False)
-
-
 @pytest.fixture(name="relays")
 async def _relays():
-    servers = []
-
-    async def start() -> Relay:
-        relay = Relay()
-        server = await asyncio.get_running_loop().create_server(
-            lambda: SMTP(relay, hostname="relay.test", authenticator=_login,
-                         auth_require_tls=False), "127.0.0.1", 0)
-        relay.port = server.sockets[0].getsockname()[1]
-        servers.append(server)
-        return relay
-
-    yield start
-    for server in servers:
-        server.close()
-        await server.wait_closed()
+    """Start relays on demand; each is stopped at the end."""
+    async with scripted_relays(SECRET) as start:
+        yield start
 
 
 def relay_yaml(port: int, password: str | None = None) -> str:

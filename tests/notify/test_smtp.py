@@ -4,12 +4,13 @@ mail carries (List-Id, Auto-Submitted), and the conversation kept for ``notify t
 from __future__ import annotations
 
 import asyncio
-from email import message_from_bytes
 
 import pytest
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP
 from structlog.testing import capture_logs
 from tests.helpers.ports import free_port
+from tests.helpers.scriptedrelay import ScriptedRelay as Relay
+from tests.helpers.scriptedrelay import scripted_relays
 from tests.helpers.smtpd import PASSWORD, USER, start_smtpd
 
 from outagewatch.config import NotifyConfig
@@ -22,51 +23,11 @@ ONCALL = "oncall@example.com"
 SECRET = "relay-Pa55word"
 
 
-class Relay:
-    """Accepts mail, or answers what a test sets, at MAIL or DATA."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[tuple[str, ...], object]] = []
-        self.mail = ""  # a reply to MAIL FROM instead of accepting it
-        self.data = "250 OK"
-        self.port = 0
-
-    async def handle_MAIL(self, server, session, envelope, address, options):  # noqa: N802
-        if self.mail:
-            return self.mail
-        envelope.mail_from = address
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802
-        if self.data.startswith("250"):
-            self.received.append((tuple(envelope.rcpt_tos),
-                                  message_from_bytes(envelope.content)))
-        return self.data
-
-
-def _login(server, session, envelope, mechanism, auth_data):
-    ok = isinstance(auth_data, LoginPassword) and auth_data.password == SECRET.encode()
-    return AuthResult(success=ok, handled=False)
-
-
 @pytest.fixture(name="relays")
 async def _relays():
     """Start relays on demand; each is stopped at the end."""
-    servers = []
-
-    async def start() -> Relay:
-        relay = Relay()
-        server = await asyncio.get_running_loop().create_server(
-            lambda: SMTP(relay, hostname="relay.test", authenticator=_login,
-                         auth_require_tls=False), "127.0.0.1", 0)
-        relay.port = server.sockets[0].getsockname()[1]
-        servers.append(server)
-        return relay
-
-    yield start
-    for server in servers:
-        server.close()
-        await server.wait_closed()
+    async with scripted_relays(SECRET) as start:
+        yield start
 
 
 def notify(*relays: dict) -> NotifyConfig:
