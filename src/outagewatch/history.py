@@ -158,6 +158,8 @@ class History:
         tables = [fresh.get(d.start) or self._days[(platform, d.start)] for d in spans]
         settled = sum(1 for d in spans if (platform, d.start) in self._days)
         made_for = (spans[0].start, settled)
+        for gone in [k for k in self._day_rows if k[0] == platform and k[1] not in names]:
+            del self._day_rows[gone]  # removed by a reload
         out = {}
         for name in names:  # the settled days' part is built once a day, not once a view
             made = self._day_rows.get((platform, name))
@@ -198,6 +200,10 @@ class History:
             into = self._series if bucket < settled else recent
             into.setdefault(target, {})[bucket] = (p95, bad)
         self._series_upto = max(self._series_upto, settled)
+        known = self._topology().targets
+        for gone in [n for n in self._series if n not in known]:  # removed by a reload
+            del self._series[gone]
+            self._settled_rows.pop(gone, None)
         for buckets in self._series.values():  # nothing older than asked for
             for bucket in [b for b in buckets if b < start]:
                 del buckets[bucket]
