@@ -196,7 +196,7 @@ class TestEnvironment:
         with pytest.raises(ConfigError) as info:
             load_settings(self.write(tmp_path))
         assert [("OUTAGEWATCH_XYZZY__KEY (environment): no section 'xyzzy'; sections: server, "
-                "defaults, engine, platforms, targets, notify, maintenance, state, "
+                "defaults, engine, platforms, targets, notify, maintenance, report, state, "
                 "cluster")] == info.value.problems
 
     def test_an_error_says_it_came_from_the_environment(self, tmp_path, monkeypatch):
