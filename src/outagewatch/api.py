@@ -385,7 +385,8 @@ class Api:
         if isinstance(period_in, web.Response):
             return period_in
         found = await self._history.report(period_in, wanted,
-                                           now=self._clock.now().timestamp())
+                                           now=self._clock.now().timestamp(),
+                                           daily=fmt == "html")
         return await self._report_as(found, fmt)
 
     async def _report_as(self, found: Report, fmt: str) -> web.Response:

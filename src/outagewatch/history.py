@@ -17,6 +17,7 @@ availability.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -116,15 +117,16 @@ class History:
         return failing
 
     async def report(self, period_in: Callable[[tzinfo], Period], platforms: Sequence[str], *,
-                     now: float) -> Report:
-        """``period_in``: the period in a platform's zone (a month is its local month)."""
+                     now: float, daily: bool = False) -> Report:
+        """``period_in``: the period in a platform's zone (a month is its local month);
+        ``daily``: each service's availability per day too (the HTML report's bars)."""
         blocks = []
         for platform in platforms:
             zone = self.zone(platform)
             period = period_in(zone)
             found = await self.range(platform, period.start, period.end, now=now)
-            blocks.append(await asyncio.to_thread(_platform_report, platform, zone, period,
-                                                  found, now))
+            blocks.append(await asyncio.to_thread(functools.partial(
+                _platform_report, platform, zone, period, found, now=now, per_service=daily)))
         first = blocks[0] if blocks else None
         label = period_in(UTC).label
         return Report(label, first.start if first else 0.0, first.end if first else 0.0, now,
@@ -223,16 +225,20 @@ class History:
         return out
 
 
-def _platform_report(platform: str, zone: tzinfo, period: Period, found: Range,
-                     now: float) -> PlatformReport:
+def _platform_report(platform: str, zone: tzinfo, period: Period, found: Range, *,
+                     now: float, per_service: bool) -> PlatformReport:
+    days = [day for day in availability.days(period, zone) if day.start < now]
+    labels = [_local_date(day.start, zone) for day in days]
     services = tuple(
         ServiceReport(name, availability.figures(period, ledger, now=now),
                       availability.incident_stats(
-                          period, [s for s in found.spans if name in s.services], now=now))
+                          period, [s for s in found.spans if name in s.services], now=now),
+                      tuple((label, availability.figures(day, ledger, now=now).availability)
+                            for label, day in zip(labels, days, strict=True))
+                      if per_service else ())
         for name, ledger in found.ledgers.items())
-    daily = tuple((_local_date(day.start, zone),
-                   availability.platform_figures(day, found.ledgers, now=now).availability)
-                  for day in availability.days(period, zone) if day.start < now)
+    daily = tuple((label, availability.platform_figures(day, found.ledgers, now=now)
+                   .availability) for label, day in zip(labels, days, strict=True))
     return PlatformReport(platform, str(zone),
                           availability.platform_figures(period, found.ledgers, now=now),
                           availability.incident_stats(period, found.spans, now=now), services,

@@ -44,8 +44,8 @@ def sample(target: str, start: float, *, bad: bool = False,
 
 
 def rollup(target: str, bucket: float, *, location: str = "", runs: int = 3, bad: int = 0,
-           errors: dict[str, int] | None = None) -> Rollup:
-    return Rollup(target, location, bucket, runs, bad, 0.25, 1.5, 2.125, errors or {})
+           errors: dict[str, int] | None = None, p95: float = 1.5) -> Rollup:
+    return Rollup(target, location, bucket, runs, bad, 0.25, p95, 2.125, errors or {})
 
 
 def window(wid: str, start: float, end: float, *, platform: str = "eu",
@@ -204,6 +204,18 @@ class LedgerContract:
         assert [rows[0], rows[1], rows[3]] == found
         assert {"timeout": 1, "refused": 2} == dict(found[0].errors)
         assert [] == await store.rollups(["none"], 0.0, 1e10)
+
+    async def test_series_is_the_slowest_location_and_any_bad_per_bucket(self, store):
+        """The response-time chart's data: per target and bucket, across locations."""
+        rows = [rollup("imap", 600.0, location="fra", p95=0.5),
+                rollup("imap", 600.0, location="ams", p95=0.25, bad=1),
+                rollup("imap", 900.0, location="fra", p95=0.125),
+                rollup("smtp", 600.0, location="fra", p95=1.5), rollup("pop3", 600.0)]
+        await store.apply(Changes(rollups={(r.target, r.location, r.bucket): r for r in rows}))
+        assert [("imap", 600.0, 0.5, True), ("imap", 900.0, 0.125, False),
+                ("smtp", 600.0, 1.5, False)] == await store.series(["smtp", "imap"], 700.0,
+                                                                     1200.0)
+        assert [] == await store.series(["none"], 0.0, 1e10)
 
     async def test_a_rollup_is_rewritten_as_its_bucket_fills(self, store):
         first, later = rollup("imap", 300.0, runs=1), rollup("imap", 300.0, runs=2, bad=1,

@@ -33,6 +33,7 @@ class ServiceReport:
     name: str
     figures: Figures
     stats: IncidentStats  # the incidents this service was part of
+    daily: tuple[tuple[str, float | None], ...] = ()  # per day, when asked for (the HTML)
 
 
 @dataclass(frozen=True, slots=True)
