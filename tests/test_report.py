@@ -24,7 +24,7 @@ from tests.helpers.fakeclock import FakeClock
 
 from outagewatch.api import Api, Leading
 from outagewatch.config import Settings
-from outagewatch.core.availability import Ledger, parse_period
+from outagewatch.core.availability import Ledger, intersection, parse_period
 from outagewatch.core.maintenance import Window, WindowKind, WindowState
 from outagewatch.core.report import CSV_COLUMNS, report_csv, report_json
 from outagewatch.history import History
@@ -78,7 +78,9 @@ def written(period_start: float, month: dict) -> tuple[Changes, dict[str, Ledger
                 state=WindowState.FINISHED, closed_at=end)
         for location, (start, end) in enumerate(covered):  # a location each: they overlap
             changes.coverage[(name, f"loc{location}", start)] = end
-        ledgers[name] = Ledger(outages=outages, maintenance=windows, covered=covered)
+        # the probes' outages count only while they watched (the monitor's gaps are blind)
+        ledgers[name] = Ledger(outages=tuple(intersection(outages, covered)),
+                               maintenance=windows, covered=covered)
     return changes, ledgers
 
 
@@ -327,3 +329,54 @@ async def test_what_history_remembers_is_what_it_would_read_again(tmp_path):
                 assert await remembering.response_times(
                     list(SERVICES), now - 86400, now=now) == await fresh.response_times(
                     list(SERVICES), now - 86400, now=now)
+
+
+class TestWhatTheLedgerMeans:
+    """Review findings: what counts as maintenance and as outage when windows are cancelled
+    or entered late, and when the monitor itself was down during an outage."""
+
+    async def figures_of(self, tmp_path, changes: Changes, now: float):
+        settings_ = config(tmp_path)
+        store = await SqliteStore.open(settings_.state.path, threaded=False)
+        try:
+            await store.apply(changes)
+            topology = build_topology(settings_, today=period_date())
+            report = await History(store, lambda: topology).report(
+                lambda zone: parse_period("2026-11", zone), ["eu"], now=now)
+        finally:
+            await store.close()
+        return next(s.figures for s in report.platforms[0].services if s.name == "imap-eu")
+
+    def day(self, hours: float) -> float:
+        return parse_period("2026-11", BERLIN).start + 10 * 86400 + hours * 3600
+
+    def watched(self, *spans: tuple[float, float]) -> Changes:
+        return Changes(coverage={("imap-eu", "", a): b for a, b in spans},
+                       outages={("imap-eu", self.day(2)): OutageSpan(
+                           "imap-eu", "eu", self.day(2), self.day(4), None)})
+
+    async def test_a_window_cancelled_before_its_start_held_nothing(self, tmp_path):
+        changes = self.watched((self.day(0), self.day(24)))
+        changes.windows["w"] = Window(
+            id="w", platform="eu", targets=("imap-eu",), start=self.day(1), end=self.day(20),
+            kind=WindowKind.PLANNED, description="", impact="",
+            registered_at=self.day(-100), state=WindowState.CANCELLED, closed_at=None)
+        figures = await self.figures_of(tmp_path, changes, self.day(24))
+        assert (figures.maintenance_s, figures.unplanned_s) == (0, 2 * 3600)
+
+    async def test_a_window_entered_late_does_not_rewrite_the_past(self, tmp_path):
+        changes = self.watched((self.day(0), self.day(24)))
+        changes.windows["w"] = Window(
+            id="w", platform="eu", targets=("imap-eu",), start=self.day(-48), end=self.day(6),
+            kind=WindowKind.EMERGENCY, description="", impact="", registered_at=self.day(3),
+            state=WindowState.FINISHED, closed_at=self.day(6))
+        figures = await self.figures_of(tmp_path, changes, self.day(24))
+        assert figures.unplanned_s == 3600  # 02:00-03:00; from 03:00 the window held
+        assert figures.maintenance_s == 3 * 3600
+        assert figures.planned_s == 3600
+
+    async def test_the_monitors_own_gap_inside_an_outage_is_blind_not_downtime(self, tmp_path):
+        changes = self.watched((self.day(0), self.day(2.5)), (self.day(3.5), self.day(24)))
+        figures = await self.figures_of(tmp_path, changes, self.day(24))
+        assert figures.unplanned_s == 3600  # 02:00-02:30 and 03:30-04:00
+        assert figures.blind_s >= 3600  # 02:30-03:30, and the month before the 10th

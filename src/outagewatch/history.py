@@ -4,9 +4,12 @@ page's charts and daily bars, the availability metric.
 It reads the ledger (coverage, outages, rollups), the incidents and the maintenance windows
 of a range from the store, turns them into ``core/availability`` ledgers and asks the pure
 core for the figures, so that the report, the page and the metric share one definition:
-- unplanned outages: the probes' declared outages, and the services an operator reported
-  in an incident opened by hand (from its start until it was restored or resolved);
-- maintenance: each window as it really held (to its end, or to its cancellation);
+- unplanned outages: the probes' declared outages while the probes watched (the monitor's
+  own gaps inside an outage are blind, not downtime), and the services an operator reported
+  in an incident opened by hand (from its start until it was restored or resolved: a
+  customer's report counts even where the monitor saw nothing);
+- maintenance: each window as it really held (from its start, never before it was
+  registered, to its end or its cancellation; cancelled before its start: not at all);
 - failing: the 5-minute buckets with a BAD run inside maintenance (planned outage is the only
   figure taken from them, so only those buckets are read);
 - covered: the times some location ran the service's probes (the rest is blind).
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING
 from outagewatch.core import availability
 from outagewatch.core.availability import IncidentSpan, Ledger, Period
 from outagewatch.core.incidents import Origin
+from outagewatch.core.maintenance import WindowState
 from outagewatch.core.report import PlatformReport, Report, ServiceReport
 
 if TYPE_CHECKING:
@@ -82,9 +86,10 @@ class History:
         coverage = await self._store.coverage(names, start, end)
         outages: dict[str, list[availability.Interval]] = {n: [] for n in names}
         for outage in await self._store.outages(names, start, end):
-            if outage.target in outages:
-                outages[outage.target].append(
-                    (outage.start, now if outage.end is None else outage.end))
+            if outage.target in outages:  # declared by the probes: only while they watched
+                outages[outage.target] += availability.intersection(
+                    [(outage.start, now if outage.end is None else outage.end)],
+                    coverage.get(outage.target, ()))
         windows = await self._store.windows_between(start, end, platform)
         failing = await self._failing(names, windows, start, end)
         incidents = await self._store.incidents_between(start, end, platform)
@@ -265,9 +270,13 @@ def _ended(incident: Incident) -> float | None:
 
 
 def _held(window: Window) -> availability.Interval:
-    """A window as it really held: to its end, or to its cancellation (before its start: not
-    at all, an empty interval)."""
-    return (window.start, window.closed_at if window.closed_at is not None else window.end)
+    """A window as it really held: from its start, but never before it was registered (a
+    window entered afterwards does not rewrite what already happened), to its end or its
+    cancellation; cancelled before it began, not at all (an empty interval)."""
+    start = max(window.start, window.registered_at)
+    if window.state is WindowState.CANCELLED and window.closed_at is None:
+        return (start, start)
+    return (start, window.closed_at if window.closed_at is not None else window.end)
 
 
 def _local_date(ts: float, zone: tzinfo) -> str:
