@@ -192,6 +192,18 @@ class TestWarnings:
     def test_no_warning_for_a_complete_config(self, tmp_path):
         assert [] == config_warnings(load_settings(config(tmp_path)))
 
+    def test_a_public_page_beside_an_open_read_api_is_a_warning(self, tmp_path, monkeypatch):
+        """The public page hides hosts and tickets; the API on the same listener does not."""
+        path = config(tmp_path)
+        text = path.read_text().replace("server: {listen:", "server: {status_page: {public: "
+                                        "true}, listen:")
+        path.write_text(text)
+        (warning,) = config_warnings(load_settings(path))
+        assert warning.startswith("server.status_page.public: the public page hides hosts")
+        monkeypatch.setenv("OW_READ", "r" * 24)
+        path.write_text(text.replace("server: {", "server: {read_token_env: OW_READ, "))
+        assert [] == config_warnings(load_settings(path))
+
     async def test_errors_and_warnings_together_exit_2(self, tmp_path):
         (tmp_path / "file").write_text("")
         path = config(tmp_path, notify="", state=str(tmp_path / "file" / "state.db"))

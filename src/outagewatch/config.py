@@ -826,6 +826,11 @@ def config_warnings(settings: Settings) -> list[str]:
         if not platform.info_recipients:
             warnings.append(f"platforms.{name}.info_recipients: empty: maintenance of "
                             f"platform {name} is announced to nobody")
+    server = settings.server
+    if server.status_page.enabled and server.status_page.public and server.read_token is None:
+        warnings.append("server.status_page.public: the public page hides hosts, errors and "
+                        "tickets, but the API's reads on the same listener show them to "
+                        "whoever reaches it: set server.read_token_file or read_token_env")
     for index, target in enumerate(settings.targets):
         rule = settings.rule_for(target)
         if rule.interval > rule.window:

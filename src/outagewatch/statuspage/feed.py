@@ -1,6 +1,7 @@
 """The Atom 1.0 feed (RFC 4287): one entry per incident mail and maintenance mail, newest
 first. Built with ElementTree, so every text is escaped and the XML is well formed. The
-public feed carries each mail's subject only: incident mails quote probe details."""
+public feed carries only each mail's thread, kind and platform: incident mails quote probe
+details, and subjects may carry tickets."""
 
 from __future__ import annotations
 
@@ -26,6 +27,15 @@ def _rfc3339(ts: float) -> str:
 
 def _clean(text: str) -> str:
     return text.translate(_NOT_XML)
+
+
+def _public_title(entry: FeedEntry) -> str:
+    """What the public feed says of a mail: its thread, kind and platform, never its subject
+    (an operator's template may put a ticket or anything else in it)."""
+    kind, _, ident = entry.thread.partition(":")
+    what = "Maintenance" if kind == "maintenance" else "Incident"
+    where = f" on {entry.platform}" if entry.platform else ""
+    return f"{what} {ident}{where}: {entry.kind.upper()}"
 
 
 def entry_id(entry: FeedEntry) -> str:
@@ -63,7 +73,7 @@ def render_feed(entries: Sequence[FeedEntry], *, title: str, now: float, base_ur
     sub(feed, "generator", "outagewatch")
     for item in newest:
         entry = sub(feed, "entry")
-        sub(entry, "title", item.subject)
+        sub(entry, "title", _public_title(item) if public else item.subject)
         sub(entry, "id", entry_id(item))
         sub(entry, "updated", _rfc3339(item.created))
         sub(entry, "published", _rfc3339(item.created))
@@ -73,7 +83,7 @@ def render_feed(entries: Sequence[FeedEntry], *, title: str, now: float, base_ur
             href=f"{base_url}/#{anchor}-{quote(ident, safe='')}")
         sub(entry, "category", term=item.kind)
         if public:
-            sub(entry, "summary", item.subject, type="text")
+            sub(entry, "summary", _public_title(item), type="text")
         else:
             sub(entry, "content", item.body, type="text")
     xml: bytes = ET.tostring(feed, encoding="utf-8", xml_declaration=True)

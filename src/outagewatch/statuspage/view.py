@@ -390,11 +390,18 @@ def _incident_label(incident: IncidentView) -> str:
     return "Identified" if incident.etr is not None else "Investigating"
 
 
+# What the public view says of a mail: a mail's own words carry the operators' reasons,
+# tickets and probe details, which stay internal.
+PUBLIC_TEXT = {"open": "We are investigating an outage of the services named above.",
+               "update": "We are working on it; the next update follows.",
+               "resolved": "The services are restored."}
+
+
 def _incident(incident: IncidentView, zone: tzinfo, *, public: bool, now: float,
               masked: Callable[[str], str]) -> IncidentBlock:
     timeline = tuple(
         TimelineRow(_moment(at, zone), kind, TIMELINE_LABELS.get(kind, kind.upper()),
-                    masked(text))
+                    PUBLIC_TEXT[kind] if public and kind in PUBLIC_TEXT else masked(text))
         for at, kind, text in sorted(incident.timeline, key=lambda e: e[0], reverse=True)
         if not (public and kind == "note"))
     end = incident.end
