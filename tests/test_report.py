@@ -380,3 +380,31 @@ class TestWhatTheLedgerMeans:
         figures = await self.figures_of(tmp_path, changes, self.day(24))
         assert figures.unplanned_s == 3600  # 02:00-02:30 and 03:30-04:00
         assert figures.blind_s >= 3600  # 02:30-03:30, and the month before the 10th
+
+
+async def test_what_changes_the_past_shows_within_the_cache_time(tmp_path):
+    """An incident opened by hand two days back changes days History remembered: the page's
+    bars show it once CACHE_TTL has passed, as the report does at once."""
+    from outagewatch.core.incidents import Book, opened  # noqa: PLC0415
+    from outagewatch.history import CACHE_TTL  # noqa: PLC0415
+
+    async with EngineHarness(config(tmp_path), FakeClock()) as h:
+        h.start()
+        history = History(h.store, lambda: h.engine.topology)
+        for _ in range(3 * 24 * 6):  # three days answering, a run every 10 minutes
+            h.run(Result.OK, 0.2)
+            await h.clock.advance(600)
+        await h.writer.flush()
+        now = h.clock.now().timestamp()
+        before = (await history.daily("eu", 5, now=now))["imap-eu"]
+        assert all(v is None or v == 1 for _, v in before)
+        platform = h.engine.topology.platforms["eu"]
+        _, [notice] = opened(Book(), platform, now, reported=("imap-eu",), severity=2,
+                             impact="mail bounces", since=now - 2 * 86400)
+        await h.store.apply(Changes(incidents={notice.incident.id: notice.incident}))
+        later = now + CACHE_TTL + 1
+        after = (await history.daily("eu", 5, now=later))["imap-eu"]
+        fresh = (await History(h.store, lambda: h.engine.topology).daily(
+            "eu", 5, now=later))["imap-eu"]
+        assert after == fresh
+        assert after != before

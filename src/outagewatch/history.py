@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 BUCKET = 300.0  # seconds of a rollup
 SETTLED = 3600.0  # a day over for this long no longer changes: its figures are remembered
 SERIES_SETTLED = 600.0  # a bucket this old has all its runs (each reports within its timeout)
+CACHE_TTL = 600.0  # seconds what History remembers is trusted before it reads it again
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +69,22 @@ class History:
         self._series: dict[str, dict[float, tuple[float, bool]]] = {}
         self._series_upto = 0.0
         self._series_lock = threading.Lock()
+        self._cached_at: float | None = None  # when the caches above were begun
         self._settled_rows: dict[str, tuple[tuple[float, float],
                                             list[tuple[float, float | None, bool]]]] = {}
+
+    def _fresh(self, now: float) -> None:
+        """Everything remembered is forgotten every ``CACHE_TTL``: what changes the past
+        after the fact (an incident opened by hand with an earlier start, rows written late
+        after a store outage) shows within that time, without tracking each cause."""
+        if self._cached_at is None or not 0 <= now - self._cached_at < CACHE_TTL:
+            with self._series_lock:
+                self._days.clear()
+                self._day_rows.clear()
+                self._series.clear()
+                self._settled_rows.clear()
+                self._series_upto = 0.0
+            self._cached_at = now
 
     def platforms(self) -> list[str]:
         return sorted(self._topology().platforms)
@@ -141,6 +156,7 @@ class History:
                     now: float) -> dict[str, list[tuple[str, float | None]]]:
         """Per service, its availability on each of the last ``days`` local days (today
         included, counted up to now). Days over for an hour are remembered."""
+        self._fresh(now)
         zone = self.zone(platform)
         names = self.services(platform)
         today = datetime.fromtimestamp(now, UTC).astimezone(zone).date()
@@ -182,6 +198,7 @@ class History:
                              now: float) -> dict[str, list[tuple[float, float | None, bool]]]:
         """Per service, its 5-minute buckets since ``since``: the slowest location's p95 and
         whether any run was BAD (an empty bucket: None, not a zero)."""
+        self._fresh(now)
         start = since - since % BUCKET
         fetch_from = max(start, self._series_upto)
         rows = await self._store.series(names, fetch_from, now)
