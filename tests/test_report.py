@@ -187,6 +187,8 @@ class TestApi:
         ("period=2026-13", "period", "e.g. 2026-11"),
         ("period=2026-11&from=2026-11-01&to=2026-11-02", "period", "not both"),
         ("from=2026-11-10&to=2026-11-03", "from", ""),
+        ("from=2026-11-01&to=garbage", "to", "is not a date such as 2026-11-03"),
+        ("from=2000-01-01&to=2101-01-01", "to", "a range of at most 400 days"),
         ("period=2026-11&platform=us", "platform", "no platform 'us'"),
         ("period=2026-11&format=pdf", "format", "format must be one of"),
     ])
@@ -385,8 +387,8 @@ class TestWhatTheLedgerMeans:
 async def test_what_changes_the_past_shows_within_the_cache_time(tmp_path):
     """An incident opened by hand two days back changes days History remembered: the page's
     bars show it once CACHE_TTL has passed, as the report does at once."""
-    from outagewatch.core.incidents import Book, opened  # noqa: PLC0415
-    from outagewatch.history import CACHE_TTL  # noqa: PLC0415
+    from outagewatch.core.incidents import Book, opened
+    from outagewatch.history import CACHE_TTL
 
     async with EngineHarness(config(tmp_path), FakeClock()) as h:
         h.start()

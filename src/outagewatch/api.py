@@ -374,7 +374,7 @@ class Api:
         query = request.query
         fmt = query.get("format", "json")
         platforms = self._engine.topology.platforms
-        wanted = query.getall("platform", []) or sorted(platforms)
+        wanted = list(dict.fromkeys(query.getall("platform", []))) or sorted(platforms)
         unknown = [p for p in wanted if p not in platforms]
         if fmt not in REPORT_FORMATS or unknown:
             return (error(422, f"format must be one of {', '.join(REPORT_FORMATS)}", "format")
@@ -589,6 +589,7 @@ def _bearer(request: web.Request) -> bytes | None:
 
 
 REPORT_FORMATS = ("json", "csv", "html", "text")
+MAX_REPORT_DAYS = 400  # a custom range's length: its figures are computed day by day
 
 
 def _period_spec(query: Mapping[str, str]) -> Callable[[tzinfo], Period] | web.Response:
@@ -600,16 +601,28 @@ def _period_spec(query: Mapping[str, str]) -> Callable[[tzinfo], Period] | web.R
     if text is None and not (first and last):
         return error(422, "give period (2026-11, 2026-Q4, 2026) or from and to "
                           "(2026-11-03 and 2026-11-10, to exclusive)", "period")
-    try:
-        if text is not None:
+    if text is not None:
+        try:
             availability.parse_period(text, UTC)
-            return functools.partial(availability.parse_period, text)
-        assert first is not None
-        assert last is not None
-        start, end = date.fromisoformat(first), date.fromisoformat(last)
+        except ValueError as exc:
+            return error(422, str(exc), "period")
+        return functools.partial(availability.parse_period, text)
+    assert first is not None
+    assert last is not None
+    days: list[date] = []
+    for name, given in (("from", first), ("to", last)):
+        try:
+            days.append(date.fromisoformat(given))
+        except ValueError:
+            return error(422, f"{given[:40]!r} is not a date such as 2026-11-03", name)
+    start, end = days
+    if (end - start).days > MAX_REPORT_DAYS:
+        return error(422, f"a range of at most {MAX_REPORT_DAYS} days (a year: period=2026)",
+                     "to")
+    try:
         availability.custom_period(start, end, UTC)
     except ValueError as exc:
-        return error(422, str(exc), "period" if text is not None else "from")
+        return error(422, str(exc), "from")
     return functools.partial(availability.custom_period, start, end)
 
 

@@ -29,7 +29,10 @@ def render_report(report: Report, *, title: str) -> str:
     """The availability report as a page that prints cleanly (to PDF from a browser), with
     the status page's daily bars."""
     from outagewatch.core.report import percent  # noqa: PLC0415 - the report's own wording
-    from outagewatch.statuspage.view import daily_bars  # noqa: PLC0415 - the page's charts
+    from outagewatch.statuspage.view import (  # noqa: PLC0415 - the page's charts
+        MAX_BARS,
+        daily_bars,
+    )
 
     def mins(seconds: float | None) -> str:
         return "-" if seconds is None else f"{seconds / 60:.1f} min"
@@ -39,4 +42,4 @@ def render_report(report: Report, *, title: str) -> str:
 
     return environment().get_template("report.html.j2").render(
         report=report, title=title, generated=iso(report.generated_at), percent=percent,
-        mins=mins, iso=iso, bars=daily_bars)
+        mins=mins, iso=iso, bars=lambda days: daily_bars(days, most=MAX_BARS))

@@ -237,10 +237,13 @@ def _banner(states: set[str], *, incidents: int) -> str:
 
 
 def _availability_text(days: Sequence[tuple[str, float | None]]) -> str:
-    known = [a for _, a in days if a is not None]
+    """How many days have a figure and the worst of them (a mean of daily ratios is not the
+    period's time-weighted availability: the report gives that)."""
+    known = [(a, day) for day, a in days if a is not None]
     if not known:
         return "no data"
-    return f"{_percent(sum(known) / len(known))} over {len(known)} days with data"
+    worst, day = min(known)
+    return f"{len(known)} days with data, the lowest {_percent(worst)} on {day}"
 
 
 def _percent(ratio: float) -> str:
@@ -325,8 +328,9 @@ def _chart(times: tuple[tuple[float, float | None, bool], ...], threshold: float
 
 _COLUMN_X = [c * _COL_W for c in range(CHART_COLUMNS)]
 _BAD_MARKS = [f"M{x} {_CHART_H - 4}h{_COL_W}v4h-{_COL_W}z" for x in _COLUMN_X]
+MAX_BARS = 400  # a report's days (a year, or a range of up to 400 days)
 _BAR_OPEN = [f'<rect x="{i * (_BAR_W + _BAR_GAP)}" width="{_BAR_W}" height="{_BAR_H}" class="'
-             for i in range(HISTORY_DAYS)]
+             for i in range(MAX_BARS)]
 
 
 @functools.lru_cache(maxsize=4 * HISTORY_DAYS)
@@ -334,11 +338,13 @@ def _day_text(day: str) -> str:
     return html.escape(day)
 
 
-def daily_bars(days: Sequence[tuple[str, float | None]]) -> Markup:
+def daily_bars(days: Sequence[tuple[str, float | None]],
+               most: int = HISTORY_DAYS) -> Markup:
     """One bar per day, oldest left, each with its date and availability (or "no data") as
     its title; the whole with a summary as its label. Remembered by their data, which
-    changes once a day (or once a bucket for today's bar)."""
-    return _bars(tuple(days[-HISTORY_DAYS:]))
+    changes once a day (or once a bucket for today's bar). ``most``: the latest days shown
+    (the page: 90; a report: all of its period)."""
+    return _bars(tuple(days[-min(most, MAX_BARS):]))
 
 
 @functools.lru_cache(maxsize=8192)
