@@ -609,6 +609,10 @@ def _period_spec(query: Mapping[str, str]) -> Callable[[tzinfo], Period] | web.R
         return functools.partial(availability.parse_period, text)
     assert first is not None
     assert last is not None
+    return _range_spec(first, last)
+
+
+def _range_spec(first: str, last: str) -> Callable[[tzinfo], Period] | web.Response:
     days: list[date] = []
     for name, given in (("from", first), ("to", last)):
         try:
