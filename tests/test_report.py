@@ -256,7 +256,8 @@ class TestMonthlyMail:
 
         assert due("2026-11-01T12:00") is None  # a Sunday
         assert due("2026-11-02T00:00") == "2026-10"  # Monday, the first business day
-        assert due("2026-11-30T23:59") == "2026-10"
+        assert due("2026-11-08T23:59") == "2026-10"  # a week to catch up...
+        assert due("2026-11-09T00:00") is None  # ...not longer: a pruned mail is not resent
         assert due("2026-12-01T00:00") == "2026-11"  # local midnight, 23:00 UTC before
         assert due("2027-01-01T10:00") is None  # a holiday...
         assert due("2027-01-02T10:00") is None  # ...a Saturday, a Sunday

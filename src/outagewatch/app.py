@@ -353,7 +353,7 @@ class Daemon:
                  supervised("monthly_report", lambda: mail_monthly_reports(
                      runtime.history, composer=runtime.core.composer,
                      writer=runtime.core.writer, store=runtime.store, clock=clock,
-                     enabled=lambda: runtime.settings.report.monthly))]
+                     enabled=lambda: self.settings.report.monthly))]  # as reloaded
         self._ready = True
         log_config_warnings(settings)
         log.info("daemon_started", listen=f"{settings.server.host}:{web.port}",
@@ -529,11 +529,11 @@ async def mail_monthly_reports(history: History, *, composer: Composer, writer: 
                 thread = report_thread(platform, label) if label else None
                 if thread is None or thread.key in told or await store.thread(thread.key):
                     continue
-                told.add(thread.key)
                 assert label is not None
                 report = await history.report(functools.partial(availability.parse_period,
                                                                 label), [platform], now=now)
                 if not report.platforms[0].figures.observed_s:
+                    told.add(thread.key)
                     log.info("report_not_mailed", platform=platform, period=label,
                              reason="the monitor saw nothing of that month")
                     continue
@@ -541,8 +541,9 @@ async def mail_monthly_reports(history: History, *, composer: Composer, writer: 
                 envelopes = composer.message(message, now)
                 if envelopes:
                     writer.submit(Changes(envelopes=envelopes))
-                    await writer.flush()
+                    await writer.flush()  # durable before it counts as mailed
                     log.info("report_mailed", platform=platform, period=label)
+                told.add(thread.key)
         await clock.sleep_until(clock.monotonic() + REPORT_CHECK)
 
 

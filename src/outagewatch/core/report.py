@@ -178,14 +178,19 @@ def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
                      for row in [header, *rows])
 
 
+MONTHLY_DAYS = 7  # days from the first business day in which a late report still goes out
+
+
 def monthly_due(now: float, calendar: Calendar) -> str | None:
     """The month (``2026-11``) whose report is due at ``now``: the previous one, from the
-    first business day of this month on, in the platform's calendar; before it, None."""
+    first business day of this month on, in the platform's calendar, for ``MONTHLY_DAYS``
+    (a daemon down that day still sends it; weeks later it does not, so a mail pruned by
+    ``state.keep_mails`` is never sent twice); otherwise None."""
     today = calendar.local_date(now)
     first = day = today.replace(day=1)
     while not calendar.is_business_day(day):
         day += timedelta(days=1)
-    if today < day:
+    if not day <= today < day + timedelta(days=MONTHLY_DAYS):
         return None
     return f"{first - timedelta(days=1):%Y-%m}"
 
