@@ -31,6 +31,7 @@ from outagewatch.core.availability import IncidentSpan, Ledger, Period
 from outagewatch.core.incidents import Origin
 from outagewatch.core.maintenance import WindowState
 from outagewatch.core.report import PlatformReport, Report, ServiceReport
+from outagewatch.core.rollup import BUCKET
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     from outagewatch.store import StateStore
     from outagewatch.topology import Topology
 
-BUCKET = 300.0  # seconds of a rollup
 SETTLED = 3600.0  # a day over for this long no longer changes: its figures are remembered
 SERIES_SETTLED = 600.0  # a bucket this old has all its runs (each reports within its timeout)
 CACHE_TTL = 600.0  # seconds what History remembers is trusted before it reads it again

@@ -57,13 +57,13 @@ class Report:
     platforms: tuple[PlatformReport, ...]
 
 
-def percent(value: float | None) -> str:
-    """99.95 %, never rounded up to 100 % while anything was lost; "-" with nothing seen."""
+def percent(value: float | None, digits: int = 3) -> str:
+    """99.950 %, never rounded up to 100 % while anything was lost; "-" with nothing seen."""
     if value is None:
         return "-"
-    shown = f"{value * 100:.3f}"
-    if value < 1 and shown == "100.000":
-        shown = "99.999"
+    shown = f"{value * 100:.{digits}f}"
+    if value < 1 and shown == f"{100:.{digits}f}":
+        shown = f"{100 - 10 ** -digits:.{digits}f}"
     return f"{shown} %"
 
 
@@ -168,8 +168,11 @@ def _summary(f: Figures, s: IncidentStats) -> list[str]:
             f"mean time to restore {_min(s.mttr_s)}")]
 
 
-def _min(seconds: float | None) -> str:
+def minutes_text(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+_min = minutes_text
 
 
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:

@@ -28,14 +28,12 @@ def render_page(page: Page) -> str:
 def render_report(report: Report, *, title: str) -> str:
     """The availability report as a page that prints cleanly (to PDF from a browser), with
     the status page's daily bars."""
-    from outagewatch.core.report import percent  # noqa: PLC0415 - the report's own wording
+    from outagewatch.core.report import minutes_text as mins  # noqa: PLC0415 - its wording
+    from outagewatch.core.report import percent  # noqa: PLC0415
     from outagewatch.statuspage.view import (  # noqa: PLC0415 - the page's charts
         MAX_BARS,
         daily_bars,
     )
-
-    def mins(seconds: float | None) -> str:
-        return "-" if seconds is None else f"{seconds / 60:.1f} min"
 
     def iso(ts: float) -> str:
         return f"{datetime.fromtimestamp(ts, UTC):%Y-%m-%d %H:%M}Z"

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 from markupsafe import Markup
 
+from outagewatch.core.report import percent
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
@@ -247,11 +249,7 @@ def _availability_text(days: Sequence[tuple[str, float | None]]) -> str:
 
 
 def _percent(ratio: float) -> str:
-    value = ratio * 100
-    text = f"{value:.2f}"
-    if text == "100.00" and ratio < 1:
-        text = "99.99"  # never round a loss away
-    return f"{text} %"
+    return percent(ratio, 2)  # never round a loss away
 
 
 def _seconds(value: float) -> str:
@@ -356,10 +354,8 @@ def _bars(shown: tuple[tuple[str, float | None], ...]) -> Markup:
             add(f'{opening}nd"><title>{_day_text(day)}: no data</title></rect>')
             continue
         cls = "ok" if availability >= 0.9995 else "dg" if availability >= 0.99 else "out"
-        text = f"{availability * 100:.2f}"
-        if text == "100.00" and availability < 1:
-            text = "99.99"  # never round a loss away
-        add(f'{opening}{cls}"><title>{_day_text(day)}: {text} %</title></rect>')
+        add(f'{opening}{cls}"><title>{_day_text(day)}: {percent(availability, 2)}'
+            '</title></rect>')
     count = len(shown)
     label = (f"Daily availability, last {count} days: {_availability_text(shown)}"
              if count else "Daily availability: no data")
