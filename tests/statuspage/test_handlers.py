@@ -72,10 +72,14 @@ async def test_with_a_read_token_the_internal_view_needs_it_the_public_one_does_
 
 async def test_the_feed_and_its_platform_filter():
     async with client(StatusPage(source(), title="S", public=False)) as http:
-        response = await http.get("/feed.atom")
+        response = await http.get("/feed.atom", headers={"Host": "evil.example"})
         assert response.headers["Content-Type"].startswith("application/atom+xml")
         feed = ET.fromstring(await response.read())
         assert 2 == len(feed.findall(f"{A}entry"))
+        links = [link.get("href") or "" for link in feed.iter(f"{A}link")]
+        assert links
+        assert not any("evil" in link for link in links)  # relative: never the Host header's
+        assert all(link.startswith("/") for link in links)
         feed = ET.fromstring(await (await http.get("/feed.atom?platform=p1")).read())
         assert ["Incident X-p1"] == [e.findtext(f"{A}title")
                                      for e in feed.findall(f"{A}entry")]

@@ -89,8 +89,10 @@ class StatusPage:
                               f"(known: {known})")
         now = self.source.now()
         entries = await self.source.mails(now - HISTORY_DAYS * DAY, platform)
+        # links relative to the feed's own address: a Host header (which anyone can send)
+        # never decides where a reader's links point
         body = render_feed(entries, title=self.title, now=now, platform=platform,
-                           base_url=f"{request.scheme}://{request.host}", public=self.public)
+                           base_url="", public=self.public)
         return web.Response(body=body, content_type="application/atom+xml", charset="utf-8",
                             headers=_HEADERS)
 
