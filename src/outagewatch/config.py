@@ -418,6 +418,8 @@ class MailLoopTarget(_TargetBase):
     """Submit a mail over SMTP and see it arrive over IMAP (issue 14)."""
 
     type: Literal["mailloop"]
+    impact: str = Field("mail is delayed or not delivered",
+                        description="user impact, quoted in incident mails")
     submit: LoopSubmit
     fetch: LoopFetch
     sender: Address = Field(alias="from", description="envelope and From: address")
