@@ -6,6 +6,7 @@ import os
 import ssl
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -14,7 +15,8 @@ import structlog
 import trustme
 from aiohttp import web
 from aiosmtpd.smtp import SMTP
-from tests.helpers.dovecot import Dovecot, dovecot_binary
+from tests.helpers.dovecot import Dovecot, dovecot_binary, lmtp_installed
+from tests.helpers.postfix import Postfix, postfix_binary
 from tests.helpers.postgres import postgres_for_tests
 from tests.helpers.relay import Relay
 from tests.helpers.smtpd import start_smtpd
@@ -206,3 +208,32 @@ async def _relay():
 # One private PostgreSQL server for the session (tests/helpers/postgres.py), for the store's
 # and the cluster's tests; under CI=true a missing PostgreSQL fails, never skips.
 postgres = pytest.fixture(scope="session", name="postgres")(postgres_for_tests)
+
+
+@dataclass
+class MailLoopServers:
+    """Postfix (submission and MTA) delivering to Dovecot over LMTP (tests/helpers/postfix)."""
+
+    dovecot: Dovecot
+    postfix: Postfix
+
+
+@pytest.fixture(scope="session", name="mailloop_servers")
+def _mailloop_servers(tls_files: dict[str, Path]):
+    missing = [what for what, there in (
+        ("dovecot-imapd", dovecot_binary() is not None), ("dovecot-lmtpd", lmtp_installed()),
+        ("postfix", postfix_binary() is not None)) if not there]
+    if missing:
+        message = f"the mail-loop tests need {', '.join(missing)} (apt-get install)"
+        if IN_CI:
+            pytest.fail(message + "; under CI=true this is a failure, not a skip")
+        pytest.skip(message)
+    dovecot = Dovecot.start(tls_files["cert"], tls_files["key"], lmtp=True)
+    try:
+        postfix = Postfix.start(dovecot.lmtp)
+    except BaseException:
+        dovecot.stop()
+        raise
+    yield MailLoopServers(dovecot, postfix)
+    postfix.stop()
+    dovecot.stop()

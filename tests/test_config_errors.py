@@ -93,7 +93,7 @@ WORDING = [
     ("path_type", BASE + "state: {path: 5}\n",
      "state.path: expected a file path, e.g. /var/lib/outagewatch/state.db; not 5"),
     ("union_tag_invalid", "platforms: {eu: {}}\ntargets: [{name: a, platform: eu, type: ftp}]\n",
-     "targets[a].type: must be one of http, imap, pop3, smtp; not 'ftp'"),
+     "targets[a].type: must be one of http, imap, mailloop, pop3, smtp; not 'ftp'"),
     ("extra_forbidden", BASE + "notfy: {}\n", "notfy: unknown key; did you mean notify?"),
     ("invalid YAML date", ("platforms: {eu: {calendar: {closures: [2026-13-01]}}}\n"
      f"targets: [{WEB}]\n"), "{file}: invalid YAML: month must be in 1..12"),

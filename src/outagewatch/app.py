@@ -30,6 +30,7 @@ from outagewatch.faults import Faults, supervise
 from outagewatch.history import History
 from outagewatch.looplag import LoopLag
 from outagewatch.metrics import (
+    LoopCounts,
     Metrics,
     TargetLabels,
     build_metrics,
@@ -79,7 +80,15 @@ def metrics_for(settings: Settings, registry: CollectorRegistry, ctx: ProbeConte
         buckets=buckets,
         threads_running=lambda: ctx.threads.running,
         threads_stuck=lambda: ctx.threads.stuck,
+        loops=lambda: loop_counts(ctx),
     )
+
+
+def loop_counts(ctx: ProbeContext) -> list[LoopCounts]:
+    """The mail-loop targets' late and lost counts and oldest pending mail, now."""
+    now = ctx.clock.now().timestamp()
+    return [LoopCounts(name, state.platform, state.late, state.lost,
+                       state.oldest_pending_age(now)) for name, state in ctx.loops.items()]
 
 
 async def open_store(path: Path, *, threaded: bool = True) -> SqliteStore:

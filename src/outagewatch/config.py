@@ -219,6 +219,12 @@ class RuleDefaults(_Model):
     threshold: Threshold = Field(timedelta(seconds=30), description="slower than this = BAD")
     window: Window = Field(timedelta(minutes=15), description="BAD for this long = OUTAGE")
     recover_after: int = Field(2, ge=1, description="consecutive GOOD samples that end an outage")
+    loop_threshold: Threshold = Field(
+        timedelta(minutes=5), description="mail-loop targets: a mail seen later than this "
+        "after its submission = BAD (delivery takes longer than a login)")
+    loop_timeout: Timeout = Field(
+        timedelta(minutes=6), description="mail-loop targets: a mail not seen this long after "
+        "its submission is lost")
 
 
 class EngineConfig(_Model):
@@ -375,8 +381,77 @@ class Pop3Target(_MailTarget):
     type: Literal["pop3"]
     username: str = Field(description="login name (required)")
 
+class LoopSubmit(_Tls, _Credentials):
+    """Where a mail-loop target's mail goes in: the SMTP probe's keys."""
+
+    host: str = Field(min_length=1, description="host name (also used to verify the certificate)")
+    port: Port | None = Field(None, description="default 25 / 587 / 465 by tls mode")
+    tls: TlsMode = Field("starttls", description="none | starttls | implicit")
+    ehlo_hostname: str = Field(
+        default_factory=socket.gethostname, description="name sent in EHLO"
+    )
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or _DEFAULT_PORTS["smtp"][self.tls]
+
+
+class LoopFetch(_Tls, _Credentials):
+    """Where a mail-loop target's mail must arrive: the IMAP probe's keys."""
+
+    type: Literal["imap"] = Field("imap", description="imap (POP3 is not supported yet)")
+    host: str = Field(min_length=1, description="host name (also used to verify the certificate)")
+    port: Port | None = Field(None, description="default 143 / 993 by tls mode")
+    tls: TlsMode = Field("starttls", description="none | starttls | implicit")
+    username: str = Field(description="login name (required)")
+    mailbox: str = Field("INBOX", min_length=1, description="where the mail must arrive; "
+                         "dedicated to this target: the probe deletes its own mails there")
+    junk: str | None = Field(None, min_length=1, description="a mail found in this folder "
+                             "instead is spam (BAD)")
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or _DEFAULT_PORTS[self.type][self.tls]
+
+
+class MailLoopTarget(_TargetBase):
+    """Submit a mail over SMTP and see it arrive over IMAP (issue 14)."""
+
+    type: Literal["mailloop"]
+    impact: str = Field("mail is delayed or not delivered",
+                        description="user impact, quoted in incident mails")
+    submit: LoopSubmit
+    fetch: LoopFetch
+    sender: Address = Field(alias="from", description="envelope and From: address")
+    to: Address = Field(description="the mailbox's address")
+    cleanup_after: Window = Field(
+        timedelta(hours=1), description="probe mails of earlier runs (ours by their header) "
+        "older than this are deleted from the mailbox")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _nested_secrets(cls, data: Any, handler: Any) -> Any:
+        """``submit`` and ``fetch`` have no name: they follow the target's, whether this
+        load resolves its secrets or not (see ``load_settings(only_targets=...)``)."""
+        needed = not isinstance(data, dict) or _secret_needed(data)
+        token = _ONLY_TARGETS.set(None if needed else frozenset())
+        try:
+            return handler(data)
+        finally:
+            _ONLY_TARGETS.reset(token)
+
+    @property
+    def host(self) -> str:
+        return self.submit.host
+
+    @property
+    def uses_tls(self) -> bool:
+        return False  # two connections, two TLS contexts: the probe asks for them itself
+
+
 Target = Annotated[
-    HttpTarget | SmtpTarget | ImapTarget | Pop3Target, Field(discriminator="type")
+    HttpTarget | SmtpTarget | ImapTarget | Pop3Target | MailLoopTarget,
+    Field(discriminator="type"),
 ]
 
 
@@ -803,10 +878,12 @@ class Settings(BaseSettings):
 
     def rule_for(self, target: Target) -> Rule:
         d = self.defaults
+        loop = isinstance(target, MailLoopTarget)
         return Rule(
             interval=(target.interval or d.interval).total_seconds(),
-            timeout=(target.timeout or d.timeout).total_seconds(),
-            threshold=(target.threshold or d.threshold).total_seconds(),
+            timeout=(target.timeout or (d.loop_timeout if loop else d.timeout)).total_seconds(),
+            threshold=(target.threshold or (d.loop_threshold if loop else d.threshold)
+                       ).total_seconds(),
             window=(target.window or d.window).total_seconds(),
             recover_after=target.recover_after or d.recover_after,
         )

@@ -8,12 +8,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from outagewatch import __version__
 from outagewatch.model import Result
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
+
+    from prometheus_client.metrics_core import Metric
 
     from outagewatch.core.report import Report
     from outagewatch.model import Phase, ProbeType, Sample
@@ -194,14 +198,56 @@ def _discard(metric: Gauge | Counter | Histogram, values: tuple[str, ...]) -> No
         metric.remove(*values)
 
 
+@dataclass(frozen=True, slots=True)
+class LoopCounts:
+    """A mail-loop target's own numbers, read at each scrape."""
+
+    target: str
+    platform: str
+    late: int
+    lost: int
+    oldest_pending_age: float
+
+
+class _LoopCollector(Collector):
+    """Late and lost mails and the age of the oldest pending one, per mail-loop target."""
+
+    def __init__(self, read: Callable[[], Iterable[LoopCounts]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        ns = NAMESPACE
+        late = CounterMetricFamily(
+            f"{ns}_mailloop_late", "Loop mails seen after their run had given up on them.",
+            labels=_LABELS)
+        lost = CounterMetricFamily(
+            f"{ns}_mailloop_lost", "Loop runs whose mail was not seen before the deadline.",
+            labels=_LABELS)
+        oldest = GaugeMetricFamily(
+            f"{ns}_mailloop_oldest_pending_age_seconds",
+            "Age of the oldest loop mail submitted and not seen yet (0: none).", labels=_LABELS)
+        for counts in self._read():
+            values = [counts.target, "mailloop", counts.platform]
+            late.add_metric(values, counts.late)
+            lost.add_metric(values, counts.lost)
+            oldest.add_metric(values, counts.oldest_pending_age)
+        yield from (late, lost, oldest)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
 def build_metrics(
     registry: CollectorRegistry,
     *,
     buckets: tuple[float, ...],
     threads_running: Callable[[], float] | None = None,
     threads_stuck: Callable[[], float] | None = None,
+    loops: Callable[[], Iterable[LoopCounts]] | None = None,
 ) -> Metrics:
     ns = NAMESPACE
+    if loops is not None:
+        registry.register(_LoopCollector(loops))
     info = Gauge(f"{ns}_build_info", "Build information (always 1).",
                  ("version", "python"), registry=registry)
     info.labels(__version__, platform.python_version()).set(1)

@@ -17,6 +17,7 @@ class ProbeType(enum.StrEnum):
     SMTP = "smtp"
     IMAP = "imap"
     POP3 = "pop3"
+    MAILLOOP = "mailloop"
 
 
 class Phase(enum.StrEnum):
@@ -34,6 +35,9 @@ class Phase(enum.StrEnum):
     LOGOUT = "logout"  # SMTP QUIT, IMAP LOGOUT, POP3 QUIT
     FIRST_BYTE = "first_byte"
     TRANSFER = "transfer"
+    SUBMIT = "submit"  # mail loop: SMTP MAIL, RCPT and DATA
+    DELIVERY = "delivery"  # mail loop: from submission until the mail is seen
+    CLEANUP = "cleanup"  # mail loop: deleting the probe's own mails
 
 
 class Result(enum.StrEnum):
@@ -48,6 +52,8 @@ class Result(enum.StrEnum):
     AUTH = "auth"
     STATUS = "status"
     BODY = "body"
+    LOST = "lost"  # mail loop: the mail was not seen before the deadline
+    SPAM = "spam"  # mail loop: the mail was found in the junk folder
 
 
 @dataclass(frozen=True, slots=True)

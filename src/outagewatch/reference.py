@@ -66,7 +66,7 @@ def _rows(model: type[BaseModel], prefix: str,
     for name, field in model.model_fields.items():
         if field.exclude or name in skip:
             continue
-        key = f"{prefix}{name}"
+        key = f"{prefix}{field.alias or name}"  # the key as written (`from`, not `sender`)
         nested = _model(field.annotation)
         if nested is not None and typing.get_origin(field.annotation) is not dict:
             rows += _rows(nested, f"{key}.")

@@ -81,6 +81,33 @@ service pop3-login {{
 """
 
 
+# With ``lmtp=True`` (Debian: dovecot-lmtpd): an LMTP listener an MTA delivers to. The user
+# part of ``probe+Junk@example.test`` names the user, the detail the folder it lands in.
+LMTP = """\
+protocols = $protocols lmtp
+auth_username_format = %Ln
+recipient_delimiter = +
+lmtp_save_to_detail_mailbox = yes
+namespace inbox {{
+  inbox = yes
+  mailbox Junk {{
+    auto = create
+    special_use = \\Junk
+  }}
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {lmtp}
+  }}
+}}
+"""
+
+
+def lmtp_installed() -> bool:
+    return Path("/usr/lib/dovecot/lmtp").exists()
+
+
 def dovecot_binary() -> str | None:
     return shutil.which("dovecot") or (
         "/usr/sbin/dovecot" if Path("/usr/sbin/dovecot").exists() else None
@@ -95,12 +122,13 @@ class Dovecot:
     pop3s: int
     workdir: Path
     process: subprocess.Popen[bytes]
+    lmtp: int = 0  # the LMTP port, when started with lmtp=True
 
     user: str = USER
     password: str = PASSWORD
 
     @classmethod
-    def start(cls, cert: Path, key: Path) -> Dovecot:
+    def start(cls, cert: Path, key: Path, *, lmtp: bool = False) -> Dovecot:
         binary = dovecot_binary()
         if binary is None:
             raise RuntimeError("dovecot is not installed (Debian: dovecot-imapd dovecot-pop3d)")
@@ -118,19 +146,20 @@ class Dovecot:
         users.chmod(0o640)
         for sub in ("run", "state"):
             (workdir / sub).mkdir()
-        ports = {name: free_port() for name in ("imap", "imaps", "pop3", "pop3s")}
+        names = ("imap", "imaps", "pop3", "pop3s", *(("lmtp",) if lmtp else ()))
+        ports = {name: free_port() for name in names}
         conf = workdir / "dovecot.conf"
-        conf.write_text(
-            CONFIG.format(d=workdir, cert=cert, key=key, uid=uid, gid=gid, tag=workdir.name,
-                          **ports)
-        )
+        text = CONFIG.format(d=workdir, cert=cert, key=key, uid=uid, gid=gid, tag=workdir.name,
+                             **ports)
+        conf.write_text(text + (LMTP.format(**ports) if lmtp else ""))
         process = subprocess.Popen(
             [binary, "-F", "-c", str(conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
         server = cls(imap=ports["imap"], imaps=ports["imaps"], pop3=ports["pop3"],
-                     pop3s=ports["pop3s"], workdir=workdir, process=process)
+                     pop3s=ports["pop3s"], workdir=workdir, process=process,
+                     lmtp=ports.get("lmtp", 0))
         server._wait_ready()
         return server
 

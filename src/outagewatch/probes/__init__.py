@@ -14,15 +14,23 @@ from typing import TYPE_CHECKING, assert_never
 import aiohttp
 import anyio
 
-from outagewatch.config import HttpTarget, ImapTarget, Pop3Target, SmtpTarget, Target
+from outagewatch.config import (
+    HttpTarget,
+    ImapTarget,
+    MailLoopTarget,
+    Pop3Target,
+    SmtpTarget,
+    Target,
+)
 from outagewatch.model import Phase, ProbeType, Result, Sample
-from outagewatch.probes import http, imap, pop3, smtp
+from outagewatch.probes import http, imap, mailloop, pop3, smtp
 from outagewatch.probes._common import PhaseTimer, ProbeFailure, classify, describe
 from outagewatch.probes._scrub import scrub, secret_forms
 from outagewatch.tls import RecordingContext, make_tls_context
 
 if TYPE_CHECKING:
     from outagewatch.clock import Clock
+    from outagewatch.config import _Tls
 
 __all__ = [
     "ProbeContext", "ProbeRun", "ThreadTracker", "new_http_session", "phases_of", "run_probe",
@@ -40,6 +48,8 @@ def phases_of(probe_type: ProbeType) -> tuple[Phase, ...]:
             return imap.PHASES
         case ProbeType.POP3:
             return pop3.PHASES
+        case ProbeType.MAILLOOP:
+            return mailloop.PHASES
         case _:
             assert_never(probe_type)
 
@@ -95,8 +105,11 @@ class ProbeContext:
     threads: ThreadTracker = field(default_factory=ThreadTracker)
     _tls: dict[str, tuple[object, RecordingContext]] = field(default_factory=dict)
     _pop3_workers: dict[str, anyio.CapacityLimiter] = field(default_factory=dict)
+    loops: dict[str, mailloop.LoopState] = field(default_factory=dict)
 
-    def tls_for(self, target: Target) -> RecordingContext:
+    def tls_for(
+        self, target: HttpTarget | SmtpTarget | ImapTarget | Pop3Target
+    ) -> RecordingContext:
         """The target's TLS context, built once and rebuilt only when its settings change."""
         key = (target.tls_verify, target.ca_file)
         cached = self._tls.get(target.name)
@@ -104,6 +117,28 @@ class ProbeContext:
             cached = (key, make_tls_context(verify=target.tls_verify, ca_file=target.ca_file))
             self._tls[target.name] = cached
         return cached[1]
+
+    def tls_part(self, name: str, part: str, settings: _Tls) -> RecordingContext | None:
+        """A TLS context of one connection of a target that makes two (a mail loop's
+        ``submit`` and ``fetch``); None when that connection has ``tls: none``."""
+        if getattr(settings, "tls", "none") == "none":
+            return None
+        key = (settings.tls_verify, settings.ca_file)
+        slot = f"{name}\0{part}"
+        cached = self._tls.get(slot)
+        if cached is None or cached[0] != key:
+            cached = (key, make_tls_context(verify=settings.tls_verify,
+                                            ca_file=settings.ca_file))
+            self._tls[slot] = cached
+        cached[1].reset()
+        return cached[1]
+
+    def loop_state(self, target: MailLoopTarget) -> mailloop.LoopState:
+        """A mail-loop target's memory across its runs."""
+        state = self.loops.get(target.name)
+        if state is None:
+            state = self.loops[target.name] = mailloop.LoopState(platform=target.platform)
+        return state
 
     def pop3_worker(self, name: str) -> anyio.CapacityLimiter:
         """The POP3 target's own worker token: its probe never waits behind another's."""
@@ -114,6 +149,9 @@ class ProbeContext:
 
     def forget(self, name: str) -> None:
         self._tls.pop(name, None)
+        for part in ("submit", "fetch"):
+            self._tls.pop(f"{name}\0{part}", None)
+        self.loops.pop(name, None)
         self._pop3_workers.pop(name, None)
 
 
@@ -135,7 +173,9 @@ async def run_probe(target: Target, ctx: ProbeContext, *, timeout: float) -> Sam
     """Probe ``target`` once within ``timeout`` seconds; return a Sample, never raise
     (except CancelledError when the caller cancels)."""
     timer = PhaseTimer()
-    tls = ctx.tls_for(target) if target.uses_tls else None
+    # a mail loop makes two connections and asks for their contexts itself (tls_part)
+    tls = (ctx.tls_for(target)
+           if not isinstance(target, MailLoopTarget) and target.uses_tls else None)
     if tls is not None:
         tls.reset()
     run = ProbeRun(ctx=ctx, timer=timer, tls=tls, timeout=timeout)
@@ -157,11 +197,13 @@ async def run_probe(target: Target, ctx: ProbeContext, *, timeout: float) -> Sam
             detail = exc.detail if isinstance(exc, ProbeFailure) else describe(exc)
     duration = ctx.clock.monotonic() - t0
     timer.finish()
-    secret = getattr(target, "password", None)
-    if secret is not None and detail:
-        # a server may echo the password, in any form its client sent it
-        forms = secret_forms(secret.get_secret_value(), username=getattr(target, "username", None))
-        detail = scrub(detail, forms)
+    for holder in _credentials_of(target):
+        secret = getattr(holder, "password", None)
+        if secret is not None and detail:
+            # a server may echo the password, in any form its client sent it
+            forms = secret_forms(secret.get_secret_value(),
+                                 username=getattr(holder, "username", None))
+            detail = scrub(detail, forms)
     return Sample(
         target=target.name,
         started_at=started_at,
@@ -174,6 +216,13 @@ async def run_probe(target: Target, ctx: ProbeContext, *, timeout: float) -> Sam
     )
 
 
+def _credentials_of(target: Target) -> tuple[object, ...]:
+    """What holds a target's passwords: itself, or a mail loop's two connections."""
+    if isinstance(target, MailLoopTarget):
+        return (target.submit, target.fetch)
+    return (target,)
+
+
 async def _dispatch(target: Target, run: ProbeRun) -> None:
     match target:
         case HttpTarget():
@@ -184,5 +233,7 @@ async def _dispatch(target: Target, run: ProbeRun) -> None:
             await imap.probe(target, run)
         case Pop3Target():
             await pop3.probe(target, run)
+        case MailLoopTarget():
+            await mailloop.probe(target, run)
         case _:
             assert_never(target)

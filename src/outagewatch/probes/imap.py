@@ -233,6 +233,16 @@ class ImapSession:
         response = await self._step(self._proto.select(mailbox))
         _expect_ok(response, f"SELECT {mailbox}")
 
+    async def reselect(self, mailbox: str) -> None:
+        """SELECT in the phase in progress (a probe going back and forth between folders)."""
+        response = await self._step(self._proto.select(mailbox))
+        _expect_ok(response, f"SELECT {mailbox}")
+
+    async def noop(self) -> None:
+        """NOOP, in the phase in progress: the server reports mail that arrived meanwhile."""
+        response = await self._step(self._proto.simple_command("NOOP"))
+        _expect_ok(response, "NOOP")
+
     async def uid_search(self, criteria: str) -> list[int]:
         """The UIDs matching ``criteria``, RFC 3501 search keys in US-ASCII (quoted by the
         caller), e.g. ``HEADER Message-ID "<id@host>"``."""

@@ -1,0 +1,223 @@
+"""Mail-loop probe: submit a mail over SMTP, then see it arrive over IMAP (issue 14).
+
+Composed of the SMTP probe's ``SmtpSession`` and the IMAP probe's ``ImapSession``: the SMTP
+steps (then ``submit``: MAIL, RCPT, DATA), the IMAP steps up to SELECT, then ``delivery``:
+polling the mailbox (and the junk folder, when configured) with a short backoff until the
+mail is seen or the run's delivery deadline passes, then ``cleanup`` and LOGOUT. A phase
+both sessions have (dns, connect, tls, greeting, starttls, login, logout) adds their times.
+
+Each run's mail carries a unique token in ``X-Outagewatch-Probe`` and in its subject; the
+token also says when it was made (``ow1.<unix seconds>.<random>``). The probe deletes only
+mails whose header is such a token: its own, those of earlier runs that arrived after their
+run gave up (counted as late), and leftovers older than ``cleanup_after``; never another
+mail. A run that does not see its mail in time is ``lost``; one that finds it in the junk
+folder is ``spam``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import TYPE_CHECKING
+
+from outagewatch.model import Phase, Result
+from outagewatch.probes import imap, smtp
+from outagewatch.probes._common import ProbeFailure
+
+if TYPE_CHECKING:
+    from outagewatch.config import MailLoopTarget
+    from outagewatch.probes import ProbeRun
+    from outagewatch.probes.imap import ImapSession
+
+PHASES: tuple[Phase, ...] = (
+    Phase.DNS, Phase.CONNECT, Phase.TLS, Phase.GREETING, Phase.EHLO, Phase.STARTTLS,
+    Phase.LOGIN, Phase.SUBMIT, Phase.SELECT, Phase.DELIVERY, Phase.CLEANUP, Phase.LOGOUT,
+)
+
+HEADER = "X-Outagewatch-Probe"
+_TOKEN = re.compile(r"^ow1\.(\d{1,12})\.([0-9a-f]{16})$")
+FIRST_POLL = 0.05  # seconds before the first look again; doubles up to POLL_MAX
+POLL_MAX = 1.0
+# Of the run's deadline, kept back from the wait for delivery for cleanup and LOGOUT.
+CLEANUP_SHARE, CLEANUP_MAX = 0.1, 5.0
+
+
+def new_token(now: float) -> str:
+    return f"ow1.{int(now)}.{secrets.token_hex(8)}"
+
+
+def token_time(token: str) -> float | None:
+    """When a token was made (Unix seconds), None when it is no token of ours."""
+    match = _TOKEN.match(token.strip())
+    return float(match.group(1)) if match else None
+
+
+@dataclass
+class LoopState:
+    """A loop target's memory across runs: mails submitted and not yet seen, and counts."""
+
+    platform: str = ""
+    pending: dict[str, float] = field(default_factory=dict)  # token -> submitted, Unix s
+    late: int = 0
+    lost: int = 0
+    header_search: bool = True  # False once the server refused SEARCH HEADER
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def oldest_pending_age(self, now: float) -> float:
+        with self._lock:
+            return max((now - t for t in self.pending.values()), default=0.0)
+
+    def add_pending(self, token: str, submitted: float) -> None:
+        with self._lock:
+            self.pending[token] = submitted
+
+    def seen(self, token: str) -> bool:
+        """Forget a pending token; True when it was pending (its mail is late)."""
+        with self._lock:
+            was = self.pending.pop(token, None) is not None
+            if was:
+                self.late += 1
+            return was
+
+    def expire(self, older_than: float) -> None:
+        """Forget mails submitted before ``older_than`` (counted as lost already)."""
+        with self._lock:
+            self.pending = {t: at for t, at in self.pending.items() if at >= older_than}
+
+
+def build_message(target: MailLoopTarget, token: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = target.sender
+    message["To"] = target.to
+    message["Subject"] = f"outagewatch mail loop {token}"
+    message["Date"] = email.utils.formatdate(localtime=False)
+    domain = target.sender.rpartition("@")[2]
+    message["Message-ID"] = email.utils.make_msgid(idstring=token, domain=domain)
+    message[HEADER] = token
+    message["Auto-Submitted"] = "auto-generated"  # RFC 3834: autoresponders stay quiet
+    message.set_content("A test mail of outagewatch's mail-loop probe; it deletes it.\n")
+    return message
+
+
+async def _submit(target: MailLoopTarget, run: ProbeRun, message: EmailMessage) -> None:
+    submit = target.submit
+    session = await smtp.open_session(
+        submit.host, submit.effective_port, submit.tls, ehlo_hostname=submit.ehlo_hostname,
+        timer=run.timer, tls=run.ctx.tls_part(target.name, "submit", submit),
+    )
+    try:
+        await session.ehlo_and_starttls()
+        if submit.username:
+            await session.login(submit.username, submit.secret() or "")
+        run.timer.enter(Phase.SUBMIT)
+        await session.send(message, sender=target.sender, recipients=[target.to])
+        await session.quit()
+    finally:
+        session.abort()
+
+
+async def _search(session: ImapSession, state: LoopState, token: str) -> list[int]:
+    if state.header_search:
+        try:
+            return await session.uid_search(f'HEADER {HEADER} "{token}"')
+        except ProbeFailure:
+            state.header_search = False  # the server cannot search headers: the subject
+    return await session.uid_search(f'SUBJECT "{token}"')
+
+
+async def _wait_for(
+    session: ImapSession, target: MailLoopTarget, state: LoopState, token: str, until: float,
+) -> tuple[str, list[int]]:
+    """Poll the mailbox (and the junk folder) until the mail is there: (folder, UIDs)."""
+    fetch = target.fetch
+    delay = FIRST_POLL
+    while True:
+        uids = await _search(session, state, token)
+        if uids:
+            return fetch.mailbox, uids
+        if fetch.junk is not None:
+            await session.reselect(fetch.junk)
+            uids = await _search(session, state, token)
+            if uids:
+                return fetch.junk, uids
+            await session.reselect(fetch.mailbox)
+        if time.monotonic() + delay > until:
+            raise ProbeFailure(Result.LOST, f"the mail ({token}) did not arrive in "
+                               f"{fetch.mailbox} within the deadline", phase=Phase.DELIVERY)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, POLL_MAX)
+        await session.noop()
+
+
+async def _delete(session: ImapSession, uids: list[int]) -> None:
+    if uids:
+        await session.uid_store_deleted(uids)
+        await session.expunge()
+
+
+async def _sweep(
+    session: ImapSession, target: MailLoopTarget, state: LoopState, now: float,
+) -> None:
+    """Delete, in the selected folder, the mails carrying a token of ours that arrived late
+    or are older than ``cleanup_after``; nothing else."""
+    uids = await session.uid_search(f'HEADER {HEADER} ""') if state.header_search else []
+    doomed = []
+    for uid in uids:
+        value = await session.uid_fetch_header(uid, HEADER)
+        made = token_time(value) if value is not None else None
+        if made is None or value is None:
+            continue  # not our header: never touched
+        token = value.strip()
+        if state.seen(token) or now - made > target.cleanup_after.total_seconds():
+            doomed.append(uid)
+    await _delete(session, doomed)
+
+
+async def probe(target: MailLoopTarget, run: ProbeRun) -> None:
+    state = run.ctx.loop_state(target)
+    started = time.monotonic()
+    until = started + run.timeout - min(CLEANUP_MAX, run.timeout * CLEANUP_SHARE)
+    token = new_token(run.ctx.clock.now().timestamp())
+    await _submit(target, run, build_message(target, token))
+    submitted_at = run.ctx.clock.now().timestamp()
+    state.add_pending(token, submitted_at)  # until it is seen: late, if seen after this run
+    fetch = target.fetch
+    session = await imap.ImapSession.connect(
+        fetch.host, fetch.effective_port, fetch.tls, timer=run.timer,
+        tls=run.ctx.tls_part(target.name, "fetch", fetch),
+    )
+    try:
+        await session.login(fetch.username, fetch.secret() or "")
+        await session.select(fetch.mailbox)
+        run.timer.enter(Phase.DELIVERY)
+        try:
+            found_in, uids = await _wait_for(session, target, state, token, until)
+        except ProbeFailure as exc:
+            if exc.result is Result.LOST:
+                state.lost += 1
+            raise
+        with state._lock:  # noqa: SLF001 - seen in time: neither pending nor late
+            state.pending.pop(token, None)
+        run.timer.enter(Phase.CLEANUP)
+        await _delete(session, uids)
+        now = run.ctx.clock.now().timestamp()
+        state.expire(now - target.cleanup_after.total_seconds())
+        selected = found_in
+        for name in (fetch.mailbox, fetch.junk):
+            if name is not None:
+                if name != selected:
+                    await session.reselect(name)
+                    selected = name
+                await _sweep(session, target, state, now)
+        await session.logout()
+        if found_in != fetch.mailbox:
+            raise ProbeFailure(Result.SPAM, f"the mail arrived in {found_in}, not in "
+                               f"{fetch.mailbox}", phase=Phase.DELIVERY)
+    finally:
+        await session.close()
