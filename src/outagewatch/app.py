@@ -179,7 +179,7 @@ def outbox_of(settings: Settings, *, state: State, store: StateStore, clock: Clo
 
     def written(changes: Changes) -> None:
         queue.written(changes.envelopes, changes.deliveries.values())
-        if changes.envelopes:
+        if changes.envelopes or changes.deliveries:  # new letters; a record that held one
             drainer.poke()
         drainer.update_gauges()
 

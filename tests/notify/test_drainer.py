@@ -4,20 +4,26 @@ threading headers, retries, refusals, and a drainer that nothing stops."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from email import message_from_bytes
 
 import pytest
 from aiosmtpd.smtp import SMTP
+from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 from tests.helpers.engine import EngineHarness
 from tests.helpers.fakeclock import FakeClock
 from tests.helpers.ports import free_port
 from tests.helpers.smtpd import PASSWORD, USER, start_smtpd
 
+from outagewatch.app import channels_of, outbox_of
 from outagewatch.config import Settings
 from outagewatch.core.render import Message, Thread, ThreadKind
+from outagewatch.faults import Faults
+from outagewatch.metrics import build_metrics
 from outagewatch.notify import SmtpChannel
 from outagewatch.store import Changes, Envelope, EnvelopeKey
+from outagewatch.store.sqlite import SqliteStore
 
 ONCALL = "oncall@example.com"
 
@@ -225,6 +231,49 @@ class TestDrainer:
             assert [(ONCALL, 0, "sent")] == states(await h.store.thread("incident:EU-1"))
             assert not sending.done()  # QUIT still unanswered
             assert 1 == await sending
+
+    async def test_a_leader_sends_nothing_more_while_its_last_delivery_is_off_record(
+            self, tmp_path, relay):
+        """Cluster: a leader cut from its database may send one mail whose record it cannot
+        write (the next leader sends it again), never the next ones of its lease. Here the
+        store's write lock is held by another connection once the mails are queued."""
+        clock = FakeClock()
+        config = settings(tmp_path, relay.port)
+        metrics = build_metrics(CollectorRegistry(), buckets=(1.0,))
+        store = await SqliteStore.open(config.state.path, busy_timeout=0.05)
+        state = await store.load(recent=1)
+        channels = channels_of(config.notify, installation=state.installation)
+        _, writer, drainer = outbox_of(
+            config, state=state, store=store, clock=clock, metrics=metrics,
+            faults=Faults(metrics, clock), authority=lambda: 60.0, undurable=False,
+            channels=channels)
+        writing = asyncio.create_task(writer.run())
+        holder = sqlite3.connect(config.state.path, isolation_level=None)
+        try:
+            now = clock.now().timestamp()
+            channel = channels["smtp"]
+            writer.submit(Changes(envelopes=[
+                Envelope(EnvelopeKey("smtp", m.thread.key, lane, m.number), m.kind, payload,
+                         now)
+                for m in (message("EU-1", 0), message("EU-2", 0))
+                for lane, payload in channel.payloads(m, created=now).items()]))
+            await writer.flush()
+            holder.execute("BEGIN EXCLUSIVE")
+            assert 1 == await drainer.send_due()
+            assert 0 == await drainer.send_due(), "nothing more before the record is written"
+            assert 1 == len(relay.received)
+            holder.execute("ROLLBACK")
+            await clock.advance(1.0)  # the writer's backoff
+            await writer.flush()
+            assert 1 == await drainer.send_due()
+            await writer.flush()
+            sent = [(await store.thread(f"incident:{i}"))[0].status for i in ("EU-1", "EU-2")]
+            assert ["sent", "sent"] == sent
+        finally:
+            holder.close()
+            writing.cancel()
+            await asyncio.gather(writing, return_exceptions=True)
+            await store.close()
 
     async def test_a_crashing_channel_does_not_stop_the_drainer(self, tmp_path, relay):
         """Issue 10.1: whatever a channel throws, the mail is kept (deferred, logged with

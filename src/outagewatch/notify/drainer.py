@@ -14,7 +14,10 @@ In a cluster only the leader drains, and only within its lease (``authority``: t
 it may still act): an attempt starts only with ``MIN_AUTHORITY`` left and is cut off before
 the lease ends, so the next leader, which takes over only after the lease, never sends
 alongside it; and only letters already durable are sent (``undurable=False``), so a new
-leader knows every mail the old one could have sent.
+leader knows every mail the old one could have sent. There, too, an attempt starts only once
+the last delivery is on record (``_blocked``): a leader cut from its database sends at most
+the one mail whose record it could not write, which the next leader sends again (same
+Message-ID), never a lease's worth of them.
 """
 
 from __future__ import annotations
@@ -102,7 +105,8 @@ class Drainer:
             if self._stopping:
                 await asyncio.Event().wait()  # parked until cancelled
             await self.send_due()
-            upcoming = self._queue.next_attempt(undurable=self._undurable())
+            upcoming = (None if self._blocked()  # poked when the record is written
+                        else self._queue.next_attempt(undurable=self._undurable()))
             now = self._clock.now().timestamp()
             nap = IDLE_NAP if upcoming is None else min(IDLE_NAP, max(0.0, upcoming - now))
             waiter = asyncio.ensure_future(self._wake.wait())
@@ -119,6 +123,10 @@ class Drainer:
         never in a cluster."""
         return self._may_send_undurable and self._writer.failing is not None
 
+    def _blocked(self) -> bool:
+        """In a cluster: a delivery not yet on record holds back the next attempt."""
+        return not self._may_send_undurable and self._queue.sent_unrecorded()
+
     async def send_due(self) -> int:
         """Try every letter that is due now; return how many were delivered."""
         sent = 0
@@ -129,7 +137,7 @@ class Drainer:
                 break
             progress = False
             for letter in due:
-                if self._stopping or self._authority() < MIN_AUTHORITY:
+                if self._stopping or self._authority() < MIN_AUTHORITY or self._blocked():
                     break
                 if await self._attempt(letter):
                     sent += 1

@@ -171,5 +171,10 @@ class Queue:
                          if not (letter.durable and letter.recorded))
         return len(pending), 0.0 if oldest is None else max(0.0, now - oldest), unrecorded
 
+    def sent_unrecorded(self) -> bool:
+        """Is a delivery made and not yet in the store?"""
+        return any(letter.status == "sent" and not letter.recorded
+                   for letter in self._letters.values())
+
     def failed(self) -> list[Letter]:
         return [letter for letter in self._letters.values() if letter.status == "failed"]
