@@ -12,10 +12,11 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from outagewatch.core.render import Message, Thread, ThreadKind
+from outagewatch.model import iso_utc
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -71,10 +72,6 @@ def minutes(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds / 60, 2)
 
 
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else f"{datetime.fromtimestamp(ts, UTC):%Y-%m-%dT%H:%M:%SZ}"
-
-
 def _figures_json(f: Figures) -> dict[str, Any]:
     return {"availability": f.availability, "unplanned_min": minutes(f.unplanned_s),
             "planned_min": minutes(f.planned_s), "maintenance_min": minutes(f.maintenance_s),
@@ -89,19 +86,19 @@ def _stats_json(s: IncidentStats) -> dict[str, Any]:
 
 
 def _incident_json(span: IncidentSpan) -> dict[str, Any]:
-    return {"id": span.id, "severity": span.severity, "start": _iso(span.start),
-            "end": _iso(span.end),
+    return {"id": span.id, "severity": span.severity, "start": iso_utc(span.start),
+            "end": iso_utc(span.end),
             "duration_min": None if span.end is None else minutes(span.end - span.start),
             "services": list(span.services), "ticket": span.ticket, "origin": span.origin}
 
 
 def report_json(report: Report) -> dict[str, Any]:
     return {
-        "period": report.label, "start": _iso(report.start), "end": _iso(report.end),
-        "generated_at": _iso(report.generated_at),
+        "period": report.label, "start": iso_utc(report.start), "end": iso_utc(report.end),
+        "generated_at": iso_utc(report.generated_at),
         "platforms": [{
-            "platform": p.name, "timezone": p.zone, "start": _iso(p.start),
-            "end": _iso(p.end), **_figures_json(p.figures),
+            "platform": p.name, "timezone": p.zone, "start": iso_utc(p.start),
+            "end": iso_utc(p.end), **_figures_json(p.figures),
             **_stats_json(p.stats),
             "daily": [{"day": day, "availability": value} for day, value in p.daily],
             "services": [{"service": s.name, **_figures_json(s.figures), **_stats_json(s.stats)}
@@ -137,22 +134,22 @@ def report_csv(report: Report) -> str:
 
 
 def report_text(report: Report) -> str:
-    span = f"{_iso(report.start)} to {_iso(report.end)}"
-    head = f"Availability report {report.label} ({span}, generated {_iso(report.generated_at)})"
+    span = f"{iso_utc(report.start)} to {iso_utc(report.end)}"
+    head = f"Availability report {report.label} ({span}, generated {iso_utc(report.generated_at)})"
     lines = [head]
     for p in report.platforms:
         lines += ["", f"Platform {p.name} ({p.zone}): {percent(p.figures.availability)}",
                   *_summary(p.figures, p.stats), ""]
         lines.append(_table(
-            [[s.name, percent(s.figures.availability), _min(s.figures.unplanned_s),
-              _min(s.figures.planned_s), _min(s.figures.maintenance_s),
-              _min(s.figures.blind_s), str(s.stats.count)] for s in p.services],
+            [[s.name, percent(s.figures.availability), minutes_text(s.figures.unplanned_s),
+              minutes_text(s.figures.planned_s), minutes_text(s.figures.maintenance_s),
+              minutes_text(s.figures.blind_s), str(s.stats.count)] for s in p.services],
             ["SERVICE", "AVAILABILITY", "OUTAGE", "PLANNED", "MAINTENANCE", "BLIND",
              "INCIDENTS"]))
         if p.stats.incidents:
-            lines += ["", _table([[i.id, str(i.severity), _iso(i.start) or "-",
-                                   _iso(i.end) or "open",
-                                   _min(None if i.end is None else i.end - i.start),
+            lines += ["", _table([[i.id, str(i.severity), iso_utc(i.start) or "-",
+                                   iso_utc(i.end) or "open",
+                                   minutes_text(None if i.end is None else i.end - i.start),
                                    i.ticket or "-", ", ".join(i.services)]
                                   for i in p.stats.incidents],
                                  ["INCIDENT", "SEV", "START", "END", "DURATION", "TICKET",
@@ -162,17 +159,15 @@ def report_text(report: Report) -> str:
 
 def _summary(f: Figures, s: IncidentStats) -> list[str]:
     by = ", ".join(f"Sev {level}: {s.by_severity.get(level, 0)}" for level in (1, 2, 3))
-    return [(f"  outage (unplanned) {_min(f.unplanned_s)}, planned outage {_min(f.planned_s)}, "
-            f"maintenance {_min(f.maintenance_s)}, blind {_min(f.blind_s)}"),
-            (f"  incidents {s.count} ({by}); longest {_min(s.longest_s)}, "
-            f"mean time to restore {_min(s.mttr_s)}")]
+    return [(f"  outage (unplanned) {minutes_text(f.unplanned_s)}, "
+             f"planned outage {minutes_text(f.planned_s)}, "
+             f"maintenance {minutes_text(f.maintenance_s)}, blind {minutes_text(f.blind_s)}"),
+            (f"  incidents {s.count} ({by}); longest {minutes_text(s.longest_s)}, "
+            f"mean time to restore {minutes_text(s.mttr_s)}")]
 
 
 def minutes_text(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds / 60:.1f} min"
-
-
-_min = minutes_text
 
 
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:

@@ -5,10 +5,11 @@ details, and subjects may carry tickets."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 from xml.etree import ElementTree as ET
+
+from outagewatch.model import iso_utc
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -19,10 +20,6 @@ ATOM = "http://www.w3.org/2005/Atom"
 MAX_ENTRIES = 200
 # characters XML 1.0 cannot carry at all (a mail body could hold them)
 _NOT_XML = dict.fromkeys([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0xFFFE, 0xFFFF])
-
-
-def _rfc3339(ts: float) -> str:
-    return f"{datetime.fromtimestamp(ts, UTC):%Y-%m-%dT%H:%M:%SZ}"
 
 
 def _clean(text: str) -> str:
@@ -63,7 +60,7 @@ def render_feed(entries: Sequence[FeedEntry], *, title: str, now: float, base_ur
     sub(feed, "title", f"{title}: incidents and maintenance{suffix}")
     sub(feed, "id", "urn:outagewatch:feed" + (f":{quote(platform, safe='')}" if platform
                                               else ""))
-    sub(feed, "updated", _rfc3339(newest[0].created if newest else now))
+    sub(feed, "updated", iso_utc(newest[0].created if newest else now))
     query = f"?platform={quote(platform, safe='')}" if platform else ""
     sub(feed, "link", rel="self", type="application/atom+xml",
         href=f"{base_url}/feed.atom{query}")
@@ -75,8 +72,8 @@ def render_feed(entries: Sequence[FeedEntry], *, title: str, now: float, base_ur
         entry = sub(feed, "entry")
         sub(entry, "title", _public_title(item) if public else item.subject)
         sub(entry, "id", entry_id(item))
-        sub(entry, "updated", _rfc3339(item.created))
-        sub(entry, "published", _rfc3339(item.created))
+        sub(entry, "updated", iso_utc(item.created))
+        sub(entry, "published", iso_utc(item.created))
         kind, _, ident = item.thread.partition(":")
         anchor = "maintenance" if kind == "maintenance" else "incident"
         sub(entry, "link", rel="alternate", type="text/html",

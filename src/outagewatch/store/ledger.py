@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+from outagewatch.core import availability
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
@@ -27,16 +29,9 @@ def union(targets: Sequence[str], rows: Iterable[tuple[str, float, float]], star
           end: float) -> dict[str, list[Interval]]:
     """Per target, the union of its intervals (every location's), clipped to [start, end)."""
     found: dict[str, list[Interval]] = {name: [] for name in targets}
-    for target, first, last in sorted(rows, key=lambda r: (r[0], r[1])):
-        since, until = max(first, start), min(last, end)
-        if since >= until:
-            continue
-        merged = found.setdefault(target, [])
-        if merged and since <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], until))
-        else:
-            merged.append((since, until))
-    return found
+    for target, first, last in rows:
+        found.setdefault(target, []).append((max(first, start), min(last, end)))
+    return {target: availability.union(spans) for target, spans in found.items()}
 
 
 def incidents_between(found: Iterable[Incident], start: float, end: float,
