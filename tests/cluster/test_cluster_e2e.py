@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import sys
 from dataclasses import dataclass
@@ -359,3 +360,40 @@ async def test_an_incident_opened_by_hand_through_a_follower_outlives_its_leader
     assert relay.kinds() == ["OPEN", "RESOLVED"]
     assert all("OX-1" in str(m["Subject"]) for _, m in relay.mails)
     assert relay.mails[1][1]["References"].split()[0] == relay.mails[0][1]["Message-ID"]
+
+
+def service_state(page: str, name: str) -> str:
+    """The state the page gives a service (its row's state cell)."""
+    match = re.search(rf'{re.escape(name)}.*?class="state st-[a-z]+"[^>]*>([^<]+)<', page,
+                      re.DOTALL)
+    assert match, f"no row for {name}"
+    return match.group(1).strip()
+
+
+async def test_the_status_page_on_any_node_shows_the_clusters_view(cluster, relay, db):
+    """The leader serves the page from the locations' consensus and a follower forwards it:
+    one location failing is degraded, not an outage; the quorum's outage and its incident
+    show on every node, and in the feed."""
+    a = cluster[0]
+    await asyncio.sleep(1.0)
+    a.web.mode = Fault("stall")
+    await wait(lambda: a.process.has_event("outage_seen"), 10, "a sees the outage")
+    follower = next(n for n in cluster if not n.leads())
+    states = []
+    for _ in range(40):
+        status, page = await follower.process.get("/")
+        assert 200 == status, page
+        states.append(service_state(page, "webmail-eu"))
+        if states[-1] == "Degraded performance":
+            break
+        await asyncio.sleep(0.1)
+    assert "Degraded performance" == states[-1], states
+    await incident_open(cluster, relay, db)
+    (incident,) = {str(m["Subject"]).split()[1] for _, m in relay.mails}
+    for node in cluster:
+        status, page = await node.process.get("/")
+        assert (200, "Major outage") == (status, service_state(page, "webmail-eu")), node.name
+        assert incident in page
+    status, feed = await follower.process.get("/feed.atom")
+    assert 200 == status
+    assert incident in feed

@@ -46,6 +46,7 @@ from outagewatch.app import (
 )
 from outagewatch.cluster.consensus import Consensus
 from outagewatch.cluster.leadership import Leadership, Seat, SeatTaken
+from outagewatch.cluster.page import at_the_leader, page_of
 from outagewatch.config import ClusterConfig
 from outagewatch.core import maintenance as windows_rules
 from outagewatch.core import quorum
@@ -60,6 +61,7 @@ from outagewatch.model import iso_utc
 from outagewatch.probes import ProbeContext, new_http_session, run_probe
 from outagewatch.recorder import SampleRecorder
 from outagewatch.scheduler import MAX_NAP, Scheduler
+from outagewatch.statuspage.live import DaemonStatusSource
 from outagewatch.store import StoreError
 from outagewatch.store.postgres import PostgresStore
 from outagewatch.topology import build_topology
@@ -74,6 +76,7 @@ if TYPE_CHECKING:
     from outagewatch.model import Rule, Sample
     from outagewatch.notify import Drainer
     from outagewatch.notify.queue import Queue
+    from outagewatch.statuspage.source import StatusSource
 
 log = structlog.get_logger("outagewatch.cluster")
 
@@ -138,6 +141,8 @@ class ClusterDaemon(Daemon):
         self._node_faults: Faults | None = None
         self._engine: Engine | None = None
         self._node_writer: Writer | None = None
+        self._page_routes: list[web.RouteDef] = []
+        self._page_source: StatusSource | None = None
         self._scheduler: Scheduler | None = None
         self._metrics: Metrics | None = None
         self._fatal: BaseException | None = None
@@ -286,6 +291,12 @@ class ClusterDaemon(Daemon):
                                     faults=faults, stalls=looplag)
         server = settings.server
         self._history = History(store, lambda: engine.topology)
+        page = page_of(settings, engine=engine, store=store, clock=clock,
+                       history=self._history, term=lambda: self.term)
+        self._page_routes = [] if page is None else at_the_leader(
+            page, leading=lambda: self.term is not None,
+            forward=lambda request: self._forward(session, request))
+        self._page_source = page.source if page is not None else None
         api = Api(engine=engine, leading=lambda: self.term.leading() if self.term else None,
                   store=store, last=recorder.last, clock=clock,
                   token=server.token.get_secret_value() if server.token else None,
@@ -300,7 +311,8 @@ class ClusterDaemon(Daemon):
     async def _listen(self, api: Api) -> WebServer:
         server = self.settings.server
         web_server = WebServer(build_app(registry=self.registry, readiness=self.readiness,
-                                         faults=self.faults, routes=api.routes()))
+                                         faults=self.faults,
+                                         routes=[*api.routes(), *self._page_routes]))
         try:
             await web_server.start(server.host, server.port)
         except OSError as exc:
@@ -328,6 +340,8 @@ class ClusterDaemon(Daemon):
         assert self._metrics is not None
         topology = build_topology(settings, today=self.clock.now().date())
         self._engine.configure(topology)
+        if isinstance(self._page_source, DaemonStatusSource):
+            self._page_source.configure(settings.targets)
         mine = self._mine(settings)
         wanted = {t.name for t in mine}
         for name in self._scheduler.targets():

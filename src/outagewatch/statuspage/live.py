@@ -4,7 +4,7 @@ availability from the history (``history.py``: the rollups and ``core/availabili
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from outagewatch.core.evaluator import Health
 from outagewatch.core.maintenance import WindowState
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from outagewatch.config import Target
     from outagewatch.core.incidents import Incident
     from outagewatch.core.maintenance import Window
-    from outagewatch.engine import Engine, Maintenance
+    from outagewatch.engine import Engine
     from outagewatch.history import History
     from outagewatch.model import Sample
     from outagewatch.store import StateStore, StoredMessage
@@ -38,12 +38,28 @@ _TIMELINE_KINDS: dict[str, TimelineKind] = {"open": "open", "update": "update",
                                              "resolved": "resolved"}
 
 
-class DaemonStatusSource:
-    """A ``StatusSource`` on the engine, the maintenance unit and the state store."""
+class WindowBook(Protocol):
+    """The maintenance windows as the page reads them: one daemon's maintenance unit, or a
+    cluster leader's."""
 
-    def __init__(self, *, engine: Engine, maintenance: Maintenance, store: StateStore,
+    def covered(self, name: str, now: float) -> bool: ...
+    def windows(self) -> Sequence[Window]: ...
+
+
+class Judge(Protocol):
+    """A service's state on the page, apart from maintenance."""
+
+    def __call__(self, name: str, now: float, *, probed: bool) -> ServiceStateName: ...
+
+
+class DaemonStatusSource:
+    """A ``StatusSource`` on the engine, the maintenance unit and the state store. A cluster
+    leader gives its own ``judge`` (the locations' consensus) and ``last`` (the newest
+    sample of any location)."""
+
+    def __init__(self, *, engine: Engine, maintenance: WindowBook, store: StateStore,
                  clock: Clock, targets: Sequence[Target], last: Mapping[str, Sample],
-                 history: History) -> None:
+                 history: History, judge: Judge | None = None) -> None:
         self._engine = engine
         self._history = history
         self._maintenance = maintenance
@@ -51,6 +67,7 @@ class DaemonStatusSource:
         self._clock = clock
         self._targets = tuple(targets)
         self._last = last
+        self._judge: Judge = judge or self._verdict
 
     def configure(self, targets: Sequence[Target]) -> None:
         """A (re)loaded configuration's targets."""
@@ -81,9 +98,13 @@ class DaemonStatusSource:
         return out
 
     def _state(self, name: str, now: float, *, probed: bool) -> ServiceStateName:
-        verdict = self._engine.verdict(name)
         if self._maintenance.covered(name, now):
             return "maintenance"
+        return self._judge(name, now, probed=probed)
+
+    def _verdict(self, name: str, now: float, *, probed: bool) -> ServiceStateName:  # noqa: ARG002
+        """One daemon: its engine's verdict."""
+        verdict = self._engine.verdict(name)
         if verdict.health is Health.OUTAGE:
             return "outage"
         if self._engine.is_bad(name):
