@@ -240,3 +240,70 @@ async def test_metrics_late_lost_and_oldest_pending(mailloop_servers, probe_ctx)
     assert 1 == registry.get_sample_value("outagewatch_mailloop_late_total", labels)
     assert 0 == registry.get_sample_value("outagewatch_mailloop_oldest_pending_age_seconds",
                                           labels)
+
+
+def pop3_loop(servers, **fields):
+    """A loop target that fetches over POP3 (plain), from the same mailbox."""
+    fetch = {"type": "pop3", "port": servers.dovecot.pop3, **fields.pop("fetch", {})}
+    return loop_target(servers, fetch=fetch, **fields)
+
+
+class TestPop3Loop:
+    async def test_a_normal_loop(self, mailloop_servers, probe_ctx):
+        """Submitted, found by its header (TOP n 0), DELE'd: ok with the SMTP phases, the
+        POP3 login, delivery, cleanup and logout; the foreign mails stay."""
+        before = await _inbox(mailloop_servers.dovecot)
+        sample = await run_probe(pop3_loop(mailloop_servers), probe_ctx, timeout=10)
+        assert Result.OK == sample.result, sample.detail
+        for phase in (Phase.EHLO, Phase.SUBMIT, Phase.LOGIN, Phase.DELIVERY, Phase.CLEANUP,
+                      Phase.LOGOUT):
+            assert phase in sample.phases, phase
+        assert Phase.SELECT not in sample.phases
+        after = await _inbox(mailloop_servers.dovecot)
+        assert [] == ours(after)
+        assert sorted(before.values(), key=str) == sorted(after.values(), key=str)
+        assert probe_ctx.loops["loop-test"].pending == {}
+        assert 0 == probe_ctx.threads.running
+
+    async def test_leftovers_cleaned_and_foreign_mail_kept(self, mailloop_servers, probe_ctx):
+        """Over POP3 too: an old probe mail goes, a young one and foreign mails stay."""
+        old = mailloop.new_token(time.time() - 7200)
+        young = mailloop.new_token(time.time() - 60)
+        await _deliver(mailloop_servers, None)
+        await _deliver(mailloop_servers, "not-a-token")
+        await _deliver(mailloop_servers, old)
+        await _deliver(mailloop_servers, young)
+        before = await _inbox(mailloop_servers.dovecot)
+        sample = await run_probe(pop3_loop(mailloop_servers), probe_ctx, timeout=10)
+        assert Result.OK == sample.result, sample.detail
+        after = await _inbox(mailloop_servers.dovecot)
+        assert {old} == {before[uid] for uid in set(before) - set(after)}
+        assert young in after.values()
+        assert None in after.values()
+        assert "not-a-token" in after.values()
+        await run_probe(pop3_loop(mailloop_servers, cleanup_after="1s"), probe_ctx,
+                        timeout=10)
+        assert young not in (await _inbox(mailloop_servers.dovecot)).values()
+
+    async def test_held_queue_is_lost_then_late(self, mailloop_servers, probe_ctx):
+        """Held by the MTA: lost in delivery (each look a new POP3 session); released, the
+        next run counts it late and deletes it."""
+        postfix = mailloop_servers.postfix
+        postfix.hold()
+        try:
+            sample = await run_probe(pop3_loop(mailloop_servers), probe_ctx, timeout=2)
+        finally:
+            postfix.release()
+        assert (Result.LOST, Phase.DELIVERY) == (sample.result, sample.phase), sample.detail
+        assert 1.5 < sample.duration < 2
+        state = probe_ctx.loops["loop-test"]
+        assert (1, 1, 0) == (len(state.pending), state.lost, state.late)
+        for _ in range(100):
+            if ours(await _inbox(mailloop_servers.dovecot)):
+                break
+            await asyncio.sleep(0.05)
+        sample = await run_probe(pop3_loop(mailloop_servers), probe_ctx, timeout=10)
+        assert Result.OK == sample.result, sample.detail
+        assert (0, 1, 1) == (len(state.pending), state.lost, state.late)
+        assert [] == ours(await _inbox(mailloop_servers.dovecot))
+        assert 0 == probe_ctx.threads.running
