@@ -8,6 +8,7 @@ import uuid
 from email.message import EmailMessage
 
 import aiosmtplib
+import pytest
 from prometheus_client import CollectorRegistry
 from tests.helpers.postfix import MAILBOX
 from tests.helpers.targets import make_target
@@ -307,3 +308,52 @@ class TestPop3Loop:
         assert (0, 1, 1) == (len(state.pending), state.lost, state.late)
         assert [] == ours(await _inbox(mailloop_servers.dovecot))
         assert 0 == probe_ctx.threads.running
+
+
+def secure_submit(servers, tls_files, tmp_path, tls: str, password: str | None = None) -> dict:
+    """``submit`` keys for the fixture's submission (starttls) or smtps (implicit) port,
+    authenticating through Dovecot with a password file."""
+    secret = tmp_path / "submit-secret"
+    secret.write_text((password or servers.dovecot.password) + "\n")
+    port = servers.postfix.submission if tls == "starttls" else servers.postfix.smtps
+    return {"port": port, "tls": tls, "ca_file": str(tls_files["ca"]),
+            "username": servers.dovecot.user, "password_file": str(secret)}
+
+
+class TestSecureSubmission:
+    @pytest.mark.parametrize("tls", ["starttls", "implicit"])
+    async def test_a_loop_with_tls_and_auth(self, mailloop_servers, probe_ctx, tls_files,
+                                            tmp_path, tls):
+        """Submission with STARTTLS then AUTH, and SMTPS (implicit TLS) then AUTH: ok, with
+        the TLS step of each and the SMTP login in the phases."""
+        submit = secure_submit(mailloop_servers, tls_files, tmp_path, tls)
+        sample = await run_probe(loop_target(mailloop_servers, submit=submit), probe_ctx,
+                                 timeout=10)
+        assert Result.OK == sample.result, sample.detail
+        tls_phase = Phase.STARTTLS if tls == "starttls" else Phase.TLS
+        assert {tls_phase, Phase.LOGIN, Phase.SUBMIT, Phase.DELIVERY} <= set(sample.phases)
+        assert [] == ours(await _inbox(mailloop_servers.dovecot))
+
+    @pytest.mark.parametrize("tls", ["starttls", "implicit"])
+    async def test_unauthenticated_submission_is_refused(self, mailloop_servers, probe_ctx,
+                                                         tls_files, tmp_path, tls):
+        """The fixture really requires AUTH there: without it the submission is refused."""
+        submit = secure_submit(mailloop_servers, tls_files, tmp_path, tls)
+        del submit["username"], submit["password_file"]
+        sample = await run_probe(loop_target(mailloop_servers, submit=submit), probe_ctx,
+                                 timeout=10)
+        assert (Result.PROTOCOL, Phase.SUBMIT) == (sample.result, sample.phase), sample.detail
+
+    async def test_wrong_password_is_auth_at_submission(self, mailloop_servers, probe_ctx,
+                                                        tls_files, tmp_path):
+        """A wrong password: auth in the SMTP login, nothing pending (no mail went in), and
+        the password nowhere in the detail."""
+        submit = secure_submit(mailloop_servers, tls_files, tmp_path, "starttls",
+                               password="Wr0ng-subm1t-Pa55")
+        sample = await run_probe(loop_target(mailloop_servers, submit=submit), probe_ctx,
+                                 timeout=10)
+        assert (Result.AUTH, Phase.LOGIN) == (sample.result, sample.phase), sample.detail
+        assert Phase.SUBMIT not in sample.phases
+        assert "Wr0ng-subm1t-Pa55" not in sample.detail
+        assert mailloop_servers.dovecot.password not in sample.detail
+        assert probe_ctx.loops["loop-test"].pending == {}
