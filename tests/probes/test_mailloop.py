@@ -357,3 +357,48 @@ class TestSecureSubmission:
         assert "Wr0ng-subm1t-Pa55" not in sample.detail
         assert mailloop_servers.dovecot.password not in sample.detail
         assert probe_ctx.loops["loop-test"].pending == {}
+
+
+@pytest.mark.parametrize("fetch_type", ["imap", "pop3"])
+async def test_a_lost_run_sweeps_late_and_old_mails(mailloop_servers, probe_ctx, fetch_type):
+    """A run that loses its own mail still deletes, once the mailbox is open, an earlier
+    run's late mail (counted late) and an old leftover; foreign mails stay."""
+    target = (pop3_loop if fetch_type == "pop3" else loop_target)(mailloop_servers)
+    postfix = mailloop_servers.postfix
+    old = mailloop.new_token(time.time() - 7200)
+    await _deliver(mailloop_servers, old)
+    postfix.hold()
+    try:
+        sample = await run_probe(target, probe_ctx, timeout=1.5)
+    finally:
+        postfix.release()
+    assert Result.LOST == sample.result, sample.detail
+    state = probe_ctx.loops["loop-test"]
+    assert (1, 1, 0) == (len(state.pending), state.lost, state.late)
+    assert Phase.CLEANUP in sample.phases
+    assert old not in (await _inbox(mailloop_servers.dovecot)).values()
+    first = next(iter(state.pending))
+    for _ in range(100):  # the first run's mail arrives, late
+        if first in (await _inbox(mailloop_servers.dovecot)).values():
+            break
+        await asyncio.sleep(0.05)
+    before = await _inbox(mailloop_servers.dovecot)
+    assert first in before.values()
+    postfix.hold()
+    try:
+        sample = await run_probe(target, probe_ctx, timeout=1.5)
+    finally:
+        postfix.release()
+    assert (Result.LOST, Phase.DELIVERY) == (sample.result, sample.phase), sample.detail
+    assert Phase.CLEANUP in sample.phases
+    assert (2, 1) == (state.lost, state.late)
+    after = await _inbox(mailloop_servers.dovecot)
+    assert {first} == {before[uid] for uid in set(before) - set(after)}
+    assert None in after.values()
+    # tidy: the second run's mail arrives and a normal run takes it
+    for _ in range(100):
+        if ours(await _inbox(mailloop_servers.dovecot)):
+            break
+        await asyncio.sleep(0.05)
+    assert Result.OK == (await run_probe(target, probe_ctx, timeout=10)).result
+    assert [] == ours(await _inbox(mailloop_servers.dovecot))

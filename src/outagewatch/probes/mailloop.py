@@ -14,13 +14,15 @@ Each run's mail carries a unique token in ``X-Outagewatch-Probe`` and in its sub
 token also says when it was made (``ow1.<unix seconds>.<random>``). The probe deletes only
 mails whose header is such a token: its own, those of earlier runs that arrived after their
 run gave up (counted as late), and leftovers older than ``cleanup_after``; never another
-mail. A run that does not see its mail in time is ``lost``; one that finds it in the junk
-folder is ``spam``.
+mail. The sweep of late and old mails runs after every run that got the mailbox open, a
+lost one too. A run that does not see its mail in time is ``lost``; one that finds it in the
+junk folder is ``spam``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import re
 import secrets
@@ -195,6 +197,22 @@ def _doomed(
     return doomed
 
 
+async def _sweep_all(
+    session: ImapSession, target: MailLoopTarget, state: LoopState, run: ProbeRun,
+    selected: str,
+) -> None:
+    """Sweep the mailbox and the junk folder; ``selected`` is the folder selected now."""
+    fetch = target.fetch
+    now = run.ctx.clock.now().timestamp()
+    state.expire(now - target.cleanup_after.total_seconds())
+    for name in (fetch.mailbox, fetch.junk):
+        if name is not None:
+            if name != selected:
+                await session.reselect(name)
+                selected = name
+            await _sweep(session, target, state, now)
+
+
 async def probe(target: MailLoopTarget, run: ProbeRun) -> None:
     state = run.ctx.loop_state(target)
     started = time.monotonic()
@@ -226,20 +244,17 @@ async def _fetch_imap(
         except ProbeFailure as exc:
             if exc.result is Result.LOST:
                 state.lost += 1
+                # lost or not, the mailbox is open: late and old mails still go
+                with contextlib.suppress(ProbeFailure, OSError):
+                    run.timer.enter(Phase.CLEANUP)
+                    await _sweep_all(session, target, state, run, fetch.mailbox)
+                    await session.logout()
             raise
         with state._lock:  # noqa: SLF001 - seen in time: neither pending nor late
             state.pending.pop(token, None)
         run.timer.enter(Phase.CLEANUP)
         await _delete(session, uids)
-        now = run.ctx.clock.now().timestamp()
-        state.expire(now - target.cleanup_after.total_seconds())
-        selected = found_in
-        for name in (fetch.mailbox, fetch.junk):
-            if name is not None:
-                if name != selected:
-                    await session.reselect(name)
-                    selected = name
-                await _sweep(session, target, state, now)
+        await _sweep_all(session, target, state, run, found_in)
         await session.logout()
         if found_in != fetch.mailbox:
             raise ProbeFailure(Result.SPAM, f"the mail arrived in {found_in}, not in "
@@ -287,6 +302,13 @@ async def _fetch_pop3(
                 break
             if time.monotonic() + delay > until:
                 state.lost += 1
+                # lost or not, the maildrop is open: late and old mails still go
+                with contextlib.suppress(ProbeFailure, OSError):
+                    run.timer.enter(Phase.CLEANUP)
+                    now = run.ctx.clock.now().timestamp()
+                    await session.dele(_doomed(headers, target, state, now))
+                    state.expire(now - target.cleanup_after.total_seconds())
+                    await session.quit()
                 raise ProbeFailure(Result.LOST, f"the mail ({token}) did not arrive in the "
                                    "POP3 mailbox within the deadline", phase=Phase.DELIVERY)
             await session.quit(phase=None)
