@@ -408,7 +408,9 @@ class LoopFetch(_Tls, _Credentials):
     mailbox: str = Field("INBOX", min_length=1, description="where the mail must arrive; "
                          "dedicated to this target: the probe deletes its own mails there")
     junk: str | None = Field(None, min_length=1, description="a mail found in this folder "
-                             "instead is spam (BAD)")
+                             "instead is spam (BAD unless spam_is_bad: false)")
+    spam_is_bad: bool = Field(default=True, description="false: a mail filed in junk still "
+                              "arrived (the run is ok, its detail says where)")
 
     @model_validator(mode="after")
     def _junk_needs_imap(self) -> LoopFetch:

@@ -187,6 +187,18 @@ class TestLoop:
         junk = await _inbox(mailloop_servers.dovecot, "Junk")
         assert [] == ours(junk)
 
+    async def test_junk_delivery_is_ok_when_spam_is_not_bad(self, mailloop_servers,
+                                                            probe_ctx):
+        """``spam_is_bad: false``: filed in Junk, the mail still arrived."""
+        target = loop_target(mailloop_servers, fetch={"junk": "Junk", "spam_is_bad": False})
+        mailloop_servers.postfix.junk()
+        try:
+            sample = await run_probe(target, probe_ctx, timeout=10)
+        finally:
+            mailloop_servers.postfix.normal()
+        assert Result.OK == sample.result, sample.detail
+        assert [] == ours(await _inbox(mailloop_servers.dovecot, "Junk"))
+
     async def test_leftovers_cleaned_and_foreign_mail_never_touched(
         self, mailloop_servers, probe_ctx,
     ):
