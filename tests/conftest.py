@@ -230,7 +230,8 @@ def _mailloop_servers(tls_files: dict[str, Path]):
         pytest.skip(message)
     dovecot = Dovecot.start(tls_files["cert"], tls_files["key"], lmtp=True)
     try:
-        postfix = Postfix.start(dovecot.lmtp)
+        postfix = Postfix.start(dovecot.lmtp, cert=tls_files["cert"], key=tls_files["key"],
+                                sasl=dovecot.sasl)
     except BaseException:
         dovecot.stop()
         raise

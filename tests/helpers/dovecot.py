@@ -82,7 +82,8 @@ service pop3-login {{
 
 
 # With ``lmtp=True`` (Debian: dovecot-lmtpd): an LMTP listener an MTA delivers to. The user
-# part of ``probe+Junk@example.test`` names the user, the detail the folder it lands in.
+# part of ``probe+Junk@example.test`` names the user, the detail the folder it lands in. And
+# an auth socket (``Dovecot.sasl``) for Postfix's SMTP AUTH (``smtpd_sasl_type = dovecot``).
 LMTP = """\
 protocols = $protocols lmtp
 auth_username_format = %Ln
@@ -99,6 +100,11 @@ service lmtp {{
   inet_listener lmtp {{
     address = 127.0.0.1
     port = {lmtp}
+  }}
+}}
+service auth {{
+  unix_listener {sasl} {{
+    mode = 0666
   }}
 }}
 """
@@ -123,6 +129,11 @@ class Dovecot:
     workdir: Path
     process: subprocess.Popen[bytes]
     lmtp: int = 0  # the LMTP port, when started with lmtp=True
+
+    @property
+    def sasl(self) -> Path:
+        """The auth socket for an MTA's SMTP AUTH (started with lmtp=True)."""
+        return self.workdir / "sasl" / "auth"
 
     user: str = USER
     password: str = PASSWORD
@@ -151,7 +162,9 @@ class Dovecot:
         conf = workdir / "dovecot.conf"
         text = CONFIG.format(d=workdir, cert=cert, key=key, uid=uid, gid=gid, tag=workdir.name,
                              **ports)
-        conf.write_text(text + (LMTP.format(**ports) if lmtp else ""))
+        (workdir / "sasl").mkdir(mode=0o755)
+        conf.write_text(text + (LMTP.format(sasl=workdir / "sasl" / "auth", **ports)
+                                if lmtp else ""))
         process = subprocess.Popen(
             [binary, "-F", "-c", str(conf)],
             stdout=subprocess.DEVNULL,

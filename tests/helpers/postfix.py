@@ -6,6 +6,8 @@ Its own config and queue directories under a temp dir (``postfix -c DIR``), run 
 the system-wide instance is never touched. ``hold()`` makes incoming mail wait in the hold
 queue (a header check), ``release()`` delivers it; ``junk()`` sends it to the Junk folder
 (a header check redirecting to ``probe+Junk@``, which Dovecot's LMTP files in Junk).
+Given the test CA's certificate and Dovecot's auth socket it also listens for submission
+(STARTTLS required, then AUTH) and SMTPS (implicit TLS, then AUTH).
 """
 
 from __future__ import annotations
@@ -33,8 +35,23 @@ def postfix_binary() -> str | None:
     )
 
 
-def _master_cf(port: int) -> str:
-    """Debian's master.cf, unchrooted (the queue is a plain temp dir), smtpd on ``port``."""
+# Submission (STARTTLS required, then AUTH) and SMTPS (implicit TLS, then AUTH): only an
+# authenticated client may send there.
+_SUBMISSION = """\
+127.0.0.1:{port} inet n - n - - smtpd
+  -o syslog_name=postfix/{name}
+  -o smtpd_tls_security_level={level}
+  -o smtpd_tls_wrappermode={wrapper}
+  -o smtpd_sasl_auth_enable=yes
+  -o smtpd_tls_auth_only=yes
+  -o smtpd_client_restrictions=permit_sasl_authenticated,reject
+  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
+"""
+
+
+def _master_cf(port: int, submission: int = 0, smtps: int = 0) -> str:
+    """Debian's master.cf, unchrooted (the queue is a plain temp dir), smtpd on ``port``;
+    with TLS files, submission and smtps on theirs."""
     lines = []
     for line in Path("/etc/postfix/master.cf").read_text().splitlines():
         fields = line.split()
@@ -45,7 +62,13 @@ def _master_cf(port: int) -> str:
             lines.append(" ".join(fields))
         else:
             lines.append(line)
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if submission:
+        text += _SUBMISSION.format(port=submission, name="submission", level="encrypt",
+                                   wrapper="no")
+    if smtps:
+        text += _SUBMISSION.format(port=smtps, name="smtps", level="encrypt", wrapper="yes")
+    return text
 
 
 @dataclass
@@ -53,6 +76,8 @@ class Postfix:
     port: int
     workdir: Path
     lmtp_port: int
+    submission: int = 0  # STARTTLS + AUTH, when started with TLS files and an auth socket
+    smtps: int = 0  # implicit TLS + AUTH, likewise
 
     @property
     def config(self) -> Path:
@@ -63,15 +88,23 @@ class Postfix:
         return self.workdir / "maillog"
 
     @classmethod
-    def start(cls, lmtp_port: int) -> Postfix:
+    def start(
+        cls, lmtp_port: int, *, cert: Path | None = None, key: Path | None = None,
+        sasl: Path | None = None,
+    ) -> Postfix:
+        """With ``cert``, ``key`` and ``sasl`` (Dovecot's auth socket): also submission and
+        smtps ports, where clients authenticate through Dovecot."""
         if postfix_binary() is None:
             raise RuntimeError("postfix is not installed (Debian: postfix)")
         workdir = Path(tempfile.mkdtemp(prefix="owpf-", dir="/tmp"))
         workdir.chmod(0o755)
-        server = cls(port=free_port(), workdir=workdir, lmtp_port=lmtp_port)
+        secure = cert is not None and key is not None and sasl is not None
+        server = cls(port=free_port(), workdir=workdir, lmtp_port=lmtp_port,
+                     submission=free_port() if secure else 0,
+                     smtps=free_port() if secure else 0)
         etc = server.config
         etc.mkdir()
-        (etc / "master.cf").write_text(_master_cf(server.port))
+        (etc / "master.cf").write_text(_master_cf(server.port, server.submission, server.smtps))
         (etc / "main.cf").write_text("")
         (etc / "header_checks").write_text("")
         data = workdir / "data"
@@ -102,6 +135,13 @@ class Postfix:
             "lmtp_connection_cache_on_demand=no",
             "queue_run_delay=300s",
         )
+        if secure:
+            server.postconf(
+                f"smtpd_tls_cert_file={cert}",
+                f"smtpd_tls_key_file={key}",
+                "smtpd_sasl_type=dovecot",
+                f"smtpd_sasl_path={sasl}",
+            )
         server._postfix("start")
         server._wait_ready()
         return server

@@ -1,22 +1,28 @@
-"""Mail-loop probe: submit a mail over SMTP, then see it arrive over IMAP (issue 14).
+"""Mail-loop probe: submit a mail over SMTP, then see it arrive over IMAP or POP3 (issue 14).
 
 Composed of the SMTP probe's ``SmtpSession`` and the IMAP probe's ``ImapSession``: the SMTP
 steps (then ``submit``: MAIL, RCPT, DATA), the IMAP steps up to SELECT, then ``delivery``:
 polling the mailbox (and the junk folder, when configured) with a short backoff until the
 mail is seen or the run's delivery deadline passes, then ``cleanup`` and LOGOUT. A phase
 both sessions have (dns, connect, tls, greeting, starttls, login, logout) adds their times.
+Over POP3 (``fetch.type: pop3``, the POP3 probe's ``Pop3Session``) a session sees the
+maildrop as it was at login, so each look in ``delivery`` is a new session (its connect and
+login counted as delivery); mails are recognised by their headers (``TOP n 0``) and deleted
+with DELE, which takes effect at QUIT.
 
 Each run's mail carries a unique token in ``X-Outagewatch-Probe`` and in its subject; the
 token also says when it was made (``ow1.<unix seconds>.<random>``). The probe deletes only
 mails whose header is such a token: its own, those of earlier runs that arrived after their
 run gave up (counted as late), and leftovers older than ``cleanup_after``; never another
-mail. A run that does not see its mail in time is ``lost``; one that finds it in the junk
-folder is ``spam``.
+mail. The sweep of late and old mails runs after every run that got the mailbox open, a
+lost one too. A run that does not see its mail in time is ``lost``; one that finds it in the
+junk folder is ``spam``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import re
 import secrets
@@ -27,13 +33,14 @@ from email.message import EmailMessage
 from typing import TYPE_CHECKING
 
 from outagewatch.model import Phase, Result
-from outagewatch.probes import imap, smtp
-from outagewatch.probes._common import ProbeFailure
+from outagewatch.probes import imap, pop3, smtp
+from outagewatch.probes._common import PhaseTimer, ProbeFailure
 
 if TYPE_CHECKING:
     from outagewatch.config import MailLoopTarget
     from outagewatch.probes import ProbeRun
     from outagewatch.probes.imap import ImapSession
+    from outagewatch.probes.pop3 import Pop3Session
 
 PHASES: tuple[Phase, ...] = (
     Phase.DNS, Phase.CONNECT, Phase.TLS, Phase.GREETING, Phase.EHLO, Phase.STARTTLS,
@@ -46,6 +53,9 @@ FIRST_POLL = 0.05  # seconds before the first look again; doubles up to POLL_MAX
 POLL_MAX = 1.0
 # Of the run's deadline, kept back from the wait for delivery for cleanup and LOGOUT.
 CLEANUP_SHARE, CLEANUP_MAX = 0.1, 5.0
+# A POP3 session of the loop reads the headers of every mail in the mailbox (``TOP n 0``):
+# a dedicated mailbox holds a few, a few KiB each.
+POP3_MAX_RECEIVED = 1024 * 1024
 
 
 def new_token(now: float) -> str:
@@ -167,16 +177,40 @@ async def _sweep(
     """Delete, in the selected folder, the mails carrying a token of ours that arrived late
     or are older than ``cleanup_after``; nothing else."""
     uids = await session.uid_search(f'HEADER {HEADER} ""') if state.header_search else []
+    headers = {uid: await session.uid_fetch_header(uid, HEADER) for uid in uids}
+    await _delete(session, _doomed(headers, target, state, now))
+
+
+def _doomed(
+    headers: dict[int, str | None], target: MailLoopTarget, state: LoopState, now: float,
+) -> list[int]:
+    """Of mails (by UID or number -> their probe header), those to delete: a token of ours
+    that arrived late or is older than ``cleanup_after``; never a mail without one."""
     doomed = []
-    for uid in uids:
-        value = await session.uid_fetch_header(uid, HEADER)
+    for key, value in headers.items():
         made = token_time(value) if value is not None else None
         if made is None or value is None:
             continue  # not our header: never touched
         token = value.strip()
         if state.seen(token) or now - made > target.cleanup_after.total_seconds():
-            doomed.append(uid)
-    await _delete(session, doomed)
+            doomed.append(key)
+    return doomed
+
+
+async def _sweep_all(
+    session: ImapSession, target: MailLoopTarget, state: LoopState, run: ProbeRun,
+    selected: str,
+) -> None:
+    """Sweep the mailbox and the junk folder; ``selected`` is the folder selected now."""
+    fetch = target.fetch
+    now = run.ctx.clock.now().timestamp()
+    state.expire(now - target.cleanup_after.total_seconds())
+    for name in (fetch.mailbox, fetch.junk):
+        if name is not None:
+            if name != selected:
+                await session.reselect(name)
+                selected = name
+            await _sweep(session, target, state, now)
 
 
 async def probe(target: MailLoopTarget, run: ProbeRun) -> None:
@@ -187,6 +221,15 @@ async def probe(target: MailLoopTarget, run: ProbeRun) -> None:
     await _submit(target, run, build_message(target, token))
     submitted_at = run.ctx.clock.now().timestamp()
     state.add_pending(token, submitted_at)  # until it is seen: late, if seen after this run
+    if target.fetch.type == "pop3":
+        await _fetch_pop3(target, run, state, token, until)
+    else:
+        await _fetch_imap(target, run, state, token, until)
+
+
+async def _fetch_imap(
+    target: MailLoopTarget, run: ProbeRun, state: LoopState, token: str, until: float,
+) -> None:
     fetch = target.fetch
     session = await imap.ImapSession.connect(
         fetch.host, fetch.effective_port, fetch.tls, timer=run.timer,
@@ -201,23 +244,85 @@ async def probe(target: MailLoopTarget, run: ProbeRun) -> None:
         except ProbeFailure as exc:
             if exc.result is Result.LOST:
                 state.lost += 1
+                # lost or not, the mailbox is open: late and old mails still go
+                with contextlib.suppress(ProbeFailure, OSError):
+                    run.timer.enter(Phase.CLEANUP)
+                    await _sweep_all(session, target, state, run, fetch.mailbox)
+                    await session.logout()
             raise
         with state._lock:  # noqa: SLF001 - seen in time: neither pending nor late
             state.pending.pop(token, None)
         run.timer.enter(Phase.CLEANUP)
         await _delete(session, uids)
-        now = run.ctx.clock.now().timestamp()
-        state.expire(now - target.cleanup_after.total_seconds())
-        selected = found_in
-        for name in (fetch.mailbox, fetch.junk):
-            if name is not None:
-                if name != selected:
-                    await session.reselect(name)
-                    selected = name
-                await _sweep(session, target, state, now)
+        await _sweep_all(session, target, state, run, found_in)
         await session.logout()
-        if found_in != fetch.mailbox:
+        if found_in != fetch.mailbox and fetch.spam_is_bad:  # else: it arrived, ok
             raise ProbeFailure(Result.SPAM, f"the mail arrived in {found_in}, not in "
                                f"{fetch.mailbox}", phase=Phase.DELIVERY)
+    finally:
+        await session.close()
+
+
+async def _pop3_connect(target: MailLoopTarget, run: ProbeRun, timer: PhaseTimer) -> Pop3Session:
+    fetch = target.fetch
+    session = await pop3.Pop3Session.connect(
+        fetch.host, fetch.effective_port, fetch.tls, timer=timer,
+        tls=run.ctx.tls_part(target.name, "fetch", fetch), threads=run.ctx.threads,
+        limiter=run.ctx.pop3_worker(target.name), per_read=run.timeout,
+        max_received=POP3_MAX_RECEIVED,
+    )
+    try:
+        await session.login(fetch.username, fetch.secret() or "")
+    except BaseException:
+        await session.close()
+        raise
+    return session
+
+
+async def _pop3_headers(session: Pop3Session) -> dict[int, str | None]:
+    """Message number -> its probe header (``TOP n 0``), for every mail in the maildrop."""
+    count = await session.stat(phase=None)
+    return {n: await session.top_header(n, HEADER) for n in range(1, count + 1)}
+
+
+async def _fetch_pop3(
+    target: MailLoopTarget, run: ProbeRun, state: LoopState, token: str, until: float,
+) -> None:
+    """Look for the mail over POP3. A POP3 session sees the maildrop as it was at login, so
+    each look is a new session; those after the first run inside ``delivery``."""
+    session = await _pop3_connect(target, run, run.timer)
+    try:
+        run.timer.enter(Phase.DELIVERY)
+        delay = FIRST_POLL
+        while True:
+            headers = await _pop3_headers(session)
+            mine = [n for n, value in headers.items()
+                    if value is not None and value.strip() == token]
+            if mine:
+                break
+            if time.monotonic() + delay > until:
+                state.lost += 1
+                # lost or not, the maildrop is open: late and old mails still go
+                with contextlib.suppress(ProbeFailure, OSError):
+                    run.timer.enter(Phase.CLEANUP)
+                    now = run.ctx.clock.now().timestamp()
+                    await session.dele(_doomed(headers, target, state, now))
+                    state.expire(now - target.cleanup_after.total_seconds())
+                    await session.quit()
+                raise ProbeFailure(Result.LOST, f"the mail ({token}) did not arrive in the "
+                                   "POP3 mailbox within the deadline", phase=Phase.DELIVERY)
+            await session.quit(phase=None)
+            await session.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, POLL_MAX)
+            session = await _pop3_connect(target, run, PhaseTimer())
+        with state._lock:  # noqa: SLF001 - seen in time: neither pending nor late
+            state.pending.pop(token, None)
+        run.timer.enter(Phase.CLEANUP)
+        now = run.ctx.clock.now().timestamp()
+        others = {n: value for n, value in headers.items() if n not in mine}
+        await session.dele(mine + _doomed(others, target, state, now))
+        state.expire(now - target.cleanup_after.total_seconds())
+        await session.quit()  # the deletions happen here (POP3's UPDATE state)
     finally:
         await session.close()
