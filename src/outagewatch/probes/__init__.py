@@ -163,6 +163,8 @@ class ProbeRun:
     timer: PhaseTimer
     tls: RecordingContext | None
     timeout: float
+    # a mail loop's duration ends when its mail is seen (monotonic), not after its cleanup
+    seen: list[float] = field(default_factory=list)
 
 
 _SILENT = (": connected, but no greeting came (a port where the client speaks first,"
@@ -195,7 +197,7 @@ async def run_probe(target: Target, ctx: ProbeContext, *, timeout: float) -> Sam
         else:
             result = classify(exc)
             detail = exc.detail if isinstance(exc, ProbeFailure) else describe(exc)
-    duration = ctx.clock.monotonic() - t0
+    duration = (run.seen[0] if run.seen else ctx.clock.monotonic()) - t0
     timer.finish()
     for holder in _credentials_of(target):
         secret = getattr(holder, "password", None)

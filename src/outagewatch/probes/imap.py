@@ -128,10 +128,14 @@ def _text(line: bytes) -> str:
 
 
 
+class CommandRefused(ProbeFailure):
+    """The server answered a command NO or BAD (the connection itself is fine)."""
+
+
 def _expect_ok(response: Any, what: str, result: Result = Result.PROTOCOL) -> None:
     if response.result != "OK":
         said = " ".join(_text(line) for line in response.lines[-1:])
-        raise ProbeFailure(result, f"{what} failed: {response.result} {said}".strip())
+        raise CommandRefused(result, f"{what} failed: {response.result} {said}".strip())
 
 
 def _search_uids(lines: list[bytes]) -> list[int]:
@@ -232,6 +236,11 @@ class ImapSession:
         self._timer.enter(Phase.SELECT)
         response = await self._step(self._proto.select(mailbox))
         _expect_ok(response, f"SELECT {mailbox}")
+
+    def fresh_budget(self) -> None:
+        """A long-lived session (the mail loop's wait for delivery) bounds what the server
+        may send per look, not over the session's whole life."""
+        self._proto.received = 0
 
     async def reselect(self, mailbox: str) -> None:
         """SELECT in the phase in progress (a probe going back and forth between folders)."""

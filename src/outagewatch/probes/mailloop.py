@@ -51,6 +51,8 @@ HEADER = "X-Outagewatch-Probe"
 _TOKEN = re.compile(r"^ow1\.(\d{1,12})\.([0-9a-f]{16})$")
 FIRST_POLL = 0.05  # seconds before the first look again; doubles up to POLL_MAX
 POLL_MAX = 1.0
+CANDIDATES = 20  # of a search's answer, the UIDs whose header is read (ours is among them)
+SWEPT = 100  # mails a run reads the header of to clean up (IMAP: oldest; POP3: newest)
 # Of the run's deadline, kept back from the wait for delivery for cleanup and LOGOUT.
 CLEANUP_SHARE, CLEANUP_MAX = 0.1, 5.0
 # A POP3 session of the loop reads the headers of every mail in the mailbox (``TOP n 0``):
@@ -133,12 +135,24 @@ async def _submit(target: MailLoopTarget, run: ProbeRun, message: EmailMessage) 
 
 
 async def _search(session: ImapSession, state: LoopState, token: str) -> list[int]:
+    """The UIDs of this run's mail: a search (by header, or by subject on a server that
+    refuses header searches) finds candidates by substring; only a mail whose header *is*
+    the token counts, so a mail that merely contains it is neither found nor deleted."""
+    session.fresh_budget()
     if state.header_search:
         try:
-            return await session.uid_search(f'HEADER {HEADER} "{token}"')
-        except ProbeFailure:
-            state.header_search = False  # the server cannot search headers: the subject
-    return await session.uid_search(f'SUBJECT "{token}"')
+            uids = await session.uid_search(f'HEADER {HEADER} "{token}"')
+        except imap.CommandRefused:  # NO/BAD: the server cannot search headers
+            state.header_search = False
+            uids = await session.uid_search(f'SUBJECT "{token}"')
+    else:
+        uids = await session.uid_search(f'SUBJECT "{token}"')
+    mine = []
+    for uid in uids[-CANDIDATES:]:  # the newest: this run's mail came last
+        value = await session.uid_fetch_header(uid, HEADER)
+        if value is not None and value.strip() == token:
+            mine.append(uid)
+    return mine
 
 
 async def _wait_for(
@@ -175,9 +189,14 @@ async def _sweep(
     session: ImapSession, target: MailLoopTarget, state: LoopState, now: float,
 ) -> None:
     """Delete, in the selected folder, the mails carrying a token of ours that arrived late
-    or are older than ``cleanup_after``; nothing else."""
+    or are older than ``cleanup_after``; nothing else. At most ``SWEPT`` a run, oldest
+    first: a mailbox full of them is emptied over several runs, each run bounded."""
+    session.fresh_budget()
     uids = await session.uid_search(f'HEADER {HEADER} ""') if state.header_search else []
-    headers = {uid: await session.uid_fetch_header(uid, HEADER) for uid in uids}
+    headers = {}
+    for uid in uids[:SWEPT]:
+        session.fresh_budget()
+        headers[uid] = await session.uid_fetch_header(uid, HEADER)
     await _delete(session, _doomed(headers, target, state, now))
 
 
@@ -217,7 +236,9 @@ async def probe(target: MailLoopTarget, run: ProbeRun) -> None:
     state = run.ctx.loop_state(target)
     started = time.monotonic()
     until = started + run.timeout - min(CLEANUP_MAX, run.timeout * CLEANUP_SHARE)
-    token = new_token(run.ctx.clock.now().timestamp())
+    now = run.ctx.clock.now().timestamp()
+    state.expire(now - target.cleanup_after.total_seconds())  # bounded, even while the
+    token = new_token(now)  # mailbox cannot be opened for hours
     await _submit(target, run, build_message(target, token))
     submitted_at = run.ctx.clock.now().timestamp()
     state.add_pending(token, submitted_at)  # until it is seen: late, if seen after this run
@@ -241,6 +262,7 @@ async def _fetch_imap(
         run.timer.enter(Phase.DELIVERY)
         try:
             found_in, uids = await _wait_for(session, target, state, token, until)
+            run.seen.append(run.ctx.clock.monotonic())  # the loop's duration ends here
         except ProbeFailure as exc:
             if exc.result is Result.LOST:
                 state.lost += 1
@@ -280,9 +302,11 @@ async def _pop3_connect(target: MailLoopTarget, run: ProbeRun, timer: PhaseTimer
 
 
 async def _pop3_headers(session: Pop3Session) -> dict[int, str | None]:
-    """Message number -> its probe header (``TOP n 0``), for every mail in the maildrop."""
+    """Message number -> its probe header (``TOP n 0``), for the newest ``SWEPT`` mails of
+    the maildrop (new mail comes last): each look bounded, however full the maildrop."""
     count = await session.stat(phase=None)
-    return {n: await session.top_header(n, HEADER) for n in range(1, count + 1)}
+    return {n: await session.top_header(n, HEADER)
+            for n in range(max(1, count - SWEPT + 1), count + 1)}
 
 
 async def _fetch_pop3(
@@ -299,6 +323,7 @@ async def _fetch_pop3(
             mine = [n for n, value in headers.items()
                     if value is not None and value.strip() == token]
             if mine:
+                run.seen.append(run.ctx.clock.monotonic())  # the loop's duration ends here
                 break
             if time.monotonic() + delay > until:
                 state.lost += 1
