@@ -27,7 +27,6 @@ import email.utils
 import re
 import secrets
 import threading
-import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import TYPE_CHECKING
@@ -48,6 +47,7 @@ PHASES: tuple[Phase, ...] = (
 )
 
 HEADER = "X-Outagewatch-Probe"
+SUBJECT = "outagewatch mail loop"  # then the token
 _TOKEN = re.compile(r"^ow1\.(\d{1,12})\.([0-9a-f]{16})$")
 FIRST_POLL = 0.05  # seconds before the first look again; doubles up to POLL_MAX
 POLL_MAX = 1.0
@@ -89,6 +89,11 @@ class LoopState:
         with self._lock:
             self.pending[token] = submitted
 
+    def found(self, token: str) -> None:
+        """This run's mail was seen in time: neither pending nor late."""
+        with self._lock:
+            self.pending.pop(token, None)
+
     def seen(self, token: str) -> bool:
         """Forget a pending token; True when it was pending (its mail is late)."""
         with self._lock:
@@ -107,7 +112,7 @@ def build_message(target: MailLoopTarget, token: str) -> EmailMessage:
     message = EmailMessage()
     message["From"] = target.sender
     message["To"] = target.to
-    message["Subject"] = f"outagewatch mail loop {token}"
+    message["Subject"] = f"{SUBJECT} {token}"
     message["Date"] = email.utils.formatdate(localtime=False)
     domain = target.sender.rpartition("@")[2]
     message["Message-ID"] = email.utils.make_msgid(idstring=token, domain=domain)
@@ -156,10 +161,10 @@ async def _search(session: ImapSession, state: LoopState, token: str) -> list[in
 
 
 async def _wait_for(
-    session: ImapSession, target: MailLoopTarget, state: LoopState, token: str, until: float,
+    session: ImapSession, target: MailLoopTarget, run: ProbeRun, token: str, until: float,
 ) -> tuple[str, list[int]]:
     """Poll the mailbox (and the junk folder) until the mail is there: (folder, UIDs)."""
-    fetch = target.fetch
+    fetch, state = target.fetch, run.ctx.loop_state(target)
     delay = FIRST_POLL
     while True:
         uids = await _search(session, state, token)
@@ -171,7 +176,7 @@ async def _wait_for(
             if uids:
                 return fetch.junk, uids
             await session.reselect(fetch.mailbox)
-        if time.monotonic() + delay > until:
+        if run.ctx.clock.monotonic() + delay > until:
             raise ProbeFailure(Result.LOST, f"the mail ({token}) did not arrive in "
                                f"{fetch.mailbox} within the deadline", phase=Phase.DELIVERY)
         await asyncio.sleep(delay)
@@ -192,7 +197,8 @@ async def _sweep(
     or are older than ``cleanup_after``; nothing else. At most ``SWEPT`` a run, oldest
     first: a mailbox full of them is emptied over several runs, each run bounded."""
     session.fresh_budget()
-    uids = await session.uid_search(f'HEADER {HEADER} ""') if state.header_search else []
+    uids = await session.uid_search(f'HEADER {HEADER} ""' if state.header_search
+                                    else f'SUBJECT "{SUBJECT} ow1."')
     headers = {}
     for uid in uids[:SWEPT]:
         session.fresh_budget()
@@ -234,7 +240,7 @@ async def _sweep_all(
 
 async def probe(target: MailLoopTarget, run: ProbeRun) -> None:
     state = run.ctx.loop_state(target)
-    started = time.monotonic()
+    started = run.ctx.clock.monotonic()
     until = started + run.timeout - min(CLEANUP_MAX, run.timeout * CLEANUP_SHARE)
     now = run.ctx.clock.now().timestamp()
     state.expire(now - target.cleanup_after.total_seconds())  # bounded, even while the
@@ -261,7 +267,7 @@ async def _fetch_imap(
         await session.select(fetch.mailbox)
         run.timer.enter(Phase.DELIVERY)
         try:
-            found_in, uids = await _wait_for(session, target, state, token, until)
+            found_in, uids = await _wait_for(session, target, run, token, until)
             run.seen.append(run.ctx.clock.monotonic())  # the loop's duration ends here
         except ProbeFailure as exc:
             if exc.result is Result.LOST:
@@ -272,8 +278,7 @@ async def _fetch_imap(
                     await _sweep_all(session, target, state, run, fetch.mailbox)
                     await session.logout()
             raise
-        with state._lock:  # noqa: SLF001 - seen in time: neither pending nor late
-            state.pending.pop(token, None)
+        state.found(token)
         run.timer.enter(Phase.CLEANUP)
         await _delete(session, uids)
         await _sweep_all(session, target, state, run, found_in)
@@ -325,7 +330,7 @@ async def _fetch_pop3(
             if mine:
                 run.seen.append(run.ctx.clock.monotonic())  # the loop's duration ends here
                 break
-            if time.monotonic() + delay > until:
+            if run.ctx.clock.monotonic() + delay > until:
                 state.lost += 1
                 # lost or not, the maildrop is open: late and old mails still go
                 with contextlib.suppress(ProbeFailure, OSError):
@@ -341,8 +346,7 @@ async def _fetch_pop3(
             await asyncio.sleep(delay)
             delay = min(delay * 2, POLL_MAX)
             session = await _pop3_connect(target, run, PhaseTimer())
-        with state._lock:  # noqa: SLF001 - seen in time: neither pending nor late
-            state.pending.pop(token, None)
+        state.found(token)
         run.timer.enter(Phase.CLEANUP)
         now = run.ctx.clock.now().timestamp()
         others = {n: value for n, value in headers.items() if n not in mine}
