@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.policy
 import poplib
 import socket
 import threading
-from email.parser import BytesHeaderParser
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
@@ -33,6 +31,7 @@ from outagewatch.model import Phase, Result
 from outagewatch.probes._common import (
     PhaseTimer,
     ProbeFailure,
+    header_value,
     mismatch,
     open_socket,
 )
@@ -78,6 +77,9 @@ class _Pop3(poplib.POP3):
     def _create_socket(self, timeout: float | None) -> socket.socket:
         del timeout
         return self._given
+
+    def fresh_budget(self) -> None:
+        self._received = 0
 
     def _getline(self) -> tuple[bytes, int]:
         """poplib's one read of a line, within the dialogue's byte budget."""
@@ -334,10 +336,13 @@ class Pop3Session:
             except poplib.error_proto as exc:
                 raise ProbeFailure(Result.PROTOCOL, f"TOP {number} 0 failed: {_reply(exc)}") \
                     from None
-            value = BytesHeaderParser(policy=email.policy.default).parsebytes(
-                b"\r\n".join(lines) + b"\r\n\r\n")[name]
-            return None if value is None else str(value)
+            return header_value(b"\r\n".join(lines) + b"\r\n\r\n", name)
         return await self._call(step)
+
+    def fresh_budget(self) -> None:
+        """A long-lived session (the mail loop reading header after header) bounds what the
+        server may send per step, not over the session's whole life."""
+        self.pop.fresh_budget()
 
     async def dele(self, numbers: Sequence[int]) -> None:
         """Mark messages deleted; they go at ``quit()`` (the UPDATE state)."""
