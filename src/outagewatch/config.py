@@ -410,7 +410,7 @@ class LoopFetch(_Tls, _Credentials):
     junk: str | None = Field(None, min_length=1, description="a mail found in this folder "
                              "instead is spam (BAD unless spam_is_bad: false)")
     spam_is_bad: bool = Field(default=True, description="false: a mail filed in junk still "
-                              "arrived (the run is ok, its detail says where)")
+                              "arrived (the run is ok)")
 
     @model_validator(mode="after")
     def _junk_needs_imap(self) -> LoopFetch:

@@ -7,16 +7,15 @@ test holds, releases or leaves behind never reaches another.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 import uuid
 from email.message import EmailMessage
-from typing import Self
 
 import aiosmtplib
 import pytest
 from prometheus_client import CollectorRegistry
+from tests.helpers.lineproxy import CUT, LineProxy, Rule, tag_of
 
 from outagewatch.app import loop_counts
 from outagewatch.metrics import build_metrics
@@ -362,67 +361,16 @@ async def test_a_lost_run_sweeps_late_and_old_mails(loop, probe_ctx, fetch_type)
     assert [None] == list(after.values())
 
 
-class RefusingImap:
-    """In front of Dovecot: the client's commands matching ``pattern`` are answered BAD by
-    the proxy (a server without header search), or with ``cut`` the connection is dropped on
-    them (a network fault, not a refusal); everything else is forwarded."""
+def refusing(pattern: str, *, cut: bool = False) -> Rule:
+    """Commands matching ``pattern`` answered BAD (a server without header search), or with
+    ``cut`` the connection dropped on them (a network fault, not a refusal)."""
+    found = re.compile(pattern.encode())
 
-    def __init__(self, upstream: int, pattern: str, *, cut: bool = False) -> None:
-        self.upstream, self.pattern, self.cut = upstream, re.compile(pattern.encode()), cut
-        self.refused = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def __aenter__(self) -> Self:
-        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):  # the handlers see EOF and end
-            writer.close()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
-        self._writers |= {writer, up_writer}
-
-        async def down() -> None:
-            while data := await up_reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-
-        pump = asyncio.create_task(down())
-        try:
-            while line := await reader.readline():
-                if self.pattern.search(line):
-                    self.refused += 1
-                    if self.cut:
-                        break
-                    tag = line.split(b" ", 1)[0]
-                    writer.write(tag + b" BAD Error in IMAP command: unknown search key\r\n")
-                    await writer.drain()
-                    continue
-                up_writer.write(line)
-                await up_writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            pump.cancel()
-            await asyncio.gather(pump, return_exceptions=True)
-            for w in (writer, up_writer):
-                w.close()
-                with contextlib.suppress(Exception):
-                    await w.wait_closed()
-            self._writers -= {writer, up_writer}
-            self._tasks.discard(task)
+    def rule(line: bytes) -> bytes | None:
+        if not found.search(line):
+            return None
+        return CUT if cut else tag_of(line) + b" BAD Error in IMAP command: unknown key\r\n"
+    return rule
 
 
 class TestWithoutHeaderSearch:
@@ -432,22 +380,36 @@ class TestWithoutHeaderSearch:
         old mails by subject too; from then on it does not ask again."""
         old = mailloop.new_token(time.time() - 7200)
         await loop.deliver(old, subject=f"{mailloop.SUBJECT} {old}")
-        async with RefusingImap(loop.dovecot.imap, r"UID SEARCH HEADER") as proxy:
+        async with LineProxy(loop.dovecot.imap, refusing(r"UID SEARCH HEADER")) as proxy:
             target = loop.target(fetch={"port": proxy.port})
             sample = await run_probe(target, probe_ctx, timeout=10)
             assert Result.OK == sample.result, sample.detail
-            assert 1 == proxy.refused
+            assert 1 == proxy.answered
             assert probe_ctx.loops["loop-test"].header_search is False
             assert Result.OK == (await run_probe(target, probe_ctx, timeout=10)).result
-            assert 1 == proxy.refused
+            assert 1 == proxy.answered
         assert [] == ours(await loop.inbox())
 
     async def test_a_connection_lost_during_the_search_does_not_switch_it_off(self, loop,
                                                                             probe_ctx):
         """A dropped connection is a failed run (the network), not a server without header
         search: the next run searches by header again."""
-        async with RefusingImap(loop.dovecot.imap, r"UID SEARCH HEADER", cut=True) as proxy:
+        async with LineProxy(loop.dovecot.imap, refusing(r"UID SEARCH HEADER", cut=True)) \
+                as proxy:
             sample = await run_probe(loop.target(fetch={"port": proxy.port}), probe_ctx,
                                      timeout=10)
         assert Result.OK != sample.result
+        assert probe_ctx.loops["loop-test"].header_search is True
+
+    async def test_a_search_answered_no_does_not_switch_it_off(self, loop, probe_ctx):
+        """NO is "not now" (a busy index), BAD "not known": only BAD switches to subject
+        search for good."""
+        def busy(line: bytes) -> bytes | None:
+            if b"UID SEARCH HEADER" not in line:
+                return None
+            return tag_of(line) + b" NO [UNAVAILABLE] index busy\r\n"
+        async with LineProxy(loop.dovecot.imap, busy) as proxy:
+            sample = await run_probe(loop.target(fetch={"port": proxy.port}), probe_ctx,
+                                     timeout=10)
+        assert Result.PROTOCOL == sample.result, sample.detail
         assert probe_ctx.loops["loop-test"].header_search is True

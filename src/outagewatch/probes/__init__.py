@@ -137,7 +137,8 @@ class ProbeContext:
         """A mail-loop target's memory across its runs."""
         state = self.loops.get(target.name)
         if state is None:
-            state = self.loops[target.name] = mailloop.LoopState(platform=target.platform)
+            state = self.loops[target.name] = mailloop.LoopState()
+        state.platform = target.platform  # a reload may have moved it
         return state
 
     def pop3_worker(self, name: str) -> anyio.CapacityLimiter:
