@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 system-deps:
 	@sh tools/apt-install.sh dovecot "IMAP/POP3 probe tests run a private Dovecot" \
 		dovecot-imapd dovecot-pop3d
-	@sh tools/apt-install.sh postfix "mail-loop tests run a private Postfix and Dovecot LMTP" \
-		postfix dovecot-lmtpd
+	@sh tools/apt-install.sh postfix "mail-loop tests run a private Postfix" postfix
+	@sh tools/apt-install.sh /usr/lib/dovecot/lmtp "mail-loop tests deliver through Dovecot LMTP" \
+		dovecot-lmtpd
 	@sh tools/apt-install.sh pg_ctlcluster "state and cluster tests run a private PostgreSQL" \
 		postgresql
 	@sh tools/apt-install.sh systemd-analyze "a test verifies the shipped systemd unit" systemd

@@ -16,6 +16,7 @@ import trustme
 from aiohttp import web
 from aiosmtpd.smtp import SMTP
 from tests.helpers.dovecot import Dovecot, dovecot_binary, lmtp_installed
+from tests.helpers.loopbox import BOXES, LoopBox
 from tests.helpers.postfix import Postfix, postfix_binary
 from tests.helpers.postgres import postgres_for_tests
 from tests.helpers.relay import Relay
@@ -228,12 +229,23 @@ def _mailloop_servers(tls_files: dict[str, Path]):
         if IN_CI:
             pytest.fail(message + "; under CI=true this is a failure, not a skip")
         pytest.skip(message)
-    dovecot = Dovecot.start(tls_files["cert"], tls_files["key"], lmtp=True)
+    dovecot = Dovecot.start(tls_files["cert"], tls_files["key"], lmtp=True, others=BOXES)
     try:
-        postfix = Postfix.start(dovecot.lmtp)
+        postfix = Postfix.start(dovecot.lmtp, cert=tls_files["cert"], key=tls_files["key"],
+                                sasl=dovecot.sasl)
     except BaseException:
         dovecot.stop()
         raise
     yield MailLoopServers(dovecot, postfix)
     postfix.stop()
     dovecot.stop()
+
+
+@pytest.fixture(name="loop")
+def _loop(mailloop_servers: MailLoopServers):
+    """A fresh mailbox on the session's Postfix and Dovecot (tests/helpers/loopbox.py); what
+    a test held is released after it, to this mailbox only."""
+    box = LoopBox.new(mailloop_servers.dovecot, mailloop_servers.postfix)
+    yield box
+    if box.address in box.postfix.rules or box.postfix.held():
+        box.release()

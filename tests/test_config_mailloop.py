@@ -91,10 +91,23 @@ def test_a_missing_secret_file_is_one_line(tmp_path):
                for line in info.value.problems), info.value.problems
 
 
-def test_pop3_fetch_is_refused_in_one_line(tmp_path):
+def test_pop3_fetch_loads_with_its_ports(tmp_path):
+    """``fetch.type: pop3`` takes the POP3 probe's default ports (995 for implicit TLS)."""
+    path = write(tmp_path)
+    path.write_text(path.read_text().replace("      type: imap\n", "      type: pop3\n")
+                    .replace("      junk: Junk\n", ""))
+    loop = load_settings(path, only_targets={"loop-eu"}).targets[1]
+    assert isinstance(loop, MailLoopTarget)
+    assert ("pop3", 995) == (loop.fetch.type, loop.fetch.effective_port)
+
+
+def test_junk_with_pop3_is_refused_in_one_line(tmp_path):
+    """POP3 has one mailbox: a junk folder cannot be looked at."""
     path = write(tmp_path)
     path.write_text(path.read_text().replace("      type: imap\n", "      type: pop3\n"))
     with pytest.raises(ConfigError) as info:
         load_settings(path, only_targets={"loop-eu"})
     assert 1 == len(info.value.problems), info.value.problems
-    assert info.value.problems[0].startswith("targets[loop-eu].fetch.type:")
+    assert info.value.problems[0].startswith("targets[loop-eu].fetch:"), info.value.problems
+    assert "POP3 has one mailbox" in info.value.problems[0]
+    assert "\n" not in info.value.problems[0]

@@ -8,14 +8,15 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from outagewatch.metrics import build_metrics
+from outagewatch.metrics import LoopCounts, build_metrics
 
 DASHBOARD = Path(__file__).parents[1] / "grafana" / "outagewatch.json"
 
 
 def exported_names() -> set[str]:
     registry = CollectorRegistry()
-    build_metrics(registry, buckets=(1.0,))
+    build_metrics(registry, buckets=(1.0,),  # a daemon with one mail-loop target
+                  loops=lambda: [LoopCounts("loop", "eu", 0, 0, 0.0)])
     names = set()
     for family in registry.collect():
         names.add(family.name)
@@ -89,3 +90,12 @@ def test_every_dashboard_variable_used_is_defined():
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     used = {v for e in exprs for v in re.findall(r"\$([a-z]+)", e)}
     assert set() == used - defined
+
+
+def test_the_mail_loop_panel_shows_lost_late_and_pending():
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    (panel,) = [p for p in panels if p["title"].startswith("Mail loops")]
+    exprs = " ".join(t["expr"] for t in panel["targets"])
+    assert {"outagewatch_mailloop_lost_total", "outagewatch_mailloop_late_total",
+            "outagewatch_mailloop_oldest_pending_age_seconds"} == set(
+        re.findall(r"outagewatch_mailloop_[a-z_]+", exprs))

@@ -71,6 +71,31 @@ def test_a_present_command_installs_nothing(tmp_path):
     assert not log.exists()
 
 
+def test_a_path_is_checked_as_a_file(tmp_path):
+    """A package without a command on PATH (dovecot-lmtpd) is checked by the program it
+    installs, by absolute path: present, nothing happens; absent, it is installed."""
+    env, log = stand_ins(tmp_path, uid=0)
+    present = tmp_path / "lmtp"
+    present.write_text("")
+    present.chmod(0o755)
+    assert "" == run(env, str(present), "why", "dovecot-lmtpd").stderr
+    assert not log.exists()
+    done = run(env, str(tmp_path / "absent"), "why", "dovecot-lmtpd")
+    assert 0 == done.returncode, done.stderr
+    assert "installing Debian packages: dovecot-lmtpd" in done.stderr
+
+
+def test_dovecot_lmtpd_is_checked_by_its_own_file():
+    """Not by Postfix's command: with Postfix installed and dovecot-lmtpd missing, the check
+    must still install it. It looks for what the mail-loop fixture needs."""
+    makefile = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    checks = dict(re.findall(r'apt-install\.sh\s+(\S+)\s+"[^"]*"\s+([^\n]+)', makefile))
+    assert "/usr/lib/dovecot/lmtp" in checks, checks
+    assert ["dovecot-lmtpd"] == checks["/usr/lib/dovecot/lmtp"].split()
+    assert ["postfix"] == checks["postfix"].split()
+    assert '"/usr/lib/dovecot/lmtp"' in (ROOT / "tests" / "helpers" / "dovecot.py").read_text()
+
+
 def _system_deps() -> list[str]:
     makefile = (ROOT / "Makefile").read_text().replace("\\\n", " ")
     recipe = makefile.split("\nsystem-deps:", 1)[1].split("\n\n", 1)[0]

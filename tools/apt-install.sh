@@ -1,6 +1,8 @@
 #!/bin/sh
 # Install Debian packages when their command is missing:
 #   tools/apt-install.sh COMMAND WHY PACKAGE...
+# COMMAND may also be the absolute path of a program the packages install (for a package
+# without a command on PATH, e.g. dovecot-lmtpd's /usr/lib/dovecot/lmtp).
 # It says what it installs and why before it does, with every package apt-get will add, and
 # installs no recommended packages (--no-install-recommends). As root only; otherwise it
 # prints the command to run. Package maintainer scripts are kept from starting system-wide

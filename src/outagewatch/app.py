@@ -88,7 +88,8 @@ def loop_counts(ctx: ProbeContext) -> list[LoopCounts]:
     """The mail-loop targets' late and lost counts and oldest pending mail, now."""
     now = ctx.clock.now().timestamp()
     return [LoopCounts(name, state.platform, state.late, state.lost,
-                       state.oldest_pending_age(now)) for name, state in ctx.loops.items()]
+                       state.oldest_pending_age(now), state.cleanup_failures)
+            for name, state in ctx.loops.items()]
 
 
 async def open_store(path: Path, *, threaded: bool = True) -> SqliteStore:

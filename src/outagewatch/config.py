@@ -397,17 +397,26 @@ class LoopSubmit(_Tls, _Credentials):
 
 
 class LoopFetch(_Tls, _Credentials):
-    """Where a mail-loop target's mail must arrive: the IMAP probe's keys."""
+    """Where a mail-loop target's mail must arrive: the IMAP (or POP3) probe's keys."""
 
-    type: Literal["imap"] = Field("imap", description="imap (POP3 is not supported yet)")
+    type: Literal["imap", "pop3"] = Field("imap", description="imap | pop3")
     host: str = Field(min_length=1, description="host name (also used to verify the certificate)")
-    port: Port | None = Field(None, description="default 143 / 993 by tls mode")
+    port: Port | None = Field(None, description="default 143 / 993 (imap), 110 / 995 (pop3) "
+                              "by tls mode")
     tls: TlsMode = Field("starttls", description="none | starttls | implicit")
     username: str = Field(description="login name (required)")
     mailbox: str = Field("INBOX", min_length=1, description="where the mail must arrive; "
                          "dedicated to this target: the probe deletes its own mails there")
     junk: str | None = Field(None, min_length=1, description="a mail found in this folder "
-                             "instead is spam (BAD)")
+                             "instead is spam (BAD unless spam_is_bad: false)")
+    spam_is_bad: bool = Field(default=True, description="false: a mail filed in junk still "
+                              "arrived (the run is ok)")
+
+    @model_validator(mode="after")
+    def _junk_needs_imap(self) -> LoopFetch:
+        if self.type == "pop3" and self.junk is not None:
+            raise ValueError("junk needs type: imap (POP3 has one mailbox)")
+        return self
 
     @property
     def effective_port(self) -> int:

@@ -207,6 +207,7 @@ class LoopCounts:
     late: int
     lost: int
     oldest_pending_age: float
+    cleanup_failures: int = 0
 
 
 class _LoopCollector(Collector):
@@ -226,12 +227,17 @@ class _LoopCollector(Collector):
         oldest = GaugeMetricFamily(
             f"{ns}_mailloop_oldest_pending_age_seconds",
             "Age of the oldest loop mail submitted and not seen yet (0: none).", labels=_LABELS)
+        untidy = CounterMetricFamily(
+            f"{ns}_mailloop_cleanup_failures",
+            "Loop runs whose cleanup (deleting probe mails, LOGOUT) failed after their verdict.",
+            labels=_LABELS)
         for counts in self._read():
             values = [counts.target, "mailloop", counts.platform]
             late.add_metric(values, counts.late)
             lost.add_metric(values, counts.lost)
             oldest.add_metric(values, counts.oldest_pending_age)
-        yield from (late, lost, oldest)
+            untidy.add_metric(values, counts.cleanup_failures)
+        yield from (late, lost, oldest, untidy)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +83,8 @@ service pop3-login {{
 
 
 # With ``lmtp=True`` (Debian: dovecot-lmtpd): an LMTP listener an MTA delivers to. The user
-# part of ``probe+Junk@example.test`` names the user, the detail the folder it lands in.
+# part of ``probe+Junk@example.test`` names the user, the detail the folder it lands in. And
+# an auth socket (``Dovecot.sasl``) for Postfix's SMTP AUTH (``smtpd_sasl_type = dovecot``).
 LMTP = """\
 protocols = $protocols lmtp
 auth_username_format = %Ln
@@ -99,6 +101,11 @@ service lmtp {{
   inet_listener lmtp {{
     address = 127.0.0.1
     port = {lmtp}
+  }}
+}}
+service auth {{
+  unix_listener {sasl} {{
+    mode = 0666
   }}
 }}
 """
@@ -124,11 +131,19 @@ class Dovecot:
     process: subprocess.Popen[bytes]
     lmtp: int = 0  # the LMTP port, when started with lmtp=True
 
+    @property
+    def sasl(self) -> Path:
+        """The auth socket for an MTA's SMTP AUTH (started with lmtp=True)."""
+        return self.workdir / "sasl" / "auth"
+
     user: str = USER
     password: str = PASSWORD
 
     @classmethod
-    def start(cls, cert: Path, key: Path, *, lmtp: bool = False) -> Dovecot:
+    def start(cls, cert: Path, key: Path, *, lmtp: bool = False,
+              others: tuple[str, ...] = ()) -> Dovecot:
+        """``others``: more users, with the same password (all known from the start: Dovecot
+        looks at a changed passwd-file at most once a second)."""
         binary = dovecot_binary()
         if binary is None:
             raise RuntimeError("dovecot is not installed (Debian: dovecot-imapd dovecot-pop3d)")
@@ -141,7 +156,7 @@ class Dovecot:
         for path in [workdir / "mail", *(workdir / "mail").rglob("*")]:
             os.chown(path, uid, gid)
         users = workdir / "users"
-        users.write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n")
+        users.write_text("".join(f"{name}:{{PLAIN}}{PASSWORD}\n" for name in (USER, *others)))
         os.chown(users, 0, grp.getgrnam("dovecot").gr_gid)
         users.chmod(0o640)
         for sub in ("run", "state"):
@@ -151,7 +166,9 @@ class Dovecot:
         conf = workdir / "dovecot.conf"
         text = CONFIG.format(d=workdir, cert=cert, key=key, uid=uid, gid=gid, tag=workdir.name,
                              **ports)
-        conf.write_text(text + (LMTP.format(**ports) if lmtp else ""))
+        (workdir / "sasl").mkdir(mode=0o755)
+        conf.write_text(text + (LMTP.format(sasl=workdir / "sasl" / "auth", **ports)
+                                if lmtp else ""))
         process = subprocess.Popen(
             [binary, "-F", "-c", str(conf)],
             stdout=subprocess.DEVNULL,
@@ -181,6 +198,22 @@ class Dovecot:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError("dovecot did not greet within 20 s")
+
+    def drop(self, user: str, count: int, *, header: str | None = None) -> None:
+        """``count`` mails written straight into ``user``'s maildir (``new/``, as delivered an
+        hour ago), each with ``header`` (a whole header line) when given."""
+        uid, gid = pwd.getpwnam("mail").pw_uid, grp.getgrnam("mail").gr_gid
+        home = self.workdir / "mail" / user
+        for sub in ("", "new", "cur", "tmp"):
+            (home / sub).mkdir(exist_ok=True)
+            os.chown(home / sub, uid, gid)
+        made = int(time.time()) - 3600
+        extra = f"{header}\r\n" if header else ""
+        for i in range(count):
+            path = home / "new" / f"{made}.M{i}P{os.getpid()}.{uuid.uuid4().hex}"
+            path.write_text(f"From: x@example.org\r\nSubject: foreign {i}\r\n{extra}"
+                            f"Received: {'a' * 300}\r\n\r\nbody\r\n")
+            os.chown(path, uid, gid)
 
     def stop(self) -> None:
         if self.process.poll() is None:

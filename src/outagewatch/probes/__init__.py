@@ -137,7 +137,8 @@ class ProbeContext:
         """A mail-loop target's memory across its runs."""
         state = self.loops.get(target.name)
         if state is None:
-            state = self.loops[target.name] = mailloop.LoopState(platform=target.platform)
+            state = self.loops[target.name] = mailloop.LoopState()
+        state.platform = target.platform  # a reload may have moved it
         return state
 
     def pop3_worker(self, name: str) -> anyio.CapacityLimiter:
@@ -163,6 +164,8 @@ class ProbeRun:
     timer: PhaseTimer
     tls: RecordingContext | None
     timeout: float
+    # a mail loop's duration ends when its mail is seen (monotonic), not after its cleanup
+    seen: list[float] = field(default_factory=list)
 
 
 _SILENT = (": connected, but no greeting came (a port where the client speaks first,"
@@ -195,7 +198,7 @@ async def run_probe(target: Target, ctx: ProbeContext, *, timeout: float) -> Sam
         else:
             result = classify(exc)
             detail = exc.detail if isinstance(exc, ProbeFailure) else describe(exc)
-    duration = ctx.clock.monotonic() - t0
+    duration = (run.seen[0] if run.seen else ctx.clock.monotonic()) - t0
     timer.finish()
     for holder in _credentials_of(target):
         secret = getattr(holder, "password", None)

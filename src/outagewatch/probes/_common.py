@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import errno
 import re
 import socket
 import ssl
 import time
+from email.parser import BytesHeaderParser
 
 import aiohttp
 
@@ -169,3 +171,11 @@ async def open_socket(host: str, port: int, timer: PhaseTimer) -> socket.socket:
             return sock
     assert last is not None  # getaddrinfo never returns an empty list
     raise last
+
+
+def header_value(header: bytes, name: str) -> str | None:
+    """Header ``name`` of a message's header block as it was sent: no RFC 2047 decoding, so
+    an encoded word never turns into something it is not; None when the header is missing
+    or given more than once (which of them would count?)."""
+    values = BytesHeaderParser(policy=email.policy.compat32).parsebytes(header).get_all(name)
+    return str(values[0]) if values is not None and len(values) == 1 else None

@@ -10,17 +10,16 @@ The steps are an ``ImapSession``, so that a probe that looks for a mail reuses t
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
-import email.policy
 import itertools
 import re
-from email.parser import BytesHeaderParser
 from typing import TYPE_CHECKING, Any
 
 import aioimaplib
 
 from outagewatch.model import Phase, Result
-from outagewatch.probes._common import ProbeFailure, mismatch, open_socket
+from outagewatch.probes._common import ProbeFailure, header_value, mismatch, open_socket
 
 if TYPE_CHECKING:
     import socket
@@ -53,6 +52,7 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
         super().__init__(loop, self._on_lost)
         self.greeted: asyncio.Future[None] = loop.create_future()
         self.received = 0
+        self.limit = MAX_RECEIVED  # bytes the server may send until the budget is renewed
         self._greeting_seen = False
 
     def _on_lost(self, exc: Exception | None) -> None:
@@ -62,8 +62,8 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
-        if self.received > MAX_RECEIVED:
-            self._fail(f"server sent more than {MAX_RECEIVED} bytes")
+        if self.received > self.limit:
+            self._fail(f"server sent more than {self.limit} bytes")
             return
         try:
             for start in range(0, len(data), _PIECE):
@@ -127,11 +127,41 @@ def _text(line: bytes) -> str:
     return line.decode("utf-8", "replace").strip()[:200]
 
 
+class CommandRefused(ProbeFailure):
+    """The server answered a command NO or BAD (the connection itself is fine)."""
+
+    def __init__(self, result: Result, detail: str, *, answer: str) -> None:
+        super().__init__(result, detail)
+        self.answer = answer  # "NO" (it could not, now) or "BAD" (it does not know how)
+
 
 def _expect_ok(response: Any, what: str, result: Result = Result.PROTOCOL) -> None:
     if response.result != "OK":
         said = " ".join(_text(line) for line in response.lines[-1:])
-        raise ProbeFailure(result, f"{what} failed: {response.result} {said}".strip())
+        raise CommandRefused(result, f"{what} failed: {response.result} {said}".strip(),
+                             answer=str(response.result))
+
+
+def mailbox_name(name: str) -> str:
+    """A mailbox name as a SELECT argument: modified UTF-7 (RFC 3501 5.1.3), quoted, so
+    ``Junk E-mail`` is that folder and not ``Junk``, and ``Indésirables`` can be selected."""
+    out: list[str] = []
+    run: list[str] = []
+
+    def shift() -> None:
+        if run:
+            wide = base64.b64encode("".join(run).encode("utf-16-be")).decode("ascii")
+            out.append("&" + wide.rstrip("=").replace("/", ",") + "-")
+            run.clear()
+
+    for char in name:
+        if " " <= char <= "~":
+            shift()
+            out.append("&-" if char == "&" else char)
+        else:
+            run.append(char)
+    shift()
+    return str(aioimaplib.quoted("".join(out)))
 
 
 def _search_uids(lines: list[bytes]) -> list[int]:
@@ -230,12 +260,17 @@ class ImapSession:
 
     async def select(self, mailbox: str) -> None:
         self._timer.enter(Phase.SELECT)
-        response = await self._step(self._proto.select(mailbox))
-        _expect_ok(response, f"SELECT {mailbox}")
+        await self.reselect(mailbox)
+
+    def fresh_budget(self, limit: int = MAX_RECEIVED) -> None:
+        """A long-lived session (the mail loop's wait for delivery) bounds what the server
+        may send per look, not over the session's whole life; ``limit`` for a step that may
+        rightly say more (a search over a big mailbox)."""
+        self._proto.received, self._proto.limit = 0, limit
 
     async def reselect(self, mailbox: str) -> None:
         """SELECT in the phase in progress (a probe going back and forth between folders)."""
-        response = await self._step(self._proto.select(mailbox))
+        response = await self._step(self._proto.select(mailbox_name(mailbox)))
         _expect_ok(response, f"SELECT {mailbox}")
 
     async def noop(self) -> None:
@@ -257,10 +292,7 @@ class ImapSession:
             str(uid), f"(BODY.PEEK[HEADER.FIELDS ({name})])", by_uid=True))
         _expect_ok(response, "UID FETCH")
         header = _fetched_literal(response.lines, uid)
-        if header is None:
-            return None
-        value = BytesHeaderParser(policy=email.policy.default).parsebytes(header)[name]
-        return None if value is None else str(value)
+        return None if header is None else header_value(header, name)
 
     async def uid_store_deleted(self, uids: Sequence[int]) -> None:
         """Flag messages \\Deleted; ``expunge()`` removes them."""
@@ -273,6 +305,22 @@ class ImapSession:
     async def expunge(self) -> None:
         response = await self._step(self._proto.expunge())
         _expect_ok(response, "EXPUNGE")
+
+    async def uid_expunge(self, uids: Sequence[int]) -> bool:
+        """Remove these \\Deleted messages and no other: ``UID EXPUNGE`` (UIDPLUS); without
+        it a plain EXPUNGE, only while no other message is flagged \\Deleted (someone
+        else's). False when they were left for later."""
+        if not uids:
+            return True
+        if "UIDPLUS" in self._proto.capabilities:
+            response = await self._step(self._proto.expunge(",".join(map(str, uids)),
+                                                             by_uid=True))
+            _expect_ok(response, "UID EXPUNGE")
+            return True
+        if set(await self.uid_search("DELETED")) - set(uids):
+            return False
+        await self.expunge()
+        return True
 
     async def logout(self) -> None:
         self._timer.enter(Phase.LOGOUT)

@@ -44,8 +44,14 @@ class SmtpSession:
     ) -> None:
         self._client = client
         self._sock = sock
+        self._handed = False  # once given to asyncio, the socket is its transport's to close
         self._tls_mode = tls_mode
         self._timer = timer
+
+    async def connect(self) -> None:
+        """Hand the socket to asyncio and read the banner."""
+        self._handed = True
+        await self._client.connect()
 
     async def ehlo_and_starttls(self) -> None:
         """EHLO; under ``starttls``, STARTTLS and EHLO again (never a plaintext fallback)."""
@@ -89,10 +95,14 @@ class SmtpSession:
         transport = self._client.transport
         if isinstance(transport, asyncio.Transport):
             transport.abort()
-        if self._client.transport is None:
-            self._sock.close()  # never handed over to a transport (or already closed by QUIT)
-        else:
+        if self._client.transport is not None:
             self._client.close()
+        elif not self._handed:
+            self._sock.close()
+        # Else the transport closes the socket itself, possibly a loop turn or a TLS
+        # shutdown later: closing it here would free its descriptor to a new socket while
+        # the old transport still holds the number ("File descriptor N is used by
+        # transport", or worse, the new socket's reader removed).
 
 
 async def open_session(
@@ -120,7 +130,7 @@ async def open_session(
         timer.enter(Phase.TLS if tls_mode == "implicit" else Phase.GREETING)
         connected_at = timer.current_since()
         try:
-            await client.connect()
+            await session.connect()
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code == -1 and exc.message.startswith(_MALFORMED):  # no 'NNN text' banner
                 raise mismatch("SMTP", exc.message[len(_MALFORMED):].encode()) from None
