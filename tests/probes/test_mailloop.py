@@ -115,23 +115,6 @@ class TestLoop:
         await run_probe(target, probe_ctx, timeout=10)
         assert 1 == len(probe_ctx.loops["loop-test"].pending)
 
-    async def test_held_queue_is_lost_then_late(self, loop, probe_ctx):
-        """The MTA holds the mail: the run gives up before its deadline (lost, in
-        delivery); released, the mail arrives and the next run counts it late, deletes it,
-        and is ok itself."""
-        loop.hold()
-        sample = await run_probe(loop.target(), probe_ctx, timeout=2)
-        loop.release()
-        assert (Result.LOST, Phase.DELIVERY) == (sample.result, sample.phase), sample.detail
-        assert 1.5 < sample.duration < 2
-        state = probe_ctx.loops["loop-test"]
-        assert (1, 1, 0) == (len(state.pending), state.lost, state.late)
-        await loop.wait_for(has_ours, "the released mail arrives")
-        sample = await run_probe(loop.target(), probe_ctx, timeout=10)
-        assert Result.OK == sample.result, sample.detail
-        assert (0, 1, 1) == (len(state.pending), state.lost, state.late)
-        assert [] == ours(await loop.inbox())
-
     async def test_junk_delivery_is_spam(self, loop, probe_ctx):
         """Filed in Junk by the MTA: spam (BAD), and the mail is deleted from Junk."""
         loop.junk()
@@ -147,21 +130,6 @@ class TestLoop:
         sample = await run_probe(target, probe_ctx, timeout=10)
         assert Result.OK == sample.result, sample.detail
         assert [] == ours(await loop.inbox("Junk"))
-
-    async def test_leftovers_cleaned_and_foreign_mail_never_touched(self, loop, probe_ctx):
-        """Probe mails of earlier runs (another daemon's, a restart ago) older than
-        cleanup_after are deleted; a young one stays; mails without our token, or with a
-        header that is no token of ours, are never touched."""
-        old = mailloop.new_token(time.time() - 7200)
-        young = mailloop.new_token(time.time() - 60)
-        for header in (None, "not-a-token", old, young):
-            await loop.deliver(header)
-        before = await loop.inbox()
-        sample = await run_probe(loop.target(), probe_ctx, timeout=10)
-        assert Result.OK == sample.result, sample.detail
-        after = await loop.inbox()
-        assert {old} == {before[uid] for uid in set(before) - set(after)}
-        assert {None, "not-a-token", young} == set(after.values())
 
     async def test_a_mail_that_only_contains_the_token_is_neither_found_nor_deleted(
             self, loop, probe_ctx, monkeypatch):
@@ -209,6 +177,45 @@ async def test_thousands_of_probe_mails_cost_each_run_a_bounded_sweep(loop, prob
         assert None in left.values()
 
 
+@pytest.mark.parametrize("fetch_type", ["imap", "pop3"])
+async def test_held_queue_is_lost_then_late(loop, probe_ctx, fetch_type):
+    """The MTA holds the mail: the run gives up before its deadline (lost, in delivery;
+    over POP3 each look a new session); released, the mail arrives and the next run counts
+    it late, deletes it, and is ok itself."""
+    target = loop.pop3_target() if fetch_type == "pop3" else loop.target()
+    loop.hold()
+    sample = await run_probe(target, probe_ctx, timeout=2)
+    loop.release()
+    assert (Result.LOST, Phase.DELIVERY) == (sample.result, sample.phase), sample.detail
+    assert 1.5 < sample.duration < 2
+    state = probe_ctx.loops["loop-test"]
+    assert (1, 1, 0) == (len(state.pending), state.lost, state.late)
+    await loop.wait_for(has_ours, "the released mail arrives")
+    sample = await run_probe(target, probe_ctx, timeout=10)
+    assert Result.OK == sample.result, sample.detail
+    assert (0, 1, 1) == (len(state.pending), state.lost, state.late)
+    assert [] == ours(await loop.inbox())
+    assert 0 == probe_ctx.threads.running
+
+
+@pytest.mark.parametrize("fetch_type", ["imap", "pop3"])
+async def test_leftovers_cleaned_and_foreign_mail_never_touched(loop, probe_ctx, fetch_type):
+    """Probe mails of earlier runs (another daemon's, a restart ago) older than
+    cleanup_after are deleted; a young one stays; mails without our token, or with a header
+    that is no token of ours, are never touched."""
+    old = mailloop.new_token(time.time() - 7200)
+    young = mailloop.new_token(time.time() - 60)
+    for header in (None, "not-a-token", old, young):
+        await loop.deliver(header)
+    before = await loop.inbox()
+    target = loop.pop3_target() if fetch_type == "pop3" else loop.target()
+    sample = await run_probe(target, probe_ctx, timeout=10)
+    assert Result.OK == sample.result, sample.detail
+    after = await loop.inbox()
+    assert {old} == {before[uid] for uid in set(before) - set(after)}
+    assert {None, "not-a-token", young} == set(after.values())
+
+
 async def test_metrics_late_lost_and_oldest_pending(loop, probe_ctx):
     """The scrape shows the loop's lost and late counts and the oldest pending mail's age."""
     registry = CollectorRegistry()
@@ -245,36 +252,6 @@ class TestPop3Loop:
         assert Phase.SELECT not in sample.phases
         assert [None] == list((await loop.inbox()).values())
         assert probe_ctx.loops["loop-test"].pending == {}
-        assert 0 == probe_ctx.threads.running
-
-    async def test_leftovers_cleaned_and_foreign_mail_kept(self, loop, probe_ctx):
-        """Over POP3 too: an old probe mail goes, a young one and foreign mails stay."""
-        old = mailloop.new_token(time.time() - 7200)
-        young = mailloop.new_token(time.time() - 60)
-        for header in (None, "not-a-token", old, young):
-            await loop.deliver(header)
-        before = await loop.inbox()
-        sample = await run_probe(loop.pop3_target(), probe_ctx, timeout=10)
-        assert Result.OK == sample.result, sample.detail
-        after = await loop.inbox()
-        assert {old} == {before[uid] for uid in set(before) - set(after)}
-        assert {None, "not-a-token", young} == set(after.values())
-
-    async def test_held_queue_is_lost_then_late(self, loop, probe_ctx):
-        """Held by the MTA: lost in delivery (each look a new POP3 session); released, the
-        next run counts it late and deletes it."""
-        loop.hold()
-        sample = await run_probe(loop.pop3_target(), probe_ctx, timeout=2)
-        loop.release()
-        assert (Result.LOST, Phase.DELIVERY) == (sample.result, sample.phase), sample.detail
-        assert 1.5 < sample.duration < 2
-        state = probe_ctx.loops["loop-test"]
-        assert (1, 1, 0) == (len(state.pending), state.lost, state.late)
-        await loop.wait_for(has_ours, "the released mail arrives")
-        sample = await run_probe(loop.pop3_target(), probe_ctx, timeout=10)
-        assert Result.OK == sample.result, sample.detail
-        assert (0, 1, 1) == (len(state.pending), state.lost, state.late)
-        assert [] == ours(await loop.inbox())
         assert 0 == probe_ctx.threads.running
 
 
