@@ -14,10 +14,12 @@ import json
 import re
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
 from tests.helpers.daemon import DaemonProcess, free_port, wait
 from tests.helpers.faultproxy import Fault, FaultProxy
@@ -25,6 +27,8 @@ from tests.helpers.faultproxy import Fault, FaultProxy
 LOCATIONS = ("a", "b", "c")
 LEASE = "3s"
 TOKEN = "t0ken-0123456789abcdef"
+READ = "r3ad-t0ken-0123456789abcdef"
+TITLE = "Statut des services \u2013 été"  # an en dash and accents
 # tiny rules, with runs that never overlap (interval > timeout) as in production
 RULES = {"interval": "0.5s", "timeout": "0.45s", "threshold": "0.3s", "window": "1.5s",
          "recover_after": "2"}
@@ -59,12 +63,16 @@ class Node:
 
 
 def node_config(tmp_path: Path, db, node: str, location: str, port: int, web_port: int,
-                db_port: int, relay_port: int, token: str) -> Path:
+                db_port: int, relay_port: int, token: str, server: str = "") -> Path:
+    """``server``: more keys of the server section, e.g. a read token and the page's
+    title."""
     (tmp_path / "db-password").write_text(db.password + "\n")
     (tmp_path / "token").write_text(token + "\n")
+    (tmp_path / "read").write_text(READ + "\n")
     rules = ", ".join(f"{k}: {v}" for k, v in RULES.items())
+    extra = f", {server}".replace("READ_FILE", f'"{tmp_path}/read"') if server else ""
     text = f"""
-server: {{listen: "127.0.0.1:{port}", token_file: "{tmp_path}/token"}}
+server: {{listen: "127.0.0.1:{port}", token_file: "{tmp_path}/token"{extra}}}
 defaults: {{{rules}}}
 platforms: {{eu: {{incident_recipients: [oncall@example.com], info_recipients: [i@example.com]}}}}
 targets:
@@ -88,8 +96,8 @@ cluster: {{node: {node}, location: {location}, locations: [a, b, c], quorum: 2,
     return path
 
 
-@pytest.fixture(name="cluster")
-async def _cluster(tmp_path, db, http_server, relay):
+@contextlib.asynccontextmanager
+async def three_nodes(tmp_path, db, http_server, relay, server: str = ""):
     nodes: list[Node] = []
     async with contextlib.AsyncExitStack() as stack:
         for location in LOCATIONS:
@@ -99,7 +107,7 @@ async def _cluster(tmp_path, db, http_server, relay):
             directory = tmp_path / location
             directory.mkdir()
             config = node_config(directory, db, f"node-{location}", location, port, web.port,
-                                 dbp.port, relay.port, TOKEN)
+                                 dbp.port, relay.port, TOKEN, server)
             nodes.append(Node(f"node-{location}", location, port, web, dbp, config))
         for node in nodes:
             await node.start()
@@ -109,7 +117,24 @@ async def _cluster(tmp_path, db, http_server, relay):
         finally:
             for node in nodes:
                 if node.daemon is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        node.process.signal(signal.SIGCONT)  # a test may have stopped it
                     await node.process.stop()
+
+
+@pytest.fixture(name="cluster")
+async def _cluster(tmp_path, db, http_server, relay):
+    async with three_nodes(tmp_path, db, http_server, relay) as nodes:
+        yield nodes
+
+
+@pytest.fixture(name="read_cluster")
+async def _read_cluster(tmp_path, db, http_server, relay):
+    """The cluster with an internal page behind a read token, and a title beyond ASCII."""
+    async with three_nodes(tmp_path, db, http_server, relay,
+                           f'read_token_file: READ_FILE, status_page: {{title: "{TITLE}"}}') \
+            as nodes:
+        yield nodes
 
 
 def leader_of(nodes: list[Node]) -> Node:
@@ -397,3 +422,87 @@ async def test_the_status_page_on_any_node_shows_the_clusters_view(cluster, rela
     status, feed = await follower.process.get("/feed.atom")
     assert 200 == status
     assert incident in feed
+
+
+async def fetch(node: Node, path: str, token: str | None = None):
+    """(status, headers, body, seconds taken) of a GET as a browser sends it."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{node.port}{path}", headers=headers,
+            timeout=aiohttp.ClientTimeout(total=30)) as answer:
+        body = await answer.read()
+        return answer.status, answer.headers, body, time.monotonic() - started
+
+
+def follower_of(nodes: list[Node]) -> Node:
+    return next(n for n in nodes if not n.leads())
+
+
+async def test_a_forwarded_page_keeps_the_leaders_headers(read_cluster):
+    """Through a follower the page and the feed carry what the leader's carry: the type
+    with its charset, the content policy (no script, nothing fetched), nosniff, no-cache."""
+    leader, follower = leader_of(read_cluster), follower_of(read_cluster)
+    for path in ("/", "/feed.atom"):
+        status_l, head_l, _, _ = await fetch(leader, path, READ)
+        status_f, head_f, body_f, _ = await fetch(follower, path, READ)
+        assert (200, 200) == (status_l, status_f)
+        assert TITLE.encode() in body_f
+        for name in ("Content-Type", "Content-Security-Policy", "X-Content-Type-Options",
+                     "Cache-Control"):
+            assert head_l.get(name) == head_f.get(name), (path, name)
+
+
+async def test_the_read_token_is_asked_for_through_a_follower(read_cluster):
+    follower = follower_of(read_cluster)
+    assert 401 == (await fetch(follower, "/"))[0]
+    status, _, body, _ = await fetch(follower, "/", "wrong-token-0123456789")
+    assert 403 == status
+    assert TITLE.encode() not in body
+    assert 400 == (await fetch(follower, "/status?refresh=abc", READ))[0]
+
+
+async def test_a_hung_leader_neither_hangs_a_follower_nor_shows_its_address(read_cluster):
+    """SIGSTOP on the leader (a hung process, a partitioned host): a follower answers a
+    visitor within seconds, from the next leader or with a plain 503, never naming the
+    old leader's address."""
+    leader, follower = leader_of(read_cluster), follower_of(read_cluster)
+    leader.process.signal(signal.SIGSTOP)
+    try:
+        status, _, body, took = await fetch(follower, "/")
+    finally:
+        leader.process.signal(signal.SIGCONT)
+    assert status in {401, 503}, body
+    assert f":{leader.port}".encode() not in body
+    assert took < 8.0
+
+
+async def test_a_killed_leader_is_not_named_to_visitors(read_cluster):
+    leader, follower = leader_of(read_cluster), follower_of(read_cluster)
+    leader.process.signal(signal.SIGKILL)
+    status, _, body, _ = await fetch(follower, "/")
+    assert status in {401, 503}, body
+    assert f":{leader.port}".encode() not in body
+
+
+async def test_a_follower_cut_from_the_database_answers_the_page_503(read_cluster):
+    follower = follower_of(read_cluster)
+    follower.db.cut()
+    status, _, body, took = await fetch(follower, "/", READ)
+    assert 503 == status, body[:300]
+    assert took < 8.0
+
+
+async def test_a_deposed_leader_reports_no_outbox(cluster, relay, db):
+    """Cut from the database mid-incident and deposed, the old leader holds no outbox any
+    more: its outbox gauges read 0 (else OutagewatchMailsUnrecorded fires on a follower)."""
+    await incident_open(cluster, relay, db)
+    leader = leader_of(cluster)
+    leader.db.cut()
+    await wait(lambda: leader.process.has_event("leadership_lost"), 20, "the old one fenced")
+    await wait(lambda: leader.process.has_event("term_ended"), 20, "its term ended")
+    metrics = await leader.process.metrics()
+    for name in ("outagewatch_cluster_leader", "outagewatch_outbox_unrecorded",
+                 "outagewatch_outbox_pending"):
+        (line,) = [x for x in metrics.splitlines() if x.startswith(name + " ")]
+        assert 0 == float(line.split()[1]), line

@@ -84,6 +84,10 @@ VIEWS_POLL = 0.5  # seconds between the leader's reads of the views that changed
 WINDOWS_POLL = 2.0  # seconds between a node's reads of the maintenance windows
 STATUS_POLL = 5.0  # seconds between a node's reads of the cluster's nodes, for metrics
 FORWARD_TIMEOUT = 15.0
+PAGE_FORWARD_TIMEOUT = 3.0  # a visitor's page or feed: tried once more at a new leader
+# the leader's answer headers a forwarded answer keeps
+PASSED_BACK = frozenset({"content-type", "cache-control", "content-security-policy",
+                         "x-content-type-options", "vary", "retry-after"})
 NODE_FORGOTTEN = 86400.0  # a node silent this long leaves the node list (and its alert)
 LINGER = 0.05  # seconds a node's writer gathers samples and views into one transaction
 
@@ -295,7 +299,7 @@ class ClusterDaemon(Daemon):
                        history=self._history, term=lambda: self.term)
         self._page_routes = [] if page is None else at_the_leader(
             page, leading=lambda: self.term is not None,
-            forward=lambda request: self._forward(session, request))
+            forward=lambda request: self._forward(session, request, page=True))
         self._page_source = page.source if page is not None else None
         api = Api(engine=engine, leading=lambda: self.term.leading() if self.term else None,
                   store=store, last=recorder.last, clock=clock,
@@ -459,6 +463,7 @@ class ClusterDaemon(Daemon):
         with contextlib.suppress(TimeoutError):  # what it decided, written while it may
             await asyncio.wait_for(term.writer.flush(), timeout=1)
         await _cancel(term.tasks[0])
+        term.drainer.clear_gauges()  # after the writer's last report of the queue
         term.timers.close()
         log.info("term_ended", node=self.cluster.node, epoch=term.epoch)
 
@@ -534,30 +539,56 @@ class ClusterDaemon(Daemon):
             return term.consensus.describe(name)
         return {}
 
-    async def _forward(self, session: aiohttp.ClientSession,
-                       request: web.Request) -> web.Response:
-        """A change sent to a node that does not lead: to the leader, as it was sent."""
+    async def _forward(self, session: aiohttp.ClientSession, request: web.Request, *,
+                       page: bool = False) -> web.Response:
+        """A request for the leader, sent to a node that does not lead: to the leader, as it
+        was sent, and its answer back with the headers that matter (type, caching, the
+        page's content policy). ``page``: a visitor's status page or feed, answered within
+        ``PAGE_FORWARD_TIMEOUT`` (tried once more at a leader elected meanwhile), with an
+        error that names no address (the details go to the log)."""
         assert self._store is not None
-        address = await self._store.leader_address(self.cluster.lease.total_seconds())
-        if address is None:
-            return error(503, "no leader right now: the cluster is electing one; try again "
-                              "in a few seconds")
+        lease = self.cluster.lease.total_seconds()
+        tried: str | None = None
+        reason = "no leader answered"
+        for _ in range(2 if page else 1):
+            try:
+                async with asyncio.timeout(PAGE_FORWARD_TIMEOUT if page else None):
+                    address = await self._store.leader_address(lease)
+            except (StoreError, TimeoutError) as exc:
+                return self._unforwarded(page, "cannot find the leader: the state database "
+                                               f"does not answer ({exc or 'timeout'})")
+            if address is None or address == tried:
+                return self._unforwarded(page, "no leader right now: the cluster is electing "
+                                               "one; try again in a few seconds")
+            tried = address
+            try:
+                return await self._send(session, request, address,
+                                        PAGE_FORWARD_TIMEOUT if page else FORWARD_TIMEOUT)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                reason = f"the leader at {address} did not answer: {str(exc) or type(exc).__name__}"
+        return self._unforwarded(page, reason)
+
+    async def _send(self, session: aiohttp.ClientSession, request: web.Request, address: str,
+                    timeout: float) -> web.Response:
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() in {"authorization", "content-type"}}
         headers[FORWARDED] = self.cluster.node
         body = await request.read()
-        try:
-            async with session.request(
-                    request.method, f"http://{address}{request.path_qs}", data=body,
-                    headers=headers, timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT),
-                    allow_redirects=False) as answer:
-                payload = await answer.read()
-                return web.Response(body=payload, status=answer.status,
-                                    content_type=answer.content_type)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            reason = str(exc) or type(exc).__name__
-            return error(503, f"the leader at {address} did not answer: {reason}")
+        async with session.request(
+                request.method, f"http://{address}{request.path_qs}", data=body,
+                headers=headers, timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False) as answer:
+            payload = await answer.read()
+            kept = {k: v for k, v in answer.headers.items() if k.lower() in PASSED_BACK}
+            return web.Response(body=payload, status=answer.status, headers=kept)
 
+    def _unforwarded(self, page: bool, reason: str) -> web.Response:  # noqa: FBT001
+        if not page:
+            return error(503, reason)
+        log.warning("page_not_forwarded", reason=reason)
+        return web.Response(status=503, text="The status page is not available right now: "
+                                             "try again in a few seconds.\n",
+                            headers={"Retry-After": "5", "Cache-Control": "no-cache"})
 
 def _worth_quoting(rows: list[tuple[str, str, Seen]],
                    state: Callable[[str], quorum.Consensus]) -> set[str]:

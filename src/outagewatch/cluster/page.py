@@ -118,7 +118,9 @@ def at_the_leader(page: StatusPage, *, leading: Callable[[], bool],
     def routed(handler: Handler) -> Handler:
         async def run(request: web.Request) -> web.StreamResponse:
             if leading():
-                return await handler(request)
+                answer = await handler(request)
+                if leading():  # still: else it was made from a term that ended meanwhile
+                    return answer
             if FORWARDED in request.headers:  # it was sent here as the leader: not any more
                 return error(503, "this node no longer leads; try again in a few seconds")
             return await forward(request)

@@ -157,6 +157,16 @@ class Drainer:
             self._metrics.mails_failed.labels(kind).set(failed.get(kind, 0))
         self._failed_kinds |= set(failed)
 
+    def clear_gauges(self) -> None:
+        """A leader's term ended: its outbox is the next leader's, so this node reports none
+        (or a follower would keep raising OutagewatchMailsUnrecorded for mails it no longer
+        holds)."""
+        self._metrics.outbox_pending.set(0)
+        self._metrics.outbox_oldest_age.set(0)
+        self._metrics.outbox_unrecorded.set(0)
+        for kind in self._failed_kinds:
+            self._metrics.mails_failed.labels(kind).set(0)
+
     def resend(self, thread: str, number: int, *, lane: str | None = None) -> list[Letter]:
         """Send the failed deliveries of a message again (the operator fixed the cause):
         back to pending, attempts reset, same payload and Message-ID; recorded through the
