@@ -26,7 +26,7 @@ from outagewatch.api import Api, Leading
 from outagewatch.config import Settings
 from outagewatch.core.availability import Ledger, intersection, parse_period
 from outagewatch.core.maintenance import Window, WindowKind, WindowState
-from outagewatch.core.report import CSV_COLUMNS, report_csv, report_json
+from outagewatch.core.report import CSV_COLUMNS, Report, report_csv, report_json
 from outagewatch.history import History
 from outagewatch.model import Result
 from outagewatch.store import Changes, OutageSpan
@@ -84,22 +84,28 @@ def written(period_start: float, month: dict) -> tuple[Changes, dict[str, Ledger
     return changes, ledgers
 
 
+async def november(state_dir: Path, changes: Changes, now: float) -> Report:
+    """The report of November 2026 for platform eu, from ``changes`` written to a new SQLite
+    state in ``state_dir``."""
+    settings_ = config(state_dir)
+    store = await SqliteStore.open(settings_.state.path, threaded=False)
+    try:
+        await store.apply(changes)
+        topology = build_topology(settings_, today=period_date())
+        return await History(store, lambda: topology).report(
+            lambda zone: parse_period("2026-11", zone), ["eu"], now=now)
+    finally:
+        await store.close()
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(month=MONTH, until=st.integers(-EDGE, SPAN + EDGE))
 async def test_the_reports_figures_are_the_oracles_for_a_generated_month(month, until):
     period = parse_period("2026-11", BERLIN)
     now = period.start + 60 * until
+    changes, ledgers = written(period.start, month)
     with tempfile.TemporaryDirectory() as tmp:
-        settings_ = config(Path(tmp))
-        store = await SqliteStore.open(settings_.state.path, threaded=False)
-        try:
-            changes, ledgers = written(period.start, month)
-            await store.apply(changes)
-            topology = build_topology(settings_, today=period_date())
-            report = await History(store, lambda: topology).report(
-                lambda zone: parse_period("2026-11", zone), ["eu"], now=now)
-        finally:
-            await store.close()
+        report = await november(Path(tmp), changes, now)
     (platform,) = report.platforms
     same(oracle(period, ledgers, now), platform.figures)
     for service in platform.services:
@@ -339,15 +345,7 @@ class TestWhatTheLedgerMeans:
     or entered late, and when the monitor itself was down during an outage."""
 
     async def figures_of(self, tmp_path, changes: Changes, now: float):
-        settings_ = config(tmp_path)
-        store = await SqliteStore.open(settings_.state.path, threaded=False)
-        try:
-            await store.apply(changes)
-            topology = build_topology(settings_, today=period_date())
-            report = await History(store, lambda: topology).report(
-                lambda zone: parse_period("2026-11", zone), ["eu"], now=now)
-        finally:
-            await store.close()
+        report = await november(tmp_path, changes, now)
         return next(s.figures for s in report.platforms[0].services if s.name == "imap-eu")
 
     def day(self, hours: float) -> float:

@@ -5,19 +5,17 @@ target removed by a reload, and a periodic UPDATE right before a recovery. Simul
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from tests.core.test_incidents import EU, T0, H
 
 from outagewatch.core.incidents import (
     Book,
     Incident,
     Kind,
     Origin,
-    Platform,
     Refused,
-    Service,
     change,
     declared,
     next_deadline,
@@ -29,11 +27,6 @@ from outagewatch.core.incidents import (
     unmonitored,
 )
 from outagewatch.core.render import render
-
-H = 3600.0
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC).timestamp()
-EU = Platform("eu", (Service("webmail-eu"), Service("smtp-eu"), Service("imap-eu"),
-                     Service("pop3-eu", critical=False)), update_interval=H)
 
 
 def open_by_hand(book: Book | None = None, **kw: Any):
