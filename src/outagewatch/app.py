@@ -44,8 +44,7 @@ from outagewatch.notify.queue import Queue
 from outagewatch.probes import ProbeContext, new_http_session, phases_of, run_probe
 from outagewatch.recorder import SampleRecorder
 from outagewatch.scheduler import MAX_NAP, Scheduler
-from outagewatch.statuspage.live import DaemonStatusSource
-from outagewatch.statuspage.web import StatusPage
+from outagewatch.statuspage.live import DaemonStatusSource, page_for
 from outagewatch.store import Changes, StoreError
 from outagewatch.store.sqlite import SqliteStore
 from outagewatch.topology import build_topology
@@ -60,6 +59,7 @@ if TYPE_CHECKING:
     from outagewatch.config import NotifyConfig, StateConfig, Target
     from outagewatch.model import Rule, Sample
     from outagewatch.scheduler import Recorder
+    from outagewatch.statuspage.web import StatusPage
     from outagewatch.store import State, StateStore
     from outagewatch.topology import Topology
 
@@ -262,17 +262,10 @@ async def build(settings: Settings, *, clock: Clock, registry: CollectorRegistry
 def status_page_of(settings: Settings, *, core: Core, store: StateStore, clock: Clock,
                    recorder: SampleRecorder, history: History) -> StatusPage | None:
     """The status page and feed on this node's engine, maintenance and store (issue 13)."""
-    server = settings.server
-    config = server.status_page
-    if not config.enabled:
-        return None
     source = DaemonStatusSource(engine=core.engine, maintenance=core.maintenance, store=store,
                                 clock=clock, targets=settings.targets, last=recorder.last,
                                 history=history)
-    return StatusPage(
-        source, title=config.title, public=config.public,
-        read_token=server.read_token.get_secret_value() if server.read_token else None,
-        token=server.token.get_secret_value() if server.token else None)
+    return page_for(settings.server, source)
 
 
 class Daemon:

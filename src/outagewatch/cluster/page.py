@@ -17,8 +17,7 @@ from aiohttp import web
 
 from outagewatch.api import FORWARDED, error
 from outagewatch.model import Phase, Result, Sample
-from outagewatch.statuspage.live import DaemonStatusSource
-from outagewatch.statuspage.web import StatusPage
+from outagewatch.statuspage.live import DaemonStatusSource, page_for
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -30,6 +29,7 @@ if TYPE_CHECKING:
     from outagewatch.engine import Engine
     from outagewatch.history import History
     from outagewatch.statuspage.source import ServiceStateName
+    from outagewatch.statuspage.web import StatusPage
     from outagewatch.store.postgres import PostgresStore
 
 Handler = Callable[[web.Request], "Awaitable[web.StreamResponse]"]
@@ -97,18 +97,11 @@ def judge_of(term: Callable[[], Term | None]) -> Callable[..., ServiceStateName]
 def page_of(settings: Settings, *, engine: Engine, store: PostgresStore, clock: Clock,
             history: History, term: Callable[[], Term | None]) -> StatusPage | None:
     """The cluster's status page (None when ``server.status_page.enabled`` is off)."""
-    server = settings.server
-    config = server.status_page
-    if not config.enabled:
-        return None
     source = DaemonStatusSource(
         engine=engine, maintenance=TermWindows(term), store=store, clock=clock,
         targets=settings.targets, history=history, judge=judge_of(term),
         last=NewestSamples(store, lambda: list(engine.topology.targets)))
-    return StatusPage(
-        source, title=config.title, public=config.public,
-        read_token=server.read_token.get_secret_value() if server.read_token else None,
-        token=server.token.get_secret_value() if server.token else None)
+    return page_for(settings.server, source)
 
 
 def at_the_leader(page: StatusPage, *, leading: Callable[[], bool],

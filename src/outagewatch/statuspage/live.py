@@ -18,13 +18,14 @@ from outagewatch.statuspage.source import (
     TimelineKind,
     WindowView,
 )
+from outagewatch.statuspage.web import StatusPage
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from datetime import tzinfo
 
     from outagewatch.clock import Clock
-    from outagewatch.config import Target
+    from outagewatch.config import ServerConfig, Target
     from outagewatch.core.incidents import Incident
     from outagewatch.core.maintenance import Window
     from outagewatch.engine import Engine
@@ -210,3 +211,15 @@ def _window_view(window: Window) -> WindowView:
         end=window.closed_at if window.closed_at is not None else window.end,
         kind=window.kind.value, state=window.state.value, description=window.description,
         impact=window.impact)
+
+
+def page_for(server: ServerConfig, source: DaemonStatusSource) -> StatusPage | None:
+    """The page and feed on ``source`` as ``server.status_page`` configures them (None when
+    it is off), behind the read token for the internal view."""
+    config = server.status_page
+    if not config.enabled:
+        return None
+    return StatusPage(
+        source, title=config.title, public=config.public,
+        read_token=server.read_token.get_secret_value() if server.read_token else None,
+        token=server.token.get_secret_value() if server.token else None)
