@@ -67,11 +67,12 @@ class TestLoop:
         the headers of 200 mails of another daemon read) is a phase, not part of the
         duration."""
         await loop.drop(200, mailloop.new_token(time.time()))
+        began = time.monotonic()
         sample = await run_probe(loop.target(), probe_ctx, timeout=10)
+        run = time.monotonic() - began
         assert Result.OK == sample.result, sample.detail
-        total = sum(sample.phases.values())
-        assert sample.phases[Phase.CLEANUP] > 0.02
-        assert sample.duration <= total - sample.phases[Phase.CLEANUP] + 0.005
+        # the cleanup phase lies between the moment the mail was seen and the run's end
+        assert run - sample.duration >= sample.phases[Phase.CLEANUP]
 
     async def test_the_mail_carries_token_and_auto_submitted(self, loop):
         target = loop.target()
