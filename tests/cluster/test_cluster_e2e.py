@@ -474,7 +474,7 @@ async def test_a_hung_leader_neither_hangs_a_follower_nor_shows_its_address(read
         leader.process.signal(signal.SIGCONT)
     assert status in {401, 503}, body
     assert f":{leader.port}".encode() not in body
-    assert took < 8.0
+    assert took < 10.0  # 3 s, once more at a new leader; it was 15 s, then a 503
 
 
 async def test_a_killed_leader_is_not_named_to_visitors(read_cluster):
@@ -490,7 +490,7 @@ async def test_a_follower_cut_from_the_database_answers_the_page_503(read_cluste
     follower.db.cut()
     status, _, body, took = await fetch(follower, "/", READ)
     assert 503 == status, body[:300]
-    assert took < 8.0
+    assert took < 10.0  # 3 s, once more at a new leader; it was 15 s, then a 503
 
 
 async def test_a_deposed_leader_reports_no_outbox(cluster, relay, db):

@@ -279,7 +279,7 @@ async def test_pop3_faults_end_by_the_deadline_without_threads(loop, probe_ctx, 
         sample = await run_probe(loop.pop3_target(fetch={"port": proxy.port}), probe_ctx,
                                  timeout=3)
     assert sample.result is not Result.OK
-    assert sample.duration <= 3.05
+    assert sample.duration <= 3.5  # the deadline, give or take a busy machine's loop lag
     for _ in range(100):
         if probe_ctx.threads.running == 0:
             break
@@ -293,7 +293,7 @@ async def test_imap_faults_in_each_phase_end_by_the_deadline(loop, probe_ctx, ki
     async with FaultProxy(loop.dovecot.imap, Fault(kind, after=after)) as proxy:
         sample = await run_probe(loop.target(fetch={"port": proxy.port, "junk": "Junk"}),
                                  probe_ctx, timeout=2)
-    assert sample.duration <= 2.05
+    assert sample.duration <= 2.5  # the deadline, give or take a busy machine's loop lag
     if sample.result is Result.OK:  # the fault hit after the verdict: cleanup
         assert 1 == probe_ctx.loops["loop-test"].cleanup_failures
 
@@ -306,7 +306,7 @@ async def test_submission_faults_fail_within_the_deadline(loop, probe_ctx, fault
         sample = await run_probe(loop.target(submit={"port": proxy.port}), probe_ctx,
                                  timeout=2)
     assert sample.result is not Result.OK
-    assert sample.duration <= 2.05
+    assert sample.duration <= 2.5  # the deadline, give or take a busy machine's loop lag
 
 
 @pytest.mark.parametrize("password", ["Pa55-w0rd", 'Pa"5\\5-w0rd', "Pä55wörd"])
